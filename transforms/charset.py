@@ -1,0 +1,138 @@
+"""Character-set resolution for HL7 v2 messages.
+
+Input: the exact bytes of one message, its MSH-18 value (may be empty) and the facility's configured
+fallback codec. Output: the decoded text, the Python codec actually used, and flags explaining any
+inference (``CHARSET_INFERRED``, ``CHARSET_MISMATCH`` ...). The raw bytes are never altered; the
+decision only affects the text handed to the parser.
+
+Order of precedence (docs/parser.md): MSH-18 (HL7 table 0211), else the facility default, else
+UTF-8 with a CP1252 fallback. UTF-8 that is labelled Latin-1 (a common sender bug) is detected,
+because Ewe/Kabiyè letters such as ɖ ƒ ɣ ŋ ɔ ɛ ʋ cannot exist in Latin-1 at all.
+"""
+from __future__ import annotations
+
+import codecs
+
+# HL7 table 0211 (plus the non-table spellings seen in the wild) -> Python codec.
+TABLE_0211 = {
+    "ASCII": "ascii",
+    "ISO IR6": "ascii",
+    "8859/1": "iso-8859-1",
+    "ISO IR100": "iso-8859-1",
+    "8859/2": "iso-8859-2",
+    "8859/3": "iso-8859-3",
+    "8859/4": "iso-8859-4",
+    "8859/5": "iso-8859-5",
+    "8859/6": "iso-8859-6",
+    "8859/7": "iso-8859-7",
+    "8859/8": "iso-8859-8",
+    "8859/9": "iso-8859-9",
+    "8859/15": "iso-8859-15",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "UTF8": "utf-8",
+    "ISO IR192": "utf-8",
+    "WINDOWS-1252": "cp1252",
+    "CP1252": "cp1252",
+    "BIG-5": "big5",
+    "GB 18030-2000": "gb18030",
+    "KS X 1001": "euc-kr",
+    "ISO IR87": "iso2022_jp",
+    "ISO IR159": "iso2022_jp_2",
+}
+# Encodings whose code units contain NUL bytes cannot travel inside MLLP frames or PostgreSQL text.
+UNSUPPORTED = {"UNICODE", "UNICODE UTF-16", "UNICODE UTF-32", "UTF-16", "UTF-32"}
+
+SINGLE_BYTE_LATIN = {"iso-8859-1", "iso-8859-15", "cp1252", "latin-1", "latin1"}
+
+
+class UnsupportedCharset(ValueError):
+    """MSH-18 names an encoding the service refuses (multi-byte with NUL, e.g. UTF-16)."""
+
+
+def normalize_codec(name: str | None) -> str | None:
+    """Map a table-0211 name or a Python codec name to a canonical Python codec name.
+
+    Returns None for an empty name. Raises UnsupportedCharset for UTF-16/32 and LookupError for
+    names that are neither in table 0211 nor known to Python.
+    """
+    if not name:
+        return None
+    key = name.strip().upper()
+    if not key:
+        return None
+    if key in UNSUPPORTED:
+        raise UnsupportedCharset(key)
+    if key in TABLE_0211:
+        return TABLE_0211[key]
+    info = codecs.lookup(name.strip())  # LookupError propagates: caller decides
+    if info.name.startswith(("utf-16", "utf-32")):
+        raise UnsupportedCharset(key)
+    return info.name
+
+
+def _is_latin(codec: str) -> bool:
+    return codec in SINGLE_BYTE_LATIN or codec.startswith("iso8859") or codec.startswith("iso-8859")
+
+
+def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str, str, list[str]]:
+    """Decode one message. Returns (text, codec_used, flags). Never raises on bad bytes."""
+    flags: list[str] = []
+    codec = None
+    if declared:
+        try:
+            codec = normalize_codec(declared)
+        except UnsupportedCharset:
+            raise
+        except LookupError:
+            flags.append("CHARSET_UNKNOWN")
+    if codec is None and fallback:
+        try:
+            codec = normalize_codec(fallback)
+        except (LookupError, UnsupportedCharset):
+            flags.append("FALLBACK_CHARSET_UNKNOWN")
+            codec = None
+    if raw.isascii():
+        # Every supported codec is ASCII-compatible, so the decision cannot change the text.
+        return raw.decode("ascii"), codec or "utf-8", flags
+    if codec is None:
+        try:
+            return raw.decode("utf-8"), "utf-8", flags
+        except UnicodeDecodeError:
+            flags.append("CHARSET_INFERRED")
+            return _decode_cp1252(raw), "cp1252", flags
+    if codec == "utf-8":
+        try:
+            return raw.decode("utf-8"), "utf-8", flags
+        except UnicodeDecodeError:
+            flags.append("INVALID_BYTES")
+            return raw.decode("utf-8", errors="replace"), "utf-8", flags
+    if _is_latin(codec):
+        # Valid multi-byte UTF-8 is vanishingly unlikely in genuine Latin-1 text, so a strict UTF-8
+        # success means the sender mislabelled it.
+        try:
+            text = raw.decode("utf-8")
+            flags.append("CHARSET_MISMATCH")
+            return text, "utf-8", flags
+        except UnicodeDecodeError:
+            pass
+        if codec == "iso-8859-1" and any(0x80 <= b <= 0x9F for b in raw):
+            # C1 controls never occur in real Latin-1 text; CP1252 puts € ’ “ there.
+            flags.append("CHARSET_CP1252")
+            return _decode_cp1252(raw), "cp1252", flags
+    try:
+        return raw.decode(codec), codec, flags
+    except UnicodeDecodeError:
+        flags.append("INVALID_BYTES")
+        return raw.decode(codec, errors="replace"), codec, flags
+
+
+def _decode_cp1252(raw: bytes) -> str:
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        # 0x81 0x8D 0x8F 0x90 0x9D are undefined in CP1252; Latin-1 maps every byte.
+        return "".join(
+            bytes([b]).decode("cp1252", errors="strict") if b not in (0x81, 0x8D, 0x8F, 0x90, 0x9D) else chr(b)
+            for b in raw
+        )

@@ -1,0 +1,184 @@
+"""Configuration: where things are, and the validated facility registry.
+
+Inputs: ``config/`` (or ``--config DIR`` / ``HL7ICS_CONFIG``) with ``facilities.yaml``; environment
+variables for locations (``HL7ICS_HOME`` for runtime state, default ``./var``; ``HL7ICS_DATA_DIR``
+for facility drop folders, default ``$HL7ICS_HOME/data``; ``HL7ICS_WAREHOUSE_URL``, default the
+embedded SQLite file ``$HL7ICS_HOME/warehouse.db``). Output: ``Settings`` and ``Facility`` objects.
+Validation errors name the file, the facility and the key, so an onboarding mistake is fixed in
+minutes, and never echo secrets.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import charset as _charset
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REGIONS = ("Lomé-Commune", "Maritime", "Plateaux", "Centrale", "Kara", "Savanes")
+FACILITY_TYPES = ("chu", "chr", "district_hospital", "reference_lab", "pharmacy", "peripheral_unit", "clinic")
+SOURCE_TYPES = ("folder", "sftp", "queue")
+_CODE = re.compile(r"^[A-Z0-9][A-Z0-9_-]{1,39}$")
+_MSGTYPE = re.compile(r"^[A-Z0-9]{3}\^[A-Z0-9]{3}$")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message says which file, entry and key."""
+
+
+@dataclass(frozen=True)
+class Source:
+    type: str
+    options: dict
+
+    @property
+    def path(self) -> str:
+        return self.options.get("path", "")
+
+
+@dataclass(frozen=True)
+class Facility:
+    code: str
+    name: str
+    type: str
+    region: str
+    district: str
+    dhis2_org_unit: str
+    charset: str
+    timezone: str
+    message_types: tuple[str, ...]
+    working_hours: tuple[int, int]
+    expected_interval_minutes: int
+    sources: tuple[Source, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict:
+        return {
+            "code": self.code, "name": self.name, "type": self.type, "region": self.region,
+            "district": self.district, "dhis2_org_unit": self.dhis2_org_unit, "charset": self.charset,
+            "timezone": self.timezone, "message_types": list(self.message_types),
+            "working_hours": list(self.working_hours),
+            "expected_interval_minutes": self.expected_interval_minutes,
+            "sources": [{"type": s.type, **s.options} for s in self.sources],
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_dir: Path
+    home: Path
+    data_dir: Path
+    warehouse_url: str
+
+    @classmethod
+    def load(cls, config_dir: str | os.PathLike | None = None, warehouse_url: str | None = None) -> "Settings":
+        cdir = Path(config_dir or os.environ.get("HL7ICS_CONFIG") or PROJECT_ROOT / "config").resolve()
+        home = Path(os.environ.get("HL7ICS_HOME") or PROJECT_ROOT / "var").resolve()
+        data = Path(os.environ.get("HL7ICS_DATA_DIR") or home / "data").resolve()
+        url = warehouse_url or os.environ.get("HL7ICS_WAREHOUSE_URL") or f"sqlite:///{home / 'warehouse.db'}"
+        return cls(cdir, home, data, url)
+
+    def facilities(self) -> list[Facility]:
+        return load_facilities(self.config_dir / "facilities.yaml")
+
+
+def _req(entry: dict, key: str, where: str, typ=str):
+    if key not in entry or entry[key] in (None, ""):
+        raise ConfigError(f"{where}: missing required key '{key}'")
+    val = entry[key]
+    if typ is not None and not isinstance(val, typ):
+        raise ConfigError(f"{where}: '{key}' must be a {typ.__name__}")
+    return val
+
+
+def _source(raw, where: str) -> Source:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: each source must be a mapping with a 'type'")
+    typ = _req(raw, "type", where)
+    if typ not in SOURCE_TYPES:
+        raise ConfigError(f"{where}: source type '{typ}' is not one of {', '.join(SOURCE_TYPES)}")
+    opts = {k: v for k, v in raw.items() if k != "type"}
+    if typ == "folder":
+        _req(opts, "path", where)  # relative paths resolve under HL7ICS_DATA_DIR
+        opts.setdefault("glob", "*.hl7")
+        rule = opts.setdefault("partial_upload", "tmp_rename")
+        if rule not in ("tmp_rename", "stable_size"):
+            raise ConfigError(f"{where}: partial_upload must be 'tmp_rename' or 'stable_size'")
+        secs = opts.setdefault("stable_seconds", 30)
+        if not isinstance(secs, int) or secs < 0:
+            raise ConfigError(f"{where}: stable_seconds must be a non-negative integer")
+        opts.setdefault("archive", True)
+    return Source(typ, opts)
+
+
+def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("facilities"), list):
+        raise ConfigError(f"{origin}: expected a top-level 'facilities:' list")
+    out: list[Facility] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(doc["facilities"]):
+        where = f"{origin}: facilities[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a mapping")
+        code = _req(entry, "code", where)
+        where = f"{origin}: facility {code}"
+        if not _CODE.match(code):
+            raise ConfigError(f"{where}: code must be 2-40 upper-case letters, digits, '-' or '_'")
+        if code in seen:
+            raise ConfigError(f"{where}: duplicate facility code")
+        seen.add(code)
+        ftype = _req(entry, "type", where)
+        if ftype not in FACILITY_TYPES:
+            raise ConfigError(f"{where}: type '{ftype}' is not one of {', '.join(FACILITY_TYPES)}")
+        region = _req(entry, "region", where)
+        if region not in REGIONS:
+            raise ConfigError(f"{where}: region '{region}' is not one of the six health regions {', '.join(REGIONS)}")
+        cs = entry.get("charset") or "utf-8"
+        try:
+            _charset.normalize_codec(cs) or codecs.lookup(cs)
+        except (LookupError, _charset.UnsupportedCharset):
+            raise ConfigError(f"{where}: charset '{cs}' is not a known or supported codec") from None
+        tz = entry.get("timezone") or "Africa/Lome"
+        try:
+            from zoneinfo import ZoneInfo
+            ZoneInfo(tz)
+        except Exception:
+            raise ConfigError(f"{where}: timezone '{tz}' is not an IANA zone") from None
+        mtypes = entry.get("message_types") or []
+        if not isinstance(mtypes, list) or any(not isinstance(m, str) or not _MSGTYPE.match(m) for m in mtypes):
+            raise ConfigError(f"{where}: message_types must be a list like ['ADT^A01', 'ORU^R01']")
+        hours = entry.get("working_hours") or [0, 24]
+        if (not isinstance(hours, list) or len(hours) != 2 or not all(isinstance(h, int) for h in hours)
+                or not 0 <= hours[0] < hours[1] <= 24):
+            raise ConfigError(f"{where}: working_hours must be [start, end] with 0 <= start < end <= 24")
+        interval = entry.get("expected_interval_minutes", 60)
+        if not isinstance(interval, int) or interval <= 0:
+            raise ConfigError(f"{where}: expected_interval_minutes must be a positive integer")
+        sources = entry.get("sources") or []
+        if not isinstance(sources, list):
+            raise ConfigError(f"{where}: sources must be a list")
+        out.append(Facility(
+            code=code, name=_req(entry, "name", where), type=ftype, region=region,
+            district=_req(entry, "district", where), dhis2_org_unit=_req(entry, "dhis2_org_unit", where),
+            charset=cs, timezone=tz, message_types=tuple(mtypes), working_hours=(hours[0], hours[1]),
+            expected_interval_minutes=interval,
+            sources=tuple(_source(s, f"{where}: sources[{j}]") for j, s in enumerate(sources)),
+        ))
+    return out
+
+
+def load_facilities(path: str | os.PathLike) -> list[Facility]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: facility configuration not found (set --config or HL7ICS_CONFIG)")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where} is not valid YAML") from None
+    return parse_facilities(doc, str(p.name))
