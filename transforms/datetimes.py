@@ -43,7 +43,7 @@ def parse_dtm(value: str) -> str:
     if n not in (4, 6, 8, 10, 12, 14) or not s.isdigit():
         raise InvalidDate("bad length or characters")
     y = int(s[:4])
-    if y < 1800 or y > 2200:
+    if y < 1000 or y > 2999:
         # Year 0000 or 9999 placeholders are not dates; refuse rather than load nonsense.
         raise InvalidDate("year out of range")
     out = s[:4]
