@@ -1,0 +1,77 @@
+"""
+### facility_batch_ingest
+
+Pulls each facility's HL7 v2 files from its configured sources (``config/facilities.yaml``),
+stores every message raw in ``message_store``, loads the warehouse facts, archives the files and
+records a per-run summary in ``ingest_run``.
+
+*Récupère les fichiers HL7 de chaque formation sanitaire, stocke chaque message brut, alimente
+l'entrepôt, archive les fichiers et enregistre un résumé par exécution.*
+
+- Schedule: every 15 minutes (``HL7ICS_INGEST_SCHEDULE`` to change), no catch-up, one run at a time.
+- One mapped task per facility at each step (map index = facility code).
+- Bad data fails at once (no retry); I/O errors retry. Failures write an ``ops_alert`` row.
+- Idempotent: files are tracked by content SHA-256, messages by (source, position).
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, get_current_context, task
+from hl7ics_airflow import ingest_tasks
+from hl7ics_airflow.alerts import on_dag_failure, on_task_failure
+from hl7ics_airflow.policies import IO_RETRY_POLICY
+
+DEFAULT_ARGS = {
+    "owner": "data-engineering",
+    "retries": 3,
+    "retry_delay": timedelta(minutes=1),
+    "retry_policy": IO_RETRY_POLICY,
+    "on_failure_callback": on_task_failure,
+}
+
+
+@dag(
+    dag_id="facility_batch_ingest",
+    schedule=os.environ.get("HL7ICS_INGEST_SCHEDULE", "*/15 * * * *"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["hl7ics", "ingest"],
+    doc_md=__doc__,
+    on_failure_callback=on_dag_failure,
+)
+def facility_batch_ingest():
+    @task
+    def facilities() -> list[str]:
+        return ingest_tasks.facility_codes()
+
+    @task(map_index_template="{{ facility }}")
+    def pull(facility: str) -> dict:
+        get_current_context()["facility"] = facility
+        return ingest_tasks.pull(facility)
+
+    @task(map_index_template="{{ facility }}")
+    def load(pulled: dict) -> dict:
+        ctx = get_current_context()
+        ctx["facility"] = pulled["facility"]
+        return ingest_tasks.load(pulled, ctx["run_id"])
+
+    @task(map_index_template="{{ facility }}")
+    def archive(loaded: dict) -> dict:
+        ctx = get_current_context()
+        ctx["facility"] = loaded["facility"]
+        return ingest_tasks.archive(loaded, ctx["run_id"])
+
+    @task
+    def summarize(archived: list[dict], codes: list[str]) -> list[dict]:
+        return ingest_tasks.summarize(get_current_context()["run_id"], codes)
+
+    codes = facilities()
+    archived = archive.expand(loaded=load.expand(pulled=pull.expand(facility=codes)))
+    summarize(archived, codes)
+
+
+facility_batch_ingest()

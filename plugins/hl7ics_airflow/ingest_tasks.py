@@ -1,0 +1,47 @@
+"""Task bodies of the ``facility_batch_ingest`` DAG (see dags/facility_batch_ingest.py).
+
+Each function takes and returns small JSON-able values (facility codes, file paths, counts) so no
+patient data ever travels through XCom; the messages themselves go straight from the file to the
+warehouse inside ``transforms.ingest``.
+"""
+from __future__ import annotations
+
+from transforms.ingest import Ingestor, discover
+
+from .runtime import settings
+
+
+def facility_codes() -> list[str]:
+    s = settings()
+    ing = Ingestor(s, run_id="sync")
+    ing.sync_facilities()
+    return [f.code for f in s.facilities() if any(src.type == "folder" for src in f.sources)]
+
+
+def pull(facility: str) -> dict:
+    s = settings()
+    fac = {f.code: f for f in s.facilities()}[facility]
+    return {"facility": facility, "files": discover(s, fac)}
+
+
+def load(pulled: dict, run_id: str) -> dict:
+    ing = Ingestor(settings(), run_id=run_id)
+    facility = pulled["facility"]
+    results = []
+    for path in pulled["files"]:
+        r = ing.ingest_file(path, facility)
+        results.append({"file": path, "sha256": r.sha256, "status": r.status, **r.counts.as_dict()})
+    return {"facility": facility, "files": results}
+
+
+def archive(loaded: dict, run_id: str) -> dict:
+    ing = Ingestor(settings(), run_id=run_id)
+    moved = 0
+    for f in loaded["files"]:
+        if ing.archive(f["file"], loaded["facility"]):
+            moved += 1
+    return {"facility": loaded["facility"], "archived": moved}
+
+
+def summarize(run_id: str, facilities: list[str]) -> list[dict]:
+    return Ingestor(settings(), run_id=run_id).record_run(facilities)

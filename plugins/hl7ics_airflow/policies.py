@@ -1,0 +1,28 @@
+"""Retry policies: bad data fails at once, I/O retries.
+
+A parse or configuration problem will fail the same way on every retry, so retrying only delays the
+alert; a file system, network or database hiccup usually passes.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+from sqlalchemy.exc import OperationalError
+
+from transforms.config import ConfigError
+from transforms.errors import BadDataError, SourceError
+
+# Order matters: the first matching rule wins, and SourceError is both an OSError and ours.
+DATA_ERRORS = (ConfigError, BadDataError, ValueError, KeyError, TypeError)
+
+IO_RETRY_POLICY = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(exception=SourceError, action=RetryAction.RETRY, retry_delay=timedelta(minutes=1)),
+        *(RetryRule(exception=e, action=RetryAction.FAIL, reason="bad data or configuration: not retryable")
+          for e in DATA_ERRORS),
+        RetryRule(exception=OSError, action=RetryAction.RETRY, retry_delay=timedelta(minutes=1)),
+        RetryRule(exception=OperationalError, action=RetryAction.RETRY,
+                  retry_delay=timedelta(minutes=1), reason="database unavailable"),
+    ],
+)

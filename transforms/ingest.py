@@ -1,0 +1,232 @@
+"""Pull a facility's files and run them through the store-and-load pipeline.
+
+Inputs: the facility registry (config), the warehouse URL, and the facility's sources (this module
+implements the ``folder`` source; SFTP and queue sources implement the same ``Source`` protocol).
+Outputs: ``message_store``/facts rows via ``load.Loader``, the ``ingested_file`` ledger (by content
+SHA-256: a file is processed once even if re-uploaded under another name), archived files under an
+internal name, and per-run counts (``ingest_run``).
+
+Used identically by the ``facility_batch_ingest`` DAG (one task per step) and ``hl7ics ingest``.
+File names from senders are never used as paths: the archive name is the content hash, and the
+original name is kept only as sanitised metadata.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from .config import Facility, Settings
+from .errors import SourceError
+from .extract import iter_parsed
+from .facts import PatientKeyer
+from .load import Counts, Incoming, Loader
+from .parser import ParseIssue
+from .warehouse import Writer, get_engine, utcnow
+
+BATCH_SIZE = 2000
+_UNSAFE = re.compile(r"[^\w.\- ]+", re.UNICODE)
+
+
+@dataclass
+class FileResult:
+    name: str
+    sha256: str
+    status: str  # done | quarantined | duplicate_file | skipped
+    counts: Counts = field(default_factory=Counts)
+    error: str | None = None
+
+
+def sanitize_name(name: str) -> str:
+    """Metadata-only form of a sender's file name: basename, no control or path characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE.sub("_", base).strip(" .")
+    return (base or "unnamed")[:200]
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def folder_of(settings: Settings, source_path: str) -> Path:
+    p = Path(source_path)
+    return p if p.is_absolute() else settings.data_dir / p
+
+
+def discover(settings: Settings, facility: Facility, now: float | None = None) -> list[str]:
+    """Ready files of the facility's folder sources, oldest first (paths as strings, for XCom)."""
+    now = time.time() if now is None else now
+    out: list[tuple[float, str]] = []
+    for src in facility.sources:
+        if src.type != "folder":
+            continue
+        folder = folder_of(settings, src.path)
+        if not folder.is_dir():
+            continue
+        rule = src.options.get("partial_upload", "tmp_rename")
+        stable = int(src.options.get("stable_seconds", 30))
+        for p in folder.glob(src.options.get("glob", "*.hl7")):
+            # Symlinks could point anywhere on the host; only regular files uploaded here count.
+            if p.is_symlink() or not p.is_file() or p.name.startswith(".") or p.suffix in (".tmp", ".part"):
+                continue
+            st = p.stat()
+            if rule == "stable_size" and now - st.st_mtime < stable:
+                continue  # still being written
+            out.append((st.st_mtime, str(p)))
+    return [p for _, p in sorted(out)]
+
+
+def _sniff(path: Path) -> ParseIssue | None:
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head.strip():
+        return ParseIssue("EMPTY_FILE", "file", "file is empty or whitespace only", 100)
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) > 1 and head[1:2] == b"\x00"):
+        return ParseIssue("UNSUPPORTED_FILE_ENCODING", "file", "file looks like UTF-16/32; HL7 files must be single-byte or UTF-8", 203)
+    body = head.lstrip(b" \t\r\n")
+    if body[:3] == b"\xef\xbb\xbf":
+        body = body[3:].lstrip(b" \t\r\n")
+    if body[:3] not in (b"MSH", b"FHS", b"BHS"):
+        return ParseIssue("NOT_HL7_CONTENT", "file", "file does not start with MSH, FHS or BHS", 100)
+    return None
+
+
+class Ingestor:
+    """Holds the loader and engine for one run; ``ingest_file`` is idempotent and resumable."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None, run_id: str | None = None):
+        self.settings = settings
+        self.engine = engine or get_engine(settings.warehouse_url)
+        self.facilities = {f.code: f for f in settings.facilities()}
+        self.loader = Loader(self.facilities.values(), PatientKeyer.from_env(settings.home))
+        self.run_id = run_id or f"manual__{utcnow().replace(' ', 'T')}"
+
+    def sync_facilities(self) -> None:
+        """dim_facility mirrors the configuration (upsert; facilities are never deleted)."""
+        now = utcnow()
+        rows = [(f.code, f.name, f.type, f.region, f.district, f.dhis2_org_unit, f.timezone, f.charset, now)
+                for f in self.facilities.values()]
+        with self.engine.begin() as conn:
+            Writer(conn).upsert("dim_facility", ("facility_code", "name", "type", "region", "district",
+                                                 "dhis2_org_unit", "timezone", "charset", "updated_at"),
+                                rows, key=("facility_code",),
+                                update=("name", "type", "region", "district", "dhis2_org_unit", "timezone",
+                                        "charset"))
+
+    def ingest_file(self, path: str | Path, facility_code: str, source: str = "folder",
+                    original_name: str | None = None) -> FileResult:
+        path = Path(path)
+        name = sanitize_name(original_name or path.name)
+        try:
+            sha, size = file_sha256(path)
+        except OSError as exc:
+            raise SourceError(f"cannot read file from facility {facility_code}: {type(exc).__name__}") from None
+        with self.engine.begin() as conn:
+            row = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).first()
+            if row is not None and row[0] != "processing":
+                return FileResult(name, sha, "duplicate_file")
+            if row is None:
+                conn.execute(text(
+                    "INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
+                    "run_id, first_seen_at) VALUES (:s, :f, :src, :n, :z, 'processing', :r, :t)"),
+                    {"s": sha, "f": facility_code, "src": source, "n": name, "z": size, "r": self.run_id,
+                     "t": utcnow()})
+            done = conn.execute(text("SELECT COUNT(*) FROM message_store WHERE file_sha256 = :s"),
+                                {"s": sha}).scalar_one()
+        sniff = _sniff(path)
+        total = Counts()
+        envelope_problem = False
+        index = -1
+        with open(path, "rb") as fh:
+            batch: list[Incoming] = []
+            for rm, msg, extra in self._messages(fh, facility_code, sniff):
+                index = rm.index
+                if extra:
+                    envelope_problem = True
+                if rm.index < done:
+                    continue  # committed by an earlier, interrupted attempt
+                batch.append(Incoming(rm.raw, source, f"{sha}:{rm.index}", facility_code, sha, list(extra)))
+                if len(batch) >= BATCH_SIZE:
+                    total.add(self._commit(batch))
+                    batch = []
+            if batch:
+                total.add(self._commit(batch))
+        status = "quarantined" if (envelope_problem or sniff is not None) else "done"
+        err = sniff.code if sniff else ("BATCH_ENVELOPE" if envelope_problem else None)
+        with self.engine.begin() as conn:
+            conn.execute(text(
+                "UPDATE ingested_file SET status = :st, messages = :m, error = :e, completed_at = :t WHERE sha256 = :s"),
+                {"st": status, "m": index + 1, "e": err, "t": utcnow(), "s": sha})
+        return FileResult(name, sha, status, total, err)
+
+    def _messages(self, fh, facility_code: str, sniff: ParseIssue | None):
+        fac = self.facilities.get(facility_code)
+        for rm, msg, extra in iter_parsed(fh, "", fac.charset if fac else None):
+            if sniff is not None:
+                extra = extra + [sniff]
+            yield rm, msg, extra
+
+    def _commit(self, batch: list[Incoming]) -> Counts:
+        prepared = self.loader.prepare(batch)
+        with self.engine.begin() as conn:
+            return self.loader.write(conn, prepared)
+
+    def archive(self, path: str | Path, facility_code: str) -> str | None:
+        """Move a processed file to ``$HL7ICS_HOME/archive/<facility>/<sha256>.hl7``; idempotent."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        sha, _ = file_sha256(path)
+        with self.engine.connect() as conn:
+            st = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).scalar()
+        if st not in ("done", "quarantined"):
+            return None  # never move a file that is not fully committed
+        dest_dir = self.settings.home / "archive" / facility_code
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / f"{sha}.hl7"
+        try:
+            if dest.exists():
+                path.unlink()
+            else:
+                shutil.move(str(path), dest)
+        except OSError as exc:
+            raise SourceError(f"cannot archive file for facility {facility_code}: {type(exc).__name__}") from None
+        return str(dest)
+
+    def record_run(self, facility_codes: list[str] | None = None) -> list[dict]:
+        """Per-facility counts of this run, recomputed from the store (so a re-run writes the same)."""
+        sql = text(
+            "SELECT f.facility_code, COUNT(DISTINCT f.sha256), COUNT(m.id), "
+            "SUM(CASE WHEN m.status = 'loaded' THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN m.status = 'duplicate' THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN m.status = 'quarantined' THEN 1 ELSE 0 END) "
+            "FROM ingested_file f LEFT JOIN message_store m ON m.file_sha256 = f.sha256 "
+            "WHERE f.run_id = :r GROUP BY f.facility_code ORDER BY f.facility_code")
+        now = utcnow()
+        with self.engine.begin() as conn:
+            rows = [tuple(r) for r in conn.execute(sql, {"r": self.run_id})]
+            codes = set(facility_codes or []) | {r[0] for r in rows}
+            by = {r[0]: r for r in rows}
+            out = []
+            for code in sorted(codes):
+                r = by.get(code, (code, 0, 0, 0, 0, 0))
+                out.append((self.run_id, code, r[1], r[2], r[3] or 0, r[4] or 0, r[5] or 0, now))
+            Writer(conn).upsert("ingest_run", ("run_id", "facility_code", "files", "messages", "loaded", "duplicates",
+                                               "quarantined", "updated_at"), out, key=("run_id", "facility_code"),
+                                update=("files", "messages", "loaded", "duplicates", "quarantined"))
+        return [{"facility": r[1], "files": r[2], "messages": r[3], "loaded": r[4], "duplicates": r[5],
+                 "quarantined": r[6]} for r in out]

@@ -1,0 +1,296 @@
+"""Store and load a batch of received messages: the single code path shared by the batch DAG, the
+real-time DAG, ``hl7ics ingest`` and ``hl7ics replay``.
+
+Input: ``Incoming`` items (exact bytes plus provenance; optionally the id of a ``message_store`` row
+the MLLP listener already committed). Output: every item ends in exactly one state in
+``message_store`` — ``loaded`` (facts written), ``duplicate`` (same sending facility + control ID +
+SHA-256 as an earlier message; never loaded twice) or ``quarantined`` (a ``quarantine`` row says
+why) — and the counts are returned.
+
+``prepare`` parses outside any transaction; ``write`` does all database work in the caller's
+transaction, so a batch is either wholly committed or not at all (a crash re-runs it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from .config import Facility
+from .datetimes import to_utc
+from .extract import internal_error_record, to_record
+from .facts import COLUMNS, ENCOUNTER_COLUMNS, PatientKeyer, extract_facts, fold_encounter
+from .parser import ParseIssue, parse
+from .warehouse import Writer, utcnow
+
+UNKNOWN_FACILITY = "UNKNOWN"
+MS_COLUMNS = ("id", "facility_code", "sending_facility", "sending_application", "control_id", "message_type",
+              "trigger_event", "version", "message_datetime", "received_at", "source", "source_ref", "file_sha256",
+              "sha256", "raw", "size_bytes", "charset", "status", "error", "flags", "updated_at")
+
+
+@dataclass
+class Incoming:
+    raw: bytes
+    source: str  # folder | sftp | queue | mllp | replay
+    source_ref: str  # never a path chosen by the sender
+    facility_code: str | None = None  # authenticated origin (folder owner, certificate); None = from MSH-4
+    file_sha256: str | None = None
+    extra_issues: list = field(default_factory=list)
+    message_id: int | None = None  # already in message_store (listener, replay)
+    received_at: str | None = None
+
+
+@dataclass
+class Prepared:
+    item: Incoming
+    msg: object
+    rec: dict
+    facility: str
+    tz: str
+
+
+@dataclass
+class Counts:
+    messages: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+
+    def add(self, other: "Counts") -> None:
+        self.messages += other.messages
+        self.loaded += other.loaded
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+
+    def as_dict(self) -> dict:
+        return {"messages": self.messages, "loaded": self.loaded, "duplicates": self.duplicates,
+                "quarantined": self.quarantined}
+
+
+def _issue_text(errors: list[dict]) -> str | None:
+    if not errors:
+        return None
+    return "; ".join(f"{e['code']}@{e['location']}" for e in errors)[:1000]
+
+
+class Loader:
+    def __init__(self, facilities: Iterable[Facility], keyer: PatientKeyer):
+        self.facilities = {f.code: f for f in facilities}
+        self.keyer = keyer
+
+    # -- parsing (no database) ------------------------------------------------------------------
+    def prepare(self, items: list[Incoming]) -> list[Prepared]:
+        out = []
+        for it in items:
+            fac = self.facilities.get(it.facility_code or "")
+            msg = parse(it.raw, fac.charset if fac else None)
+            if fac is None and msg.segments and msg.segments[0][0] == "MSH":
+                # Real-time traffic: the facility is named in MSH-4; retry with its charset.
+                code = (msg.segments[0][3] if len(msg.segments[0]) > 3 else "").split(msg.delims.component, 1)[0]
+                fac = self.facilities.get(code)
+                if fac is not None and fac.charset:
+                    msg = parse(it.raw, fac.charset)
+            try:
+                rec = to_record(msg, None, it.extra_issues)
+            except Exception as exc:  # never lose a message to a parser bug
+                rec = internal_error_record(msg, {}, exc)
+            facility = it.facility_code or (fac.code if fac else None) or UNKNOWN_FACILITY
+            if fac is not None and rec.get("sending_facility") and rec["sending_facility"] != fac.code \
+                    and it.facility_code:
+                rec["warnings"].append(ParseIssue("SENDING_FACILITY_MISMATCH", "MSH-4",
+                                                  "MSH-4 differs from the facility that delivered the file", 0,
+                                                  "warning").as_dict())
+            out.append(Prepared(it, msg, rec, facility, fac.timezone if fac else "Africa/Lome"))
+        return out
+
+    # -- database --------------------------------------------------------------------------------
+    def write(self, conn: Connection, prepared: list[Prepared]) -> Counts:
+        counts = Counts(messages=len(prepared))
+        if not prepared:
+            return counts
+        w = Writer(conn)
+        now = utcnow()
+        new = [p for p in prepared if p.item.message_id is None]
+        new_ids = {id(p) for p in new}
+        ids = w.allocate_ids("message_store", len(new))
+        for p, i in zip(new, ids):
+            p.item.message_id = i
+        existing = self._existing_keys(conn, prepared)
+        seen: dict[tuple, int] = {}
+        statuses: dict[int, str] = {}
+        quarantine_rows = []
+        facts_by_table: dict[str, list] = {}
+        for p in sorted(prepared, key=lambda p: p.item.message_id):
+            rec = p.rec
+            mid = p.item.message_id
+            flags = list(rec.get("flags") or []) + [x["code"] for x in rec.get("warnings") or []]
+            if rec["status"] == "error":
+                status = "quarantined"
+                for e in rec["errors"]:
+                    quarantine_rows.append((mid, "parse", e["code"], f"{e['location']}: {e['message']}"[:500], now))
+            else:
+                key = (rec.get("sending_facility"), rec.get("control_id"), rec["sha256"])
+                earlier = [x for x in existing.get(key[:2], []) if x[1] == key[2] and x[0] < mid]
+                if earlier or key in seen:
+                    status = "duplicate"
+                else:
+                    seen[key] = mid
+                    if any(x[1] != key[2] and x[0] < mid for x in existing.get(key[:2], [])) or \
+                            any(k[:2] == key[:2] and k != key for k in seen if seen[k] < mid):
+                        flags.append("CONTROL_ID_REUSE")
+                    try:
+                        facts = extract_facts(p.msg, rec, p.facility, p.tz, mid, self.keyer, now)
+                    except Exception as exc:
+                        status = "quarantined"
+                        quarantine_rows.append((mid, "load", "LOAD_ERROR", f"fact extraction failed ({type(exc).__name__})", now))
+                    else:
+                        status = "loaded"
+                        for t, rows in facts.items():
+                            facts_by_table.setdefault(t, []).extend(rows)
+            statuses[mid] = status
+            p.rec["_flags"] = ",".join(dict.fromkeys(flags)) or None
+        # message_store: new rows inserted with their final state; listener rows updated in place.
+        ms_rows = []
+        for p in new:
+            r = p.rec
+            ms_rows.append((p.item.message_id, p.facility, r.get("sending_facility"), r.get("sending_application"),
+                            r.get("control_id"), r.get("message_type"), r.get("trigger_event"), r.get("version"),
+                            _utc(r.get("message_datetime"), p.tz), p.item.received_at or now, p.item.source,
+                            p.item.source_ref, p.item.file_sha256, r["sha256"], p.item.raw, len(p.item.raw),
+                            r.get("charset"), statuses[p.item.message_id], _issue_text(r.get("errors")),
+                            r["_flags"], now))
+        w.insert("message_store", MS_COLUMNS, ms_rows, on_conflict_nothing=("source", "source_ref"))
+        old = [p for p in prepared if id(p) not in new_ids]
+        if old:
+            conn.execute(text(
+                "UPDATE message_store SET status = :status, error = :error, flags = :flags, facility_code = :fac, "
+                "sending_facility = :sf, sending_application = :sa, control_id = :cid, message_type = :mt, "
+                "trigger_event = :te, version = :v, message_datetime = :mdt, charset = :cs, updated_at = :now "
+                "WHERE id = :id"),
+                [{"status": statuses[p.item.message_id], "error": _issue_text(p.rec.get("errors")),
+                  "flags": p.rec["_flags"], "fac": p.facility, "sf": p.rec.get("sending_facility"),
+                  "sa": p.rec.get("sending_application"), "cid": p.rec.get("control_id"),
+                  "mt": p.rec.get("message_type"), "te": p.rec.get("trigger_event"), "v": p.rec.get("version"),
+                  "mdt": _utc(p.rec.get("message_datetime"), p.tz), "cs": p.rec.get("charset"), "now": now,
+                  "id": p.item.message_id} for p in old])
+        w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"),
+                 _dedupe(quarantine_rows, (0, 1, 2)), on_conflict_nothing=("message_id", "stage", "reason"))
+        self._write_facts(conn, w, facts_by_table, now)
+        for s in statuses.values():
+            if s == "loaded":
+                counts.loaded += 1
+            elif s == "duplicate":
+                counts.duplicates += 1
+            else:
+                counts.quarantined += 1
+        return counts
+
+    def _existing_keys(self, conn: Connection, prepared: list[Prepared]) -> dict[tuple, list[tuple[int, str]]]:
+        cids = sorted({p.rec.get("control_id") for p in prepared if p.rec.get("control_id")})
+        out: dict[tuple, list] = {}
+        for i in range(0, len(cids), 900):
+            chunk = cids[i:i + 900]
+            marks = ", ".join(f":c{j}" for j in range(len(chunk)))
+            rows = conn.execute(text(
+                f"SELECT id, sending_facility, control_id, sha256 FROM message_store "
+                f"WHERE control_id IN ({marks}) AND status <> 'quarantined'"),
+                {f"c{j}": c for j, c in enumerate(chunk)})
+            for mid, sf, cid, sha in rows:
+                out.setdefault((sf, cid), []).append((mid, sha))
+        return out
+
+    def _write_facts(self, conn: Connection, w: Writer, facts: dict[str, list], now: str) -> None:
+        if "phi_patient" in facts:
+            w.upsert("phi_patient", COLUMNS["phi_patient"], _dedupe(facts["phi_patient"], (0,)), key=("patient_key",),
+                     where="excluded.last_message_id >= phi_patient.last_message_id")
+            w.upsert("dim_patient", COLUMNS["dim_patient"], _dedupe(facts["dim_patient"], (0,)), key=("patient_key",),
+                     update=("sex", "birth_year", "district", "updated_at"))
+        if "patient_merge" in facts:
+            merges = _dedupe(facts["patient_merge"], (0,))
+            w.upsert("patient_merge", COLUMNS["patient_merge"], merges, key=("old_key",))
+            for old_key, new_key, _mid, _at in merges:
+                params = {"o": old_key, "n": new_key}
+                for t in ("fact_encounter", "encounter_event", "fact_lab_order", "fact_lab_result", "fact_medication",
+                          "fact_charge"):
+                    conn.execute(text(f"UPDATE {t} SET patient_key = :n WHERE patient_key = :o"), params)
+                conn.execute(text("UPDATE dim_patient SET merged_into = :n WHERE patient_key = :o"), params)
+        if "encounter_event" in facts:
+            ev = facts["encounter_event"]
+            w.insert("encounter_event", COLUMNS["encounter_event"], ev, on_conflict_nothing=("message_id",))
+            self._refold(conn, w, {(r[1], r[2]) for r in ev}, now)
+        if "fact_lab_order" in facts:
+            w.upsert("fact_lab_order", COLUMNS["fact_lab_order"], _dedupe(facts["fact_lab_order"], (0, 1, 2)),
+                     key=("facility_code", "placer_order_number", "test_code"),
+                     where="excluded.message_id >= fact_lab_order.message_id")
+        if "fact_lab_result" in facts:
+            w.insert("fact_lab_result", COLUMNS["fact_lab_result"], facts["fact_lab_result"],
+                     on_conflict_nothing=("message_id", "obx_seq"))
+        if "fact_medication" in facts:
+            rows = _merge_medication(facts["fact_medication"])
+            cols = COLUMNS["fact_medication"]
+            # Orders and dispenses arrive separately; a later message fills in, never blanks out.
+            w.upsert("fact_medication", cols, rows, key=("facility_code", "order_number", "drug_code"),
+                     update=("patient_key", "drug_name", "quantity", "units", "ordered_at", "dispensed_at",
+                             "message_id", "updated_at"), coalesce=True)
+        if "fact_immunization" in facts:
+            w.insert("fact_immunization", COLUMNS["fact_immunization"], facts["fact_immunization"],
+                     on_conflict_nothing=("facility_code", "patient_key", "vaccine_code", "administered_at"))
+        if "fact_charge" in facts:
+            w.insert("fact_charge", COLUMNS["fact_charge"], facts["fact_charge"],
+                     on_conflict_nothing=("message_id", "ft1_seq"))
+        if "fact_coverage" in facts:
+            w.upsert("fact_coverage", COLUMNS["fact_coverage"], _dedupe(facts["fact_coverage"], (0, 1, 2, 3)),
+                     key=("patient_key", "facility_code", "insurer_code", "member_id"),
+                     where="excluded.message_id >= fact_coverage.message_id")
+
+    def _refold(self, conn: Connection, w: Writer, visits: set[tuple[str, str]], now: str) -> None:
+        by_fac: dict[str, list[str]] = {}
+        for f, v in visits:
+            by_fac.setdefault(f, []).append(v)
+        cols = ", ".join(COLUMNS["encounter_event"])
+        grouped: dict[tuple, list] = {}
+        for fac, vs in by_fac.items():
+            for i in range(0, len(vs), 900):
+                chunk = vs[i:i + 900]
+                marks = ", ".join(f":v{j}" for j in range(len(chunk)))
+                params = {f"v{j}": v for j, v in enumerate(chunk)}
+                params["f"] = fac
+                for r in conn.execute(text(f"SELECT {cols} FROM encounter_event WHERE facility_code = :f "
+                                           f"AND visit_number IN ({marks})"), params):
+                    grouped.setdefault((r[1], r[2]), []).append(tuple(r))
+        rows = []
+        for evs in grouped.values():
+            state = fold_encounter(evs)
+            if state:
+                rows.append(state + (now,))
+        w.upsert("fact_encounter", ENCOUNTER_COLUMNS, rows, key=("facility_code", "visit_number"))
+
+
+def _utc(iso: str | None, tz: str) -> str | None:
+    try:
+        return to_utc(iso, tz) if iso else None
+    except ValueError:
+        return None
+
+
+def _dedupe(rows: list[tuple], key: tuple[int, ...]) -> list[tuple]:
+    seen: dict = {}
+    for r in rows:
+        seen[tuple(r[i] for i in key)] = r
+    return list(seen.values())
+
+
+def _merge_medication(rows: list[tuple]) -> list[tuple]:
+    """Combine order and dispense rows for the same (facility, order, drug) within one batch."""
+    merged: dict = {}
+    for r in rows:
+        k = r[:3]
+        if k in merged:
+            prev = merged[k]
+            merged[k] = tuple(new if new is not None else old for old, new in zip(prev, r))
+        else:
+            merged[k] = r
+    return list(merged.values())

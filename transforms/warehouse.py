@@ -1,0 +1,211 @@
+"""Warehouse access: engines, versioned migrations and dialect-neutral bulk writes.
+
+Inputs: a SQLAlchemy URL (``sqlite:///path`` for the embedded default, ``postgresql+psycopg://...``
+in production). Outputs: an ``Engine`` with the schema at the latest migration, and ``Writer``
+helpers that insert/upsert batches inside the caller's transaction, using batched ``executemany`` on
+SQLite and ``COPY`` into a temporary staging table on PostgreSQL.
+
+Migrations are the numbered files in ``sql/migrations/`` (``NNN_name.sql``), applied in order once
+each and recorded in ``schema_migrations``. They are written once for both databases; the only
+dialect differences are the two placeholders documented in ``001_core.sql``.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine
+
+from .config import PROJECT_ROOT
+
+SQL_DIR = PROJECT_ROOT / "sql"
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+_PLACEHOLDERS = {
+    "sqlite": {"{{ID}}": "INTEGER PRIMARY KEY AUTOINCREMENT", "{{BLOB}}": "BLOB"},
+    "postgresql": {"{{ID}}": "BIGSERIAL PRIMARY KEY", "{{BLOB}}": "BYTEA"},
+}
+_ENGINES: dict[str, Engine] = {}
+
+
+def utcnow() -> str:
+    """Current UTC time as the warehouse stores it (naive, second precision)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def normalize_url(url: str) -> str:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    # WAL lets the listener write while the DAG reads; FULL fsyncs every commit, which is what
+    # makes "ACK after commit" mean "ACK after it is on disk".
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def get_engine(url: str, migrate: bool = True) -> Engine:
+    """Engine for a warehouse URL (cached per process); applies pending migrations on first use."""
+    url = normalize_url(url)
+    eng = _ENGINES.get(url)
+    if eng is not None:
+        return eng
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        eng = create_engine(url, connect_args={"timeout": 30})
+        event.listen(eng, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling defers BEGIN; take control so BEGIN IMMEDIATE works.
+        @event.listens_for(eng, "connect")
+        def _no_autobegin(dbapi_conn, _rec):
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(eng, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        eng = create_engine(url, pool_pre_ping=True)
+    if migrate:
+        upgrade(eng)
+    _ENGINES[url] = eng
+    return eng
+
+
+def dispose_all() -> None:
+    for eng in _ENGINES.values():
+        eng.dispose()
+    _ENGINES.clear()
+
+
+def migrations() -> list[tuple[int, str, Path]]:
+    out = []
+    for p in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        m = re.match(r"^(\d{3})_(.+)\.sql$", p.name)
+        if m:
+            out.append((int(m.group(1)), m.group(2), p))
+    return out
+
+
+def _statements(sql: str) -> list[str]:
+    # Our migration files hold plain DDL; statements end with ';' at end of line. Comments are
+    # stripped first so a ';' inside a comment cannot split a statement.
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in body.split(";\n") if s.strip().rstrip(";").strip()]
+
+
+def render(sql: str, dialect: str) -> str:
+    for k, v in _PLACEHOLDERS["postgresql" if dialect.startswith("postgres") else "sqlite"].items():
+        sql = sql.replace(k, v)
+    return sql
+
+
+def upgrade(engine: Engine) -> list[int]:
+    """Apply pending migrations; returns the versions applied. Safe to call concurrently."""
+    applied: list[int] = []
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        if dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(724100)"))  # one migrator at a time
+        conn.execute(text(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TIMESTAMP NOT NULL)"))
+        done = {r[0] for r in conn.execute(text("SELECT version FROM schema_migrations"))}
+        for version, name, path in migrations():
+            if version in done:
+                continue
+            for stmt in _statements(render(path.read_text(encoding="utf-8"), dialect)):
+                conn.exec_driver_sql(stmt)
+            conn.execute(text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
+                         {"v": version, "n": name, "t": utcnow()})
+            applied.append(version)
+    return applied
+
+
+def current_version(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")).scalar_one()
+
+
+def load_sql(name: str) -> str:
+    """Text of ``sql/<name>`` (queries live in files, not in Python strings)."""
+    return (SQL_DIR / name).read_text(encoding="utf-8")
+
+
+class Writer:
+    """Batched writes inside one open transaction (``Connection``)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.dialect = conn.dialect.name
+        self._staged: set[str] = set()
+
+    @property
+    def dbapi(self):
+        return self.conn.connection.driver_connection
+
+    def allocate_ids(self, table: str, n: int) -> list[int]:
+        """Reserve ``n`` ids for ``table.id`` so facts can reference rows before they are written."""
+        if n == 0:
+            return []
+        if self.dialect == "postgresql":
+            rows = self.conn.execute(text(f"SELECT nextval('{table}_id_seq') FROM generate_series(1, :n)"), {"n": n})
+            return [r[0] for r in rows]
+        # SQLite: the transaction began IMMEDIATE, so no other writer can interleave.
+        start = self.conn.execute(text(f"SELECT COALESCE(MAX(id), 0) FROM {table}")).scalar_one()
+        seq = self.conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = :t"), {"t": table}).scalar()
+        start = max(start, seq or 0)
+        return list(range(start + 1, start + n + 1))
+
+    def insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], on_conflict_nothing: Sequence[str] = ()):
+        self.upsert(table, columns, rows, key=on_conflict_nothing, update=())
+
+    def upsert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], key: Sequence[str] = (),
+               update: Sequence[str] | None = None, where: str | None = None, coalesce: bool = False):
+        """INSERT rows; with ``key``, ON CONFLICT(key) DO UPDATE ``update`` columns (or DO NOTHING).
+
+        ``coalesce`` keeps the stored value where the new one is NULL.
+        ``where`` is an optional SQL condition on the update (e.g. only newer events win); it may
+        refer to ``excluded.col`` and ``<table>.col``. Rows with the same key must be deduplicated
+        by the caller (PostgreSQL refuses to update one row twice in a statement).
+        """
+        rows = list(rows)
+        if not rows:
+            return
+        cols = ", ".join(columns)
+        conflict = ""
+        if key:
+            upd = [c for c in (columns if update is None else update) if c not in key]
+            if upd:
+                if coalesce:
+                    sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in upd)
+                else:
+                    sets = ", ".join(f"{c} = excluded.{c}" for c in upd)
+                conflict = f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+                if where:
+                    conflict += f" WHERE {where}"
+            else:
+                conflict = f" ON CONFLICT ({', '.join(key)}) DO NOTHING"
+        if self.dialect == "postgresql":
+            stg = f"stg_{table}"
+            if stg not in self._staged:
+                self.conn.exec_driver_sql(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {stg} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+                self._staged.add(stg)
+            cur = self.dbapi.cursor()
+            with cur.copy(f"COPY {stg} ({cols}) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+            cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stg}{conflict}")
+            cur.execute(f"DELETE FROM {stg}")
+        else:
+            marks = ", ".join("?" for _ in columns)
+            self.dbapi.cursor().executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks}){conflict}", rows)
