@@ -51,6 +51,101 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _facility_for(path: str, settings: Settings, facilities) -> str | None:
+    """The facility whose configured drop folder contains ``path`` (None: trust MSH-4)."""
+    from pathlib import Path
+
+    from .ingest import folder_of
+
+    p = Path(path).resolve()
+    for f in facilities:
+        for src in f.sources:
+            if src.type == "folder" and folder_of(settings, src.path).resolve() in p.parents:
+                return f.code
+    return None
+
+
+def _print_counts(results: dict, out=sys.stdout) -> None:
+    print(f"{'facility':<16}{'files':>7}{'dup.files':>10}{'messages':>10}{'loaded':>9}{'duplicates':>12}"
+          f"{'quarantined':>13}", file=out)
+    for code, r in sorted(results.items()):
+        print(f"{code:<16}{r['files']:>7}{r['duplicate_files']:>10}{r['messages']:>10}{r['loaded']:>9}"
+              f"{r['duplicates']:>12}{r['quarantined']:>13}", file=out)
+
+
+def cmd_ingest(args) -> int:
+    from pathlib import Path
+
+    from .errors import SourceError
+    from .ingest import Ingestor
+
+    settings = _settings(args)
+    ing = Ingestor(settings)
+    ing.sync_facilities()
+    facilities = list(ing.facilities.values())
+    if args.facility and args.facility not in ing.facilities:
+        raise ConfigError(f"facility {args.facility} is not in {settings.config_dir / 'facilities.yaml'}")
+    files: list[Path] = []
+    for raw in args.paths:
+        p = Path(raw)
+        if p.is_dir():
+            files.extend(sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith(".")
+                                and x.suffix not in (".tmp", ".part")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            print(f"hl7ics: cannot read {raw}", file=sys.stderr)
+            return 2
+    results: dict = {}
+    for f in files:
+        code = args.facility or _facility_for(str(f), settings, facilities)
+        try:
+            r = ing.ingest_file(f, code)
+        except SourceError as exc:
+            print(f"hl7ics: {exc}", file=sys.stderr)
+            return 2
+        row = results.setdefault(code or "UNKNOWN", {"files": 0, "duplicate_files": 0, "messages": 0, "loaded": 0,
+                                                     "duplicates": 0, "quarantined": 0})
+        row["files"] += 1
+        row["duplicate_files"] += r.status == "duplicate_file"
+        for k, v in r.counts.as_dict().items():
+            row[k] += v
+    ing.record_run(sorted(results))
+    _print_counts(results)
+    print(f"warehouse: {settings.warehouse_url}")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .facts import PatientKeyer
+    from .load import Loader
+    from .replay import replay
+    from .warehouse import get_engine
+
+    settings = _settings(args)
+    loader = Loader(settings.facilities(), PatientKeyer.from_env(settings.home))
+    counts = replay(get_engine(settings.warehouse_url), loader, args.reason, args.facility)
+    c = counts.as_dict()
+    print(f"replayed {c['messages']} quarantined messages: {c['loaded']} loaded, {c['duplicates']} duplicates, "
+          f"{c['quarantined']} still quarantined")
+    return 0
+
+
+def cmd_db_upgrade(args) -> int:
+    from .warehouse import current_version, get_engine, upgrade
+
+    eng = get_engine(_settings(args).warehouse_url, migrate=False)
+    applied = upgrade(eng)
+    print(f"applied migrations: {applied or 'none'}; schema version {current_version(eng)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(days=args.days, seed=args.seed, per_day=args.per_day)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hl7ics", description="HL7 Interface Coordination Service (Togo)")
     p.add_argument("--config", help="configuration directory (default: ./config or $HL7ICS_CONFIG)")
@@ -68,6 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--per-day", type=int, default=None, help="messages per day across all facilities")
     sp.add_argument("--broken-share", type=float, default=0.02)
     sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("ingest", help="store and load HL7 files or folders into the warehouse (same code as the DAG)")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--warehouse", metavar="URL", help="SQLAlchemy URL (default: embedded SQLite)")
+    sp.add_argument("--facility", metavar="CODE", help="facility the files come from (default: by folder, else MSH-4)")
+    sp.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser("replay", help="re-process quarantined messages after a fix (idempotent)")
+    sp.add_argument("--reason", metavar="R", help="only this quarantine reason code")
+    sp.add_argument("--facility", metavar="F")
+    sp.add_argument("--warehouse", metavar="URL")
+    sp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser("db", help="warehouse schema")
+    dsub = sp.add_subparsers(dest="db_command", required=True)
+    up = dsub.add_parser("upgrade", help="apply pending migrations")
+    up.add_argument("--warehouse", metavar="URL")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    sp = sub.add_parser("demo", help="generate sample traffic and run facility_batch_ingest end to end (embedded)")
+    sp.add_argument("--days", type=int, default=3)
+    sp.add_argument("--seed", type=int, default=2026)
+    sp.add_argument("--per-day", type=int, default=400)
+    sp.set_defaults(func=cmd_demo)
     return p
 
 
@@ -78,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"hl7ics: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hl7ics: I/O error: {type(exc).__name__}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

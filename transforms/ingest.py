@@ -28,7 +28,7 @@ from .config import Facility, Settings
 from .errors import SourceError
 from .extract import iter_parsed
 from .facts import PatientKeyer
-from .load import Counts, Incoming, Loader
+from .load import UNKNOWN_FACILITY, Counts, Incoming, Loader
 from .parser import ParseIssue
 from .warehouse import Writer, get_engine, utcnow
 
@@ -127,8 +127,9 @@ class Ingestor:
                                 update=("name", "type", "region", "district", "dhis2_org_unit", "timezone",
                                         "charset"))
 
-    def ingest_file(self, path: str | Path, facility_code: str, source: str = "folder",
+    def ingest_file(self, path: str | Path, facility_code: str | None, source: str = "folder",
                     original_name: str | None = None) -> FileResult:
+        """Store and load one file. ``facility_code`` None means "trust MSH-4" (hand-run ingest)."""
         path = Path(path)
         name = sanitize_name(original_name or path.name)
         try:
@@ -143,7 +144,8 @@ class Ingestor:
                 conn.execute(text(
                     "INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
                     "run_id, first_seen_at) VALUES (:s, :f, :src, :n, :z, 'processing', :r, :t)"),
-                    {"s": sha, "f": facility_code, "src": source, "n": name, "z": size, "r": self.run_id,
+                    {"s": sha, "f": facility_code or UNKNOWN_FACILITY, "src": source, "n": name, "z": size,
+                     "r": self.run_id,
                      "t": utcnow()})
             done = conn.execute(text("SELECT COUNT(*) FROM message_store WHERE file_sha256 = :s"),
                                 {"s": sha}).scalar_one()
@@ -173,8 +175,8 @@ class Ingestor:
                 {"st": status, "m": index + 1, "e": err, "t": utcnow(), "s": sha})
         return FileResult(name, sha, status, total, err)
 
-    def _messages(self, fh, facility_code: str, sniff: ParseIssue | None):
-        fac = self.facilities.get(facility_code)
+    def _messages(self, fh, facility_code: str | None, sniff: ParseIssue | None):
+        fac = self.facilities.get(facility_code or "")
         for rm, msg, extra in iter_parsed(fh, "", fac.charset if fac else None):
             if sniff is not None:
                 extra = extra + [sniff]

@@ -109,6 +109,7 @@ class Loader:
     # -- database --------------------------------------------------------------------------------
     def write(self, conn: Connection, prepared: list[Prepared]) -> Counts:
         counts = Counts(messages=len(prepared))
+        self.outcomes: dict[int, tuple[str, set]] = {}
         if not prepared:
             return counts
         w = Writer(conn)
@@ -126,6 +127,7 @@ class Loader:
         for p in sorted(prepared, key=lambda p: p.item.message_id):
             rec = p.rec
             mid = p.item.message_id
+            qstart = len(quarantine_rows)
             flags = list(rec.get("flags") or []) + [x["code"] for x in rec.get("warnings") or []]
             if rec["status"] == "error":
                 status = "quarantined"
@@ -151,6 +153,7 @@ class Loader:
                         for t, rows in facts.items():
                             facts_by_table.setdefault(t, []).extend(rows)
             statuses[mid] = status
+            self.outcomes[mid] = (status, {(q[1], q[2]) for q in quarantine_rows[qstart:]})
             p.rec["_flags"] = ",".join(dict.fromkeys(flags)) or None
         # message_store: new rows inserted with their final state; listener rows updated in place.
         ms_rows = []

@@ -1,0 +1,102 @@
+"""``hl7ics demo``: the main job end to end on the embedded default.
+
+Generates a few days of deterministic traffic for the configured facilities into their drop
+folders, runs the ``facility_batch_ingest`` DAG once with Airflow 3 (``dag.test()``, SQLite for the
+metadata and the warehouse), and prints what happened. Running it again changes nothing: the same
+seed writes the same files, which the file ledger recognises.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+
+from .config import PROJECT_ROOT, Settings
+
+EXAMPLE_QUERIES = [
+    ("Admissions per region and week / Admissions par région et semaine",
+     "SELECT f.region, strftime('%Y-W%W', e.admit_at) AS week, COUNT(*) AS admissions\n"
+     "  FROM fact_encounter e JOIN dim_facility f USING (facility_code)\n"
+     " WHERE e.cancelled = 0 GROUP BY 1, 2 ORDER BY 1, 2;"),
+    ("Malaria rapid tests and positives per facility / TDR paludisme et positifs par formation",
+     "SELECT facility_code, COUNT(*) AS tests,\n"
+     "       SUM(CASE WHEN value IN ('260373001', 'Positive', 'Positif', 'Detected') THEN 1 ELSE 0 END) AS positives\n"
+     "  FROM fact_lab_result WHERE test_code = '70569-9' GROUP BY facility_code ORDER BY facility_code;"),
+]
+
+
+def _airflow_env(home: Path) -> None:
+    af = home / "airflow"
+    af.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("AIRFLOW_HOME", str(af))
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(PROJECT_ROOT / "dags"))
+    os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(PROJECT_ROOT / "plugins"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{af / 'airflow.db'}")
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+
+
+def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=sys.stdout) -> int:
+    settings = Settings.load()
+    os.environ.setdefault("HL7ICS_HOME", str(settings.home))
+    _airflow_env(settings.home)
+    from . import generator
+
+    facilities = settings.facilities()
+    manifest = generator.generate(settings.data_dir, [f.as_dict() for f in facilities], days=days, seed=seed,
+                                  per_day=per_day)
+    print(f"Generated {manifest['messages']} messages in {manifest['files']} files for {len(facilities)} "
+          f"facilities into {settings.data_dir / 'inbound'}", file=out)
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils import db
+
+    db.initdb()
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    if bag.import_errors:
+        print(f"DAG import errors: {list(bag.import_errors)}", file=out)
+        return 1
+    dag = bag.get_dag("facility_batch_ingest")
+    dr = dag.test()
+    state = str(getattr(dr, "state", "unknown"))
+    print(f"\nfacility_batch_ingest run {getattr(dr, 'run_id', '?')}: {state}", file=out)
+    print_summary(settings, out)
+    return 0 if state.endswith("success") else 1
+
+
+def print_summary(settings: Settings, out=sys.stdout) -> None:
+    from .warehouse import get_engine
+
+    eng = get_engine(settings.warehouse_url)
+    with eng.connect() as c:
+        rows = c.execute(text(
+            "SELECT f.facility_code, COUNT(DISTINCT f.sha256), COUNT(m.id), "
+            "SUM(CASE WHEN m.status='loaded' THEN 1 ELSE 0 END), SUM(CASE WHEN m.status='duplicate' THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN m.status='quarantined' THEN 1 ELSE 0 END) FROM ingested_file f "
+            "LEFT JOIN message_store m ON m.file_sha256 = f.sha256 GROUP BY f.facility_code ORDER BY 1")).all()
+        tables = ["message_store", "quarantine", "ingested_file", "dim_facility", "phi_patient", "dim_patient",
+                  "fact_encounter", "fact_lab_order", "fact_lab_result", "fact_medication", "fact_immunization",
+                  "fact_charge", "fact_coverage"]
+        counts = {t: c.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in tables}
+        reasons = c.execute(text("SELECT reason, COUNT(*) FROM quarantine WHERE resolved_at IS NULL "
+                                 "GROUP BY reason ORDER BY 2 DESC")).all()
+    print("\nPer facility / Par formation sanitaire", file=out)
+    print(f"{'facility':<16}{'files':>7}{'messages':>10}{'loaded':>9}{'duplicates':>12}{'quarantined':>13}", file=out)
+    tot = [0] * 5
+    for code, files, msgs, loaded, dup, quar in rows:
+        vals = [files, msgs, loaded or 0, dup or 0, quar or 0]
+        tot = [a + b for a, b in zip(tot, vals)]
+        print(f"{code:<16}{vals[0]:>7}{vals[1]:>10}{vals[2]:>9}{vals[3]:>12}{vals[4]:>13}", file=out)
+    print(f"{'TOTAL':<16}{tot[0]:>7}{tot[1]:>10}{tot[2]:>9}{tot[3]:>12}{tot[4]:>13}", file=out)
+    if reasons:
+        print("\nQuarantine reasons / Motifs de quarantaine: " + ", ".join(f"{r} {n}" for r, n in reasons), file=out)
+    print("\nRows per warehouse table / Lignes par table", file=out)
+    for t, n in counts.items():
+        print(f"  {t:<20}{n:>9}", file=out)
+    print(f"\nWarehouse / Entrepôt: {settings.warehouse_url}", file=out)
+    if settings.warehouse_url.startswith("sqlite"):
+        print(f"  open it with: sqlite3 {settings.warehouse_url.split('///', 1)[1]}", file=out)
+    print("\nTwo queries to paste / Deux requêtes à coller:", file=out)
+    for title, sql in EXAMPLE_QUERIES:
+        print(f"\n-- {title}\n{sql}", file=out)

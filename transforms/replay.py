@@ -1,0 +1,64 @@
+"""Re-process quarantined messages after a fix (parser, mapping, configuration or suite).
+
+Input: a warehouse engine and optional filters (reason code, facility). Output: each selected
+message goes through the same ``Loader`` again, from its stored raw bytes; messages that now pass
+become ``loaded`` (or ``duplicate``) and their quarantine rows get ``resolved_at``; messages that
+still fail stay quarantined with their current reasons. Idempotent: a second replay finds nothing
+new to do. Batch-envelope holds are only replayed when their reason is named explicitly, because
+releasing a truncated transfer is an operator's decision, not a default.
+"""
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from .load import Counts, Incoming, Loader
+from .warehouse import utcnow
+
+EXPLICIT_ONLY = ("BATCH_COUNT_MISMATCH", "BATCH_STRUCTURE", "BATCH_ENVELOPE")
+BATCH = 1000
+
+
+def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: str | None = None) -> Counts:
+    where = ["q.resolved_at IS NULL", "m.status = 'quarantined'"]
+    params: dict = {}
+    if reason:
+        where.append("q.reason = :reason")
+        params["reason"] = reason
+    else:
+        where.append("m.id NOT IN (SELECT message_id FROM quarantine WHERE resolved_at IS NULL AND reason IN ("
+                     + ", ".join(f"'{r}'" for r in EXPLICIT_ONLY) + "))")
+    if facility:
+        where.append("m.facility_code = :facility")
+        params["facility"] = facility
+    with engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(text(
+            f"SELECT DISTINCT m.id FROM message_store m JOIN quarantine q ON q.message_id = m.id "
+            f"WHERE {' AND '.join(where)} ORDER BY m.id"), params)]
+    total = Counts()
+    for i in range(0, len(ids), BATCH):
+        chunk = ids[i:i + BATCH]
+        marks = ", ".join(f":i{j}" for j in range(len(chunk)))
+        p = {f"i{j}": v for j, v in enumerate(chunk)}
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                f"SELECT id, raw, source, source_ref, facility_code, file_sha256, received_at FROM message_store "
+                f"WHERE id IN ({marks}) ORDER BY id"), p).all()
+        items = [Incoming(bytes(r[1]), r[2], r[3], r[4] if r[4] != "UNKNOWN" else None, r[5], [], r[0],
+                          str(r[6]) if r[6] is not None else None) for r in rows]
+        prepared = loader.prepare(items)
+        with engine.begin() as conn:
+            counts = loader.write(conn, prepared)
+            now = utcnow()
+            open_rows = conn.execute(text(
+                f"SELECT id, message_id, stage, reason FROM quarantine WHERE resolved_at IS NULL "
+                f"AND message_id IN ({marks})"), p).all()
+            # A row is resolved when its message left quarantine or its reason no longer applies.
+            done = [qid for qid, mid, stage, rsn in open_rows
+                    if loader.outcomes.get(mid, ("quarantined", set()))[0] != "quarantined"
+                    or (stage, rsn) not in loader.outcomes[mid][1]]
+            if done:
+                conn.execute(text("UPDATE quarantine SET resolved_at = :now WHERE id = :q"),
+                             [{"now": now, "q": q} for q in done])
+        total.add(counts)
+    return total
