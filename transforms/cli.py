@@ -62,7 +62,9 @@ def _facility_for(path: str, settings: Settings, facilities) -> str | None:
         for src in f.sources:
             if src.type == "folder" and folder_of(settings, src.path).resolve() in p.parents:
                 return f.code
-    return None
+    codes = {f.code for f in facilities}
+    # A copy of a drop folder elsewhere keeps the facility code as its directory name.
+    return p.parent.name if p.parent.name in codes else None
 
 
 def _print_counts(results: dict, out=sys.stdout) -> None:

@@ -245,7 +245,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
                          _c(field(ft1, 2), d, 0, cx), _c(field(ft1, 7), d, 0, cx),
                          _c(field(ft1, 7), d, 1, cx) or _c(field(ft1, 8), d, 0, cx), _num(_c(field(ft1, 10), d, 0, cx)),
                          _num(_c(unit, d, 0, cx)), _num(_c(ext, d, 0, cx)),
-                         _c(ext, d, 1, cx) or _c(unit, d, 1, cx) or "XOF",
+                         _money_currency(ext, d) or _money_currency(unit, d) or "XOF",
                          _ts(components(field(ft1, 4), d)[0], tz), ";".join(dx) or None))
         if rows:
             facts["fact_charge"] = rows
@@ -260,6 +260,13 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
         if rows:
             facts["fact_coverage"] = _dedupe(rows, (0, 1, 2, 3))
     return facts
+
+
+def _money_currency(value: str, d: Delimiters) -> str | None:
+    """Currency of a CP/MO value: MO is quantity&denomination inside CP's first component."""
+    first = components(value, d)[0]
+    subs = first.split(d.subcomponent)
+    return subs[1] if len(subs) > 1 and subs[1] else None
 
 
 def _date(value: str) -> str | None:

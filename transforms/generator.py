@@ -611,7 +611,7 @@ class _TypeInfo:
         struct = _STRUCTURE.get(mtype, "ADT_A01")
         self.msh9 = mtype if version == "2.3" else f"{mtype}^{struct}"
         self.event = mtype[4:]
-        self.evn = f"EVN||" if self.cwe else f"EVN|{self.event}|"
+        self.evn = "EVN||" if self.cwe else f"EVN|{self.event}|"
         self.zcat = _ZCAT.get(mtype[:3], "")
 
 
@@ -845,7 +845,7 @@ class _Engine:
                     batch = fac.batch_ok and rnd() < _BATCH_SHARE
                     p = 0.0 if batch else p_broken
                     msgs = [self.message(fac, s, dstr, term, p) for s in chunk]
-                    name = f"{code_safe(fac.code)}_{dstr}_{fileno:04d}.hl7"
+                    name = f"{_code_safe(fac.code)}_{dstr}_{fileno:04d}.hl7"
                     header = trailer = b""
                     if batch:
                         fts = self.ts(chunk[-1] + 60)
@@ -1382,7 +1382,7 @@ class _Engine:
         return segs
 
 
-def code_safe(code: str) -> str:
+def _code_safe(code: str) -> str:
     """Facility code as used in file names (codes are A-Z 0-9 - _ by config contract)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in code)
 

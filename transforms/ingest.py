@@ -92,16 +92,16 @@ def discover(settings: Settings, facility: Facility, now: float | None = None) -
 
 def _sniff(path: Path) -> ParseIssue | None:
     with open(path, "rb") as fh:
-        head = fh.read(512)
+        head = fh.read(4096)
     if not head.strip():
         return ParseIssue("EMPTY_FILE", "file", "file is empty or whitespace only", 100)
     if head[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(head) > 1 and head[1:2] == b"\x00"):
         return ParseIssue("UNSUPPORTED_FILE_ENCODING", "file", "file looks like UTF-16/32; HL7 files must be single-byte or UTF-8", 203)
-    body = head.lstrip(b" \t\r\n")
-    if body[:3] == b"\xef\xbb\xbf":
-        body = body[3:].lstrip(b" \t\r\n")
-    if body[:3] not in (b"MSH", b"FHS", b"BHS"):
-        return ParseIssue("NOT_HL7_CONTENT", "file", "file does not start with MSH, FHS or BHS", 100)
+    if not any(h in head for h in (b"MSH", b"FHS", b"BHS")):
+        with open(path, "rb") as fh:
+            more = fh.read(1 << 16)
+        if not any(h in more for h in (b"MSH", b"FHS", b"BHS")):
+            return ParseIssue("NOT_HL7_CONTENT", "file", "no MSH, FHS or BHS segment in the first 64 KiB", 100)
     return None
 
 

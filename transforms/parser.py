@@ -164,7 +164,12 @@ def split_segments(text: str, fs: str = "|") -> tuple[list[str], list[str]]:
     if "\n" not in text:
         lines = text.split("\r")
     else:
-        flags.append("LF_TERMINATORS" if "\r" not in text else "MIXED_TERMINATORS")
+        if "\r" not in text:
+            flags.append("LF_TERMINATORS")
+        elif text.count("\r\n") == text.count("\n") == text.count("\r"):
+            flags.append("CRLF_TERMINATORS")
+        else:
+            flags.append("MIXED_TERMINATORS")
         lines = _LINE_SPLIT.split(text)
     segs: list[str] = []
     for line in lines:

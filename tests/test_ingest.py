@@ -1,0 +1,352 @@
+"""The spine: files -> message_store -> warehouse, on SQLite and the real PostgreSQL.
+
+Checks the contract of issue 3: every message ends in exactly one state, re-runs change nothing
+(table checksums), duplicates and control-ID reuse, event-time ordering of ADT, merges, replay,
+resume after a crash, and bad inputs 59-66 of the project's bad-input catalogue.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from transforms import generator
+from transforms.config import Settings
+from transforms.ingest import Ingestor, discover, sanitize_name
+from transforms.warehouse import get_engine
+
+FIX = Path(__file__).parent / "fixtures" / "hl7"
+TABLES = ["message_store", "quarantine", "ingested_file", "ingest_run", "dim_facility", "phi_patient", "dim_patient",
+          "patient_merge", "encounter_event", "fact_encounter", "fact_lab_order", "fact_lab_result", "fact_medication",
+          "fact_immunization", "fact_charge", "fact_coverage"]
+
+
+def checksum(engine) -> dict[str, str]:
+    out = {}
+    with engine.connect() as c:
+        for t in TABLES:
+            rows = c.execute(text(f"SELECT * FROM {t}")).all()
+            digest = hashlib.sha256()
+            for r in sorted(repr(tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)) for r in rows):
+                digest.update(r.encode())
+            out[t] = f"{len(rows)}:{digest.hexdigest()[:16]}"
+    return out
+
+
+def scalar(engine, sql, **p):
+    with engine.connect() as c:
+        return c.execute(text(sql), p).scalar()
+
+
+def rows(engine, sql, **p):
+    with engine.connect() as c:
+        return [tuple(r) for r in c.execute(text(sql), p)]
+
+
+@pytest.fixture
+def ingestor(warehouse_url, hl7ics_home):
+    s = Settings.load(warehouse_url=warehouse_url)
+    ing = Ingestor(s, run_id="run-1")
+    ing.sync_facilities()
+    return ing
+
+
+def write(path: Path, text_: str, encoding="utf-8", terminator="\r") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text_.strip("\n").replace("\n", terminator).encode(encoding) + terminator.encode())
+    return path
+
+
+def adt(control: str, event: str, when: str, visit="V1", pid="P1", extra_pv1="", family="Kodjo") -> str:
+    return (f"MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|{when}||ADT^{event}|{control}|P|2.5\n"
+            f"EVN|{event}|{when}\n"
+            f"PID|1||{pid}^^^CHU-SO^MR||{family}^Afi||19900101|F\n"
+            f"PV1|1|I|MED{extra_pv1}||||||||||||||||{visit}\n")
+
+
+def test_generated_traffic_every_message_one_state_and_rerun_is_a_no_op(ingestor, tmp_path):
+    manifest = generator.generate(tmp_path / "gen", [f.as_dict() for f in ingestor.facilities.values()], days=1,
+                                  seed=7, per_day=300, broken_share=0.05)
+    files = sorted((tmp_path / "gen" / "inbound").rglob("*.hl7"))
+    for f in files:
+        ingestor.ingest_file(f, f.parent.name)
+    eng = ingestor.engine
+    total = scalar(eng, "SELECT COUNT(*) FROM message_store")
+    by_status = dict(rows(eng, "SELECT status, COUNT(*) FROM message_store GROUP BY status"))
+    assert set(by_status) <= {"loaded", "duplicate", "quarantined"}
+    assert sum(by_status.values()) == total
+    # every MSH written is a row; a NO_MSH fragment in the middle of a file travels with the message before it
+    assert total >= manifest["messages"] - manifest["broken"].get("NO_MSH", 0)
+    assert by_status["quarantined"] >= manifest["broken"].get("EMPTY_MSH10", 0)
+    assert scalar(eng, "SELECT COUNT(*) FROM message_store m WHERE status = 'quarantined' AND NOT EXISTS "
+                       "(SELECT 1 FROM quarantine q WHERE q.message_id = m.id)") == 0
+    assert scalar(eng, "SELECT COUNT(*) FROM fact_lab_result") > 0
+    assert scalar(eng, "SELECT COUNT(*) FROM fact_encounter") > 0
+    assert scalar(eng, "SELECT COUNT(*) FROM fact_charge WHERE currency = 'XOF'") > 0
+    ingestor.record_run(sorted(ingestor.facilities))
+    before = checksum(eng)
+    # Re-run of the same DAG run: same files, same run id.
+    again = Ingestor(ingestor.settings, engine=eng, run_id="run-1")
+    for f in files:
+        assert again.ingest_file(f, f.parent.name).status == "duplicate_file"
+    again.record_run(sorted(ingestor.facilities))
+    assert checksum(eng) == before
+
+
+def test_raw_bytes_are_stored_exactly_and_names_survive(ingestor, tmp_path):
+    f = tmp_path / "CHU-SO" / "day.hl7"
+    f.parent.mkdir()
+    shutil.copyfile(FIX / "togo_adt_oru.hl7", f)
+    ingestor.ingest_file(f, "CHU-SO")
+    eng = ingestor.engine
+    raws = [bytes(r[0]) for r in rows(eng, "SELECT raw FROM message_store ORDER BY id")]
+    assert b"".join(raws) == f.read_bytes()
+    for raw, sha in zip(raws, [r[0] for r in rows(eng, "SELECT sha256 FROM message_store ORDER BY id")]):
+        assert hashlib.sha256(raw).hexdigest() == sha
+    assert rows(eng, "SELECT family_name, given_name FROM phi_patient") == [("Ɖogbé", "Améyo")]
+    enc = rows(eng, "SELECT visit_number, admit_at, discharge_at, discharge_disposition, diagnosis_codes, last_event "
+                    "FROM fact_encounter")
+    assert len(enc) == 1 and enc[0][0] == "V0001" and enc[0][3] == "01" and enc[0][5] == "A03"
+    assert str(enc[0][1]).startswith("2026-11-02 08:00") and str(enc[0][2]).startswith("2026-11-03 09:55")
+    res = rows(eng, "SELECT test_code, value, value_numeric, units, placer_order_number FROM fact_lab_result "
+                    "ORDER BY obx_seq")
+    assert res[0][:2] == ("70569-9", "260373001") and res[0][4] == "ORD-77"
+    assert res[1][2] == pytest.approx(9.5) and res[1][3] == "g/dL"
+
+
+def test_duplicates_and_control_id_reuse(ingestor, tmp_path):
+    a = write(tmp_path / "a.hl7", adt("C-1", "A01", "20261102080000"))
+    b = write(tmp_path / "b.hl7", adt("C-1", "A01", "20261102080000") + adt("C-2", "A08", "20261102090000"))
+    c = write(tmp_path / "c.hl7", adt("C-1", "A08", "20261102100000", family="Mensah"))
+    for f in (a, b, c):
+        ingestor.ingest_file(f, "CHU-SO")
+    got = rows(ingestor.engine, "SELECT control_id, status, flags FROM message_store ORDER BY id")
+    assert [g[:2] for g in got] == [("C-1", "loaded"), ("C-1", "duplicate"), ("C-2", "loaded"), ("C-1", "loaded")]
+    assert "CONTROL_ID_REUSE" in (got[3][2] or "")
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 3
+
+
+def test_same_file_twice_under_another_name(ingestor, tmp_path):
+    a = write(tmp_path / "x" / "one.hl7", adt("D-1", "A01", "20261102080000"))
+    b = tmp_path / "y" / "renamed.hl7"
+    b.parent.mkdir()
+    shutil.copyfile(a, b)
+    assert ingestor.ingest_file(a, "CHU-SO").status == "done"
+    before = checksum(ingestor.engine)
+    assert ingestor.ingest_file(b, "CHU-SO").status == "duplicate_file"
+    assert checksum(ingestor.engine) == before
+
+
+def test_adt_events_apply_in_event_time_order(ingestor, tmp_path):
+    """Bad input 52: A03 arrives before A01; the visit still ends discharged."""
+    pv1 = ["PV1", "1", "I", "MED"] + [""] * 42
+    pv1[19], pv1[36], pv1[44], pv1[45] = "V1", "01", "20261104080000", "20261105100000"
+    dis = adt("E-2", "A03", "20261105100000").split("PV1|")[0] + "|".join(pv1) + "\n"
+    write(tmp_path / "1.hl7", dis)
+    write(tmp_path / "2.hl7", adt("E-1", "A01", "20261104080000"))
+    for f in sorted(tmp_path.glob("*.hl7")):
+        ingestor.ingest_file(f, "CHU-SO")
+    (row,) = rows(ingestor.engine, "SELECT last_event, discharge_at, discharge_disposition, admit_at FROM fact_encounter")
+    assert row[0] == "A03" and row[1] is not None and row[2] == "01"
+    # A11 cancels the admission
+    write(tmp_path / "3.hl7", adt("E-3", "A11", "20261105110000"))
+    ingestor.ingest_file(tmp_path / "3.hl7", "CHU-SO")
+    assert scalar(ingestor.engine, "SELECT cancelled FROM fact_encounter") == 1
+
+
+def test_a40_merge_moves_history_to_the_surviving_patient(ingestor, tmp_path):
+    write(tmp_path / "1.hl7", adt("M-1", "A01", "20261102080000", pid="OLD1"))
+    merge = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261103080000||ADT^A40^ADT_A39|M-2|P|2.5\n"
+             "EVN|A40|20261103080000\nPID|1||NEW1^^^CHU-SO^MR||Kodjo^Afi||19900101|F\nMRG|OLD1^^^CHU-SO^MR\n")
+    write(tmp_path / "2.hl7", merge)
+    for f in sorted(tmp_path.glob("*.hl7")):
+        ingestor.ingest_file(f, "CHU-SO")
+    eng = ingestor.engine
+    new_key = scalar(eng, "SELECT patient_key FROM phi_patient WHERE patient_id = 'NEW1'")
+    old_key = scalar(eng, "SELECT patient_key FROM phi_patient WHERE patient_id = 'OLD1'")
+    assert scalar(eng, "SELECT patient_key FROM fact_encounter") == new_key
+    assert scalar(eng, "SELECT merged_into FROM dim_patient WHERE patient_key = :k", k=old_key) == new_key
+
+
+def test_patient_key_is_a_keyed_hash(ingestor, tmp_path):
+    write(tmp_path / "1.hl7", adt("K-1", "A01", "20261102080000", pid="123456"))
+    ingestor.ingest_file(tmp_path / "1.hl7", "CHU-SO")
+    key = scalar(ingestor.engine, "SELECT patient_key FROM dim_patient")
+    assert "123456" not in key and len(key) == 32
+    unkeyed = hashlib.sha256("CHU-SO\x1fCHU-SO\x1f123456".encode()).hexdigest()[:32]
+    assert key != unkeyed
+    cols = rows(ingestor.engine, "SELECT * FROM dim_patient")[0]
+    assert "123456" not in repr(cols)
+
+
+def test_sql_injection_payloads_are_stored_as_data(ingestor, tmp_path):
+    """Bad input 59."""
+    evil = "Robert'); DROP TABLE message_store;--"
+    write(tmp_path / "1.hl7", adt("S-1", "A01", "20261102080000", family=evil, pid="=HYPERLINK(\"x\")"))
+    ingestor.ingest_file(tmp_path / "1.hl7", "CHU-SO")
+    assert scalar(ingestor.engine, "SELECT family_name FROM phi_patient") == evil
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 1
+
+
+def test_path_tricks_in_file_names_never_become_paths(ingestor, tmp_path, hl7ics_home):
+    """Bad input 62: a sender's name is metadata only; the archive name is the content hash."""
+    assert sanitize_name("../../etc/passwd") == "passwd"
+    assert sanitize_name("C:\\\\windows\\\\CON") == "CON"
+    assert "/" not in sanitize_name("a/../../b\x00c.hl7") and "\x00" not in sanitize_name("b\x00c.hl7")
+    assert len(sanitize_name("x" * 5000)) <= 200
+    f = write(tmp_path / "in" / "file.hl7", adt("P-1", "A01", "20261102080000"))
+    r = ingestor.ingest_file(f, "CHU-SO", original_name="../../../etc/cron.d/evil")
+    assert scalar(ingestor.engine, "SELECT original_name FROM ingested_file") == "evil"
+    dest = Path(ingestor.archive(f, "CHU-SO"))
+    assert dest.name == f"{r.sha256}.hl7" and dest.parent == hl7ics_home / "archive" / "CHU-SO"
+    assert "source_ref" and scalar(ingestor.engine, "SELECT source_ref FROM message_store").startswith(r.sha256)
+
+
+def test_partial_uploads_are_not_picked_up(hl7ics_home):
+    """Bad input 63: *.tmp is ignored (tmp_rename); stable_size waits until the file stops changing."""
+    s = Settings.load()
+    facs = {f.code: f for f in s.facilities()}
+    so = s.data_dir / "inbound" / "CHU-SO"
+    write(so / "upload.hl7.tmp", adt("T-1", "A01", "20261102080000"))
+    write(so / "ready.hl7", adt("T-2", "A01", "20261102080000"))
+    (so / "link.hl7").symlink_to(so / "ready.hl7")
+    assert [Path(p).name for p in discover(s, facs["CHU-SO"])] == ["ready.hl7"]
+    sok = s.data_dir / "inbound" / "CHR-SOKODE"
+    f = write(sok / "growing.hl7", adt("T-3", "A01", "20261102080000"))
+    assert discover(s, facs["CHR-SOKODE"], now=f.stat().st_mtime + 1) == []
+    assert discover(s, facs["CHR-SOKODE"], now=f.stat().st_mtime + 60) == [str(f)]
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "EMPTY_FILE"),
+    (b"   \r\n\t ", "EMPTY_FILE"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n", "NOT_HL7_CONTENT"),
+    ("MSH|^~\\&|A|CHU-SO|B|C|20261102||ADT^A01|U-1|P|2.5\r".encode("utf-16"), "UNSUPPORTED_FILE_ENCODING"),
+], ids=["empty", "whitespace", "pdf", "utf16"])
+def test_empty_binary_and_utf16_files_are_quarantined(ingestor, tmp_path, content, reason):
+    """Bad input 66."""
+    f = tmp_path / "bad.hl7"
+    f.write_bytes(content)
+    r = ingestor.ingest_file(f, "CHU-SO")
+    assert r.status == "quarantined" and r.error == reason
+    msgs = rows(ingestor.engine, "SELECT m.status, q.reason FROM message_store m JOIN quarantine q ON q.message_id = m.id")
+    if content.strip():
+        assert msgs and all(m[0] == "quarantined" for m in msgs) and reason in {m[1] for m in msgs}
+        assert b"".join(bytes(x[0]) for x in rows(ingestor.engine, "SELECT raw FROM message_store")) in (content, content.lstrip())
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM fact_encounter") == 0
+
+
+def test_batch_count_mismatch_quarantines_the_whole_file(ingestor, tmp_path):
+    """Bad input 60: BTS-1 says 3, the batch holds 2: nothing is loaded, nothing is lost."""
+    body = ("FHS|^~\\&|SIH|CHU-SO\nBHS|^~\\&|SIH|CHU-SO\n" + adt("B-1", "A01", "20261102080000")
+            + adt("B-2", "A01", "20261102090000", visit="V2") + "BTS|3\nFTS|1\n")
+    f = write(tmp_path / "batch.hl7", body)
+    r = ingestor.ingest_file(f, "CHU-SO")
+    assert r.status == "quarantined"
+    assert rows(ingestor.engine, "SELECT status FROM message_store") == [("quarantined",), ("quarantined",)]
+    assert {x[0] for x in rows(ingestor.engine, "SELECT reason FROM quarantine")} == {"BATCH_COUNT_MISMATCH"}
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 0
+
+
+def test_one_bad_message_in_a_good_batch(ingestor, tmp_path):
+    """Bad input 61: the good messages load, the bad one is quarantined with its reason."""
+    msgs = [adt(f"G-{i}", "A01", "20261102080000", visit=f"V{i}") for i in range(50)]
+    msgs[17] = msgs[17].replace("|G-17|", "||")
+    body = "BHS|^~\\&|SIH|CHU-SO\n" + "".join(msgs) + "BTS|50\n"
+    ingestor.ingest_file(write(tmp_path / "b.hl7", body), "CHU-SO")
+    st = dict(rows(ingestor.engine, "SELECT status, COUNT(*) FROM message_store GROUP BY status"))
+    assert st == {"loaded": 49, "quarantined": 1}
+    assert rows(ingestor.engine, "SELECT reason FROM quarantine") == [("MISSING_CONTROL_ID",)]
+
+
+def test_replay_after_a_fix_is_idempotent(ingestor, tmp_path, monkeypatch):
+    from transforms import extract
+    from transforms.replay import replay
+
+    no_pv1 = adt("R-1", "A01", "20261102080000").split("PV1|")[0]
+    write(tmp_path / "1.hl7", no_pv1)
+    ingestor.ingest_file(tmp_path / "1.hl7", "CHU-SO")
+    eng = ingestor.engine
+    assert scalar(eng, "SELECT status FROM message_store") == "quarantined"
+    assert replay(eng, ingestor.loader, reason="MISSING_SEGMENT").loaded == 0  # nothing fixed yet
+    assert scalar(eng, "SELECT COUNT(*) FROM quarantine WHERE resolved_at IS NULL") == 1
+    monkeypatch.setattr(extract, "_ADT_NEEDS_PV1", set())  # "the fix"
+    counts = replay(eng, ingestor.loader, reason="MISSING_SEGMENT")
+    assert counts.loaded == 1
+    assert scalar(eng, "SELECT status FROM message_store") == "loaded"
+    assert scalar(eng, "SELECT COUNT(*) FROM quarantine WHERE resolved_at IS NULL") == 0
+    before = checksum(eng)
+    assert replay(eng, ingestor.loader).messages == 0
+    assert checksum(eng) == before
+
+
+def test_crash_mid_file_resumes_without_duplicates(ingestor, tmp_path, monkeypatch):
+    import transforms.ingest as ingest_mod
+
+    monkeypatch.setattr(ingest_mod, "BATCH_SIZE", 10)
+    body = "".join(adt(f"X-{i}", "A01", "20261102080000", visit=f"V{i}") for i in range(35))
+    f = write(tmp_path / "big.hl7", body)
+    real = ingestor.loader.write
+    calls = {"n": 0}
+
+    def flaky(conn, prepared):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk went away")
+        return real(conn, prepared)
+
+    monkeypatch.setattr(ingestor.loader, "write", flaky)
+    with pytest.raises(OSError):
+        ingestor.ingest_file(f, "CHU-SO")
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 20
+    monkeypatch.setattr(ingestor.loader, "write", real)
+    assert ingestor.ingest_file(f, "CHU-SO").status == "done"
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 35
+    assert scalar(ingestor.engine, "SELECT COUNT(DISTINCT source_ref) FROM message_store") == 35
+
+
+def test_migrations_are_versioned_and_idempotent(warehouse_url):
+    from transforms.warehouse import current_version, migrations, upgrade
+
+    eng = get_engine(warehouse_url)
+    assert current_version(eng) == max(v for v, _, _ in migrations())
+    assert upgrade(eng) == []
+    with eng.connect() as c:
+        assert c.execute(text("SELECT COUNT(*) FROM schema_migrations")).scalar() == len(migrations())
+
+
+def test_schema_is_identical_on_sqlite_and_postgresql(sqlite_url, pg_url):
+    from sqlalchemy import inspect
+
+    shapes = []
+    for url in (sqlite_url, pg_url):
+        insp = inspect(get_engine(url))
+        shapes.append({t: [c["name"] for c in insp.get_columns(t)] for t in insp.get_table_names()})
+    assert shapes[0] == shapes[1]
+    for t in TABLES:
+        assert t in shapes[0]
+
+
+def test_cli_ingest_counts_and_exit_codes(tmp_path, hl7ics_home, capsys):
+    from transforms.cli import main
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    d = tmp_path / "CHU-SO"
+    write(d / "a.hl7", adt("CLI-1", "A01", "20261102080000") + adt("", "A01", "20261102080000"))
+    assert main(["ingest", str(d), "--warehouse", url]) == 0
+    out = capsys.readouterr().out
+    line = [l for l in out.splitlines() if l.startswith("CHU-SO")][0].split()
+    assert line[1:] == ["1", "0", "2", "1", "0", "1"]
+    assert main(["ingest", str(tmp_path / "missing"), "--warehouse", url]) == 2
+    assert main(["ingest", str(d), "--warehouse", url, "--facility", "NOPE"]) == 2
+    bad = tmp_path / "cfg"
+    bad.mkdir()
+    (bad / "facilities.yaml").write_text("facilities:\n  - code: x\n")
+    assert main(["--config", str(bad), "ingest", str(d), "--warehouse", url]) == 2
+    assert "facility x: code must be" in capsys.readouterr().err
