@@ -12,6 +12,9 @@ because Ewe/Kabiyè letters such as ɖ ƒ ɣ ŋ ɔ ɛ ʋ cannot exist in Latin-1
 from __future__ import annotations
 
 import codecs
+import re
+
+_C1 = re.compile(rb"[\x80-\x9f]")
 
 # HL7 table 0211 (plus the non-table spellings seen in the wild) -> Python codec.
 TABLE_0211 = {
@@ -116,7 +119,7 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
             return text, "utf-8", flags
         except UnicodeDecodeError:
             pass
-        if codec == "iso-8859-1" and any(0x80 <= b <= 0x9F for b in raw):
+        if codec == "iso-8859-1" and _C1.search(raw):
             # C1 controls never occur in real Latin-1 text; CP1252 puts € ’ “ there.
             flags.append("CHARSET_CP1252")
             return _decode_cp1252(raw), "cp1252", flags

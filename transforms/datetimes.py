@@ -24,6 +24,21 @@ def _leap(y: int) -> bool:
 
 def parse_dtm(value: str) -> str:
     """Return the ISO 8601 form of an HL7 DTM, or raise InvalidDate."""
+    # Hot path: a day of traffic repeats the same timestamps (MSH-7, EVN-2, OBX-14) many times.
+    cached = _CACHE.get(value)
+    if cached is not None:
+        return cached
+    out = _parse_slow(value)
+    if len(_CACHE) > 100_000:
+        _CACHE.clear()
+    _CACHE[value] = out
+    return out
+
+
+_CACHE: dict[str, str] = {}
+
+
+def _parse_slow(value: str) -> str:
     s = value.strip()
     offset = ""
     for sign in ("+", "-"):
@@ -96,6 +111,21 @@ def to_utc(iso: str | None, tz: str = "Africa/Lome") -> str | None:
     """
     if not iso:
         return None
+    key = (iso, tz)
+    hit = _UTC_CACHE.get(key)
+    if hit is not None:
+        return hit
+    out = _to_utc(iso, tz)
+    if len(_UTC_CACHE) > 100_000:
+        _UTC_CACHE.clear()
+    _UTC_CACHE[key] = out
+    return out
+
+
+_UTC_CACHE: dict[tuple[str, str], str] = {}
+
+
+def _to_utc(iso: str, tz: str) -> str:
     base = iso
     off = None
     if len(iso) > 10 and iso[-6] in "+-" and iso[-3] == ":":

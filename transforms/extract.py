@@ -63,7 +63,9 @@ def _number(value: str, location: str, issues: list[ParseIssue]) -> float | None
     if not v:
         return None
     try:
-        return float(v)
+        f = float(v)
+        if f == f and f not in (_INF, -_INF) and "_" not in v:
+            return f
     except ValueError:
         pass
     if "," in v and v.replace(",", "", 1).replace("-", "", 1).isdigit():
@@ -73,59 +75,78 @@ def _number(value: str, location: str, issues: list[ParseIssue]) -> float | None
     return None
 
 
+def _f(seg: list[str], n: int) -> str:
+    return seg[n] if n < len(seg) else ""
+
+
 def patient_of(msg: Message, issues: list[ParseIssue]) -> dict | None:
     pid = msg.first("PID")
     if pid is None:
         return None
     d = msg.delims
     codec = msg.codec
-    ident = field(pid, 3)
-    loc = "PID-3"
-    if not ident.strip(d.component + d.repetition + " "):
+    comp, sub = d.component, d.subcomponent
+    ident = _f(pid, 3)
+    if not ident.strip(comp + d.repetition + " "):
         # v2.1/2.2 senders often put the only identifier in PID-2 (external) or PID-4 (alternate).
         for alt in (2, 4):
-            if field(pid, alt).strip(d.component + " "):
-                ident, loc = field(pid, alt), f"PID-{alt}"
-                issues.append(ParseIssue("ID_FROM_OLD_FIELD", loc, "patient identifier taken from a pre-2.3 field", 0, "warning"))
+            if _f(pid, alt).strip(comp + " "):
+                ident = _f(pid, alt)
+                issues.append(ParseIssue("ID_FROM_OLD_FIELD", f"PID-{alt}", "patient identifier taken from a pre-2.3 field", 0, "warning"))
                 break
         else:
             issues.append(ParseIssue("MISSING_PATIENT_ID", "PID-3", "patient identifier list is empty", 101))
     cx = components(ident, d)
-    pid_value = unescape(cx[0], d, codec).strip() if cx else ""
-    authority = ""
-    if len(cx) > 3 and cx[3]:
-        authority = unescape(cx[3].split(d.subcomponent, 1)[0], d, codec)
-    xpn = components(field(pid, 5), d)
-    family = unescape(xpn[0].split(d.subcomponent, 1)[0], d, codec) if xpn and xpn[0] else ""
+    pid_value = unescape(cx[0], d, codec).strip()
+    authority = unescape(cx[3].split(sub, 1)[0], d, codec) if len(cx) > 3 and cx[3] else ""
+    xpn = components(_f(pid, 5), d)
+    family = unescape(xpn[0].split(sub, 1)[0], d, codec) if xpn[0] else ""
     given = unescape(xpn[1], d, codec) if len(xpn) > 1 else ""
     if not family and not given:
         issues.append(ParseIssue("MISSING_PATIENT_NAME", "PID-5", "patient name is empty", 101, "warning"))
-    dob_raw = components(field(pid, 7), d)[0]
-    birth = _date(dob_raw, "PID-7", issues, required=True)
+    dob_raw = _f(pid, 7)
+    if comp in dob_raw:
+        dob_raw = dob_raw.split(comp, 1)[0]
+    birth = _date(dob_raw, "PID-7", issues, required=True) if dob_raw else None
+    sex = _f(pid, 8)
+    if comp in sex or d.repetition in sex:
+        sex = components(sex, d)[0]
     return {
         "id": pid_value or None,
         "id_authority": authority or None,
         "family_name": family or None,
         "given_name": given or None,
         "birth_date": birth[:10] if birth else None,
-        "sex": components(field(pid, 8), d)[0] or None,
+        "sex": sex or None,
     }
 
 
+_INF = float("inf")
+_CODED = frozenset(("CE", "CWE", "CNE", "CF", "CD", "CX"))
+
+
 def observations_of(msg: Message, issues: list[ParseIssue]) -> list[dict]:
+    obxs = msg.index.get("OBX")
+    if not obxs:
+        return []
     d = msg.delims
     codec = msg.codec
-    comp, rep, sub = d.component, d.repetition, d.subcomponent
+    comp, rep, sub, esc = d.component, d.repetition, d.subcomponent, d.escape
     out = []
-    for n, obx in enumerate(msg.all("OBX"), 1):
-        where = f"OBX[{n}]"
-        vt = field(obx, 2).split(comp, 1)[0].strip()
-        code = field(obx, 3)
-        cc = code.split(comp) if code else [""]
-        raw_value = field(obx, 5)
-        if vt in ("CE", "CWE", "CNE", "CF", "CD", "CX"):
+    for n, obx in enumerate(obxs, 1):
+        ln = len(obx)
+        vt = obx[2] if ln > 2 else ""
+        if comp in vt:
+            vt = vt.split(comp, 1)[0]
+        vt = vt.strip()
+        code = obx[3] if ln > 3 else ""
+        cc = code.split(comp)
+        raw_value = obx[5] if ln > 5 else ""
+        if vt in _CODED:
             parts = raw_value.split(rep, 1)[0].split(comp)
-            value = unescape(parts[0], d, codec) if parts[0] else (unescape(parts[1], d, codec) if len(parts) > 1 else "")
+            value = parts[0] or (parts[1] if len(parts) > 1 else "")
+            if esc in value:
+                value = unescape(value, d, codec)
         elif vt == "SN":
             value = unescape("".join(raw_value.split(rep, 1)[0].split(comp)), d, codec)
         elif vt == "ED":
@@ -134,66 +155,98 @@ def observations_of(msg: Message, issues: list[ParseIssue]) -> list[dict]:
             value = parts[4] if len(parts) > 4 else raw_value
         elif rep in raw_value:
             value = "\n".join(unescape(r, d, codec) for r in raw_value.split(rep))
-        else:
+        elif esc in raw_value:
             value = unescape(raw_value, d, codec)
+        else:
+            value = raw_value
         numeric = None
         if vt == "NM":
-            numeric = _number(value, f"{where}-5", issues)
+            try:
+                numeric = float(value) if value else None
+                if numeric is not None and (numeric != numeric or numeric in (_INF, -_INF) or "_" in value):
+                    raise ValueError  # "nan", "inf" and "1_000" are Python literals, not HL7 numbers
+            except ValueError:
+                numeric = _number(value, f"OBX[{n}]-5", issues)
         elif vt == "SN":
             parts = raw_value.split(comp)
-            if (not parts[0] or parts[0] == "=") and len(parts) > 1 and len(parts) < 3:
-                numeric = _number(parts[1], f"{where}-5", issues)
-        units = field(obx, 6)
-        uc = units.split(comp) if units else [""]
-        observed = _date(field(obx, 14).split(comp, 1)[0], f"{where}-14", issues, required=True)
+            if (not parts[0] or parts[0] == "=") and 1 < len(parts) < 3:
+                numeric = _number(parts[1], f"OBX[{n}]-5", issues)
+        units = obx[6] if ln > 6 else ""
+        if units:
+            uc = units.split(comp)
+            units = (uc[0] or (uc[1] if len(uc) > 1 else "")).split(sub, 1)[0]
+            if esc in units:
+                units = unescape(units, d, codec)
+        ts = obx[14] if ln > 14 else ""
+        if comp in ts:
+            ts = ts.split(comp, 1)[0]
+        rr = obx[7] if ln > 7 else ""
+        flag = obx[8] if ln > 8 else ""
+        c0 = cc[0]
+        text_ = cc[1] if len(cc) > 1 else ""
         out.append({
-            "set_id": field(obx, 1) or str(n),
+            "set_id": obx[1] if ln > 1 and obx[1] else str(n),
             "value_type": vt or None,
-            "code": unescape(cc[0], d, codec) or None,
+            "code": (unescape(c0, d, codec) if esc in c0 else c0) or None,
             "code_system": (cc[2] if len(cc) > 2 else "") or None,
-            "text": unescape(cc[1], d, codec) if len(cc) > 1 and cc[1] else None,
+            "text": (unescape(text_, d, codec) if esc in text_ else text_) or None,
             "value": value if value != "" else None,
             "value_numeric": numeric,
-            "units": unescape(uc[0] or (uc[1] if len(uc) > 1 else ""), d, codec).split(sub, 1)[0] or None,
-            "reference_range": unescape(field(obx, 7), d, codec) or None,
-            "abnormal_flag": field(obx, 8).split(rep, 1)[0] or None,
-            "status": field(obx, 11) or None,
-            "observed_at": observed,
+            "units": units or None,
+            "reference_range": (unescape(rr, d, codec) if esc in rr else rr) or None,
+            "abnormal_flag": (flag.split(rep, 1)[0] if rep in flag else flag) or None,
+            "status": (obx[11] if ln > 11 else "") or None,
+            "observed_at": _date(ts, f"OBX[{n}]-14", issues, required=True) if ts else None,
         })
     return out
 
 
+_EMPTY_HEADER = ("control_id", "message_type", "trigger_event", "message_structure", "version",
+                 "sending_application", "sending_facility", "receiving_application", "receiving_facility",
+                 "message_datetime", "processing_id", "accept_ack", "application_ack", "charset_declared")
+
+
+def _first(value: str, d) -> str:
+    if d.repetition in value:
+        value = value.split(d.repetition, 1)[0]
+    if d.component in value:
+        value = value.split(d.component, 1)[0]
+    return value
+
+
 def header_of(msg: Message, issues: list[ParseIssue]) -> dict:
-    msh = msg.first("MSH") if msg.segments and msg.segments[0][0] == "MSH" else None
-    d = msg.delims
+    msh = msg.segments[0] if msg.segments and msg.segments[0][0] == "MSH" else None
     if msh is None:
-        return {k: None for k in ("control_id", "message_type", "trigger_event", "message_structure", "version",
-                                   "sending_application", "sending_facility", "receiving_application",
-                                   "receiving_facility", "message_datetime", "processing_id", "accept_ack",
-                                   "application_ack", "charset_declared")}
-    m9 = components(field(msh, 9), d)
+        return dict.fromkeys(_EMPTY_HEADER)
+    d = msg.delims
+    n = len(msh)
+    g = (lambda i: msh[i - 1] if i - 1 < n else "")  # MSH-i (MSH-1 is the separator itself)
+    m9 = g(9).split(d.component)
     mtype = m9[0].strip()
     event = m9[1].strip() if len(m9) > 1 else ""
     if not mtype:
         issues.append(ParseIssue("MISSING_MESSAGE_TYPE", "MSH-9", "message type is empty", 101))
     elif not event and mtype != "ACK":
         issues.append(ParseIssue("MISSING_TRIGGER_EVENT", "MSH-9", "trigger event is empty", 101, "warning"))
-    control = field(msh, 10).strip()
+    control = g(10).strip()
     if not control:
         issues.append(ParseIssue("MISSING_CONTROL_ID", "MSH-10", "message control ID is empty", 101))
-    vraw = components(field(msh, 12), d)[0].strip()
-    vm = SUPPORTED_VERSION.match(vraw)
+    vraw = _first(g(12), d).strip()
     if not vraw:
         issues.append(ParseIssue("MISSING_VERSION", "MSH-12", "version ID is empty", 101))
         version = None
-    elif not vm:
-        issues.append(ParseIssue("UNSUPPORTED_VERSION", "MSH-12", "version is not 2.1 to 2.8", 203))
+    elif vraw in _KNOWN_VERSIONS:
         version = vraw
     else:
-        version = vm.group(0)
-        if version != vraw:
-            issues.append(ParseIssue("NONSTANDARD_VERSION", "MSH-12", "version has a non-standard suffix", 0, "warning"))
-    dt = components(field(msh, 7), d)[0]
+        vm = SUPPORTED_VERSION.match(vraw)
+        if not vm:
+            issues.append(ParseIssue("UNSUPPORTED_VERSION", "MSH-12", "version is not 2.1 to 2.8", 203))
+            version = vraw
+        else:
+            version = vm.group(0)
+            if version != vraw:
+                issues.append(ParseIssue("NONSTANDARD_VERSION", "MSH-12", "version has a non-standard suffix", 0, "warning"))
+    dt = _first(g(7), d)
     if not dt:
         issues.append(ParseIssue("MISSING_DATETIME", "MSH-7", "message date/time is empty", 101, "warning"))
     return {
@@ -202,17 +255,21 @@ def header_of(msg: Message, issues: list[ParseIssue]) -> dict:
         "trigger_event": event or None,
         "message_structure": message_structure(mtype, event, m9[2].strip() if len(m9) > 2 else "") or None,
         "version": version,
-        "sending_application": components(field(msh, 3), d)[0] or None,
-        "sending_facility": components(field(msh, 4), d)[0] or None,
-        "receiving_application": components(field(msh, 5), d)[0] or None,
-        "receiving_facility": components(field(msh, 6), d)[0] or None,
+        "sending_application": _first(g(3), d) or None,
+        "sending_facility": _first(g(4), d) or None,
+        "receiving_application": _first(g(5), d) or None,
+        "receiving_facility": _first(g(6), d) or None,
         # MSH-7 only labels the message; our own received-at time is authoritative (bad input 51).
-        "message_datetime": _date(dt, "MSH-7", issues, required=False),
-        "processing_id": components(field(msh, 11), d)[0] or None,
-        "accept_ack": field(msh, 15) or None,
-        "application_ack": field(msh, 16) or None,
-        "charset_declared": components(field(msh, 18), d)[0] or None,
+        "message_datetime": _date(dt, "MSH-7", issues, required=False) if dt else None,
+        "processing_id": _first(g(11), d) or None,
+        "accept_ack": g(15) or None,
+        "application_ack": g(16) or None,
+        "charset_declared": _first(g(18), d) or None,
     }
+
+
+_KNOWN_VERSIONS = frozenset(("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8",
+                             "2.8.1", "2.8.2"))
 
 
 def check_structure(msg: Message, header: dict, issues: list[ParseIssue]) -> None:
@@ -226,11 +283,11 @@ def check_structure(msg: Message, header: dict, issues: list[ParseIssue]) -> Non
             required = required + ("PV1",)
         elif event in ("A40", "A41", "A42", "A39"):
             required = required + ("MRG",)
+    index = msg.index
     for sid in required:
-        if sid not in msg.index:
+        if sid not in index:
             issues.append(ParseIssue("MISSING_SEGMENT", sid, f"required segment {sid} is missing", 100))
-    for s in msg.segments:
-        sid = s[0]
+    for sid in index:  # distinct segment IDs only: a handful per message
         if not (len(sid) == 3 and sid.isalnum() and sid.isupper() and sid.isascii()):
             issues.append(ParseIssue("MALFORMED_SEGMENT_ID", "segment", "segment ID is not three upper-case letters/digits", 100, "warning"))
             break
@@ -289,8 +346,10 @@ def envelope_issues(stream) -> dict:
     return out
 
 
-def iter_parsed(stream, name: str, facility_charset: str | None = None):
-    """Yield (RawMessage, Message, batch_issues) for every message of a seekable binary stream.
+def iter_parsed(stream, name: str, facility_charset: str | None = None, parse_messages: bool = True):
+    """Yield (RawMessage, Message | None, batch_issues) for every message of a seekable binary stream.
+
+    ``parse_messages=False`` skips tokenizing (the loader parses later, once).
 
     Batch files get a streaming pre-pass so that a count mismatch is known before any message is
     used (a mismatch usually means a truncated transfer: the whole file is held back, bad input 60).
@@ -307,7 +366,7 @@ def iter_parsed(stream, name: str, facility_charset: str | None = None):
         for b, lst in by_batch.items():
             if b is not None:
                 extra.extend(lst)
-        yield rm, parse(rm.raw, facility_charset), extra
+        yield rm, parse(rm.raw, facility_charset) if parse_messages else None, extra
 
 
 def iter_file_records(path: str, facility_charset: str | None = None):

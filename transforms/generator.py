@@ -139,8 +139,9 @@ def _wtab(pairs, size: int = 400) -> tuple:
 
 def _coded(code, text, system, alt_code="", alt_text="", alt_system="", version="",
            orig="") -> tuple[str, str]:
-    """(CE, CWE) renderings of one coded value: CE keeps at most 6 components (<= 2.4),
-    CWE adds version and original text (2.5+), which is what real 2.3 vs 2.5 feeds differ by."""
+    """(CE, CWE) renderings of one coded value. CE has at most 6 components; CWE (2.5+,
+    e.g. a coded OBX-5 with OBX-2 = CWE) adds version and original text, up to 9. Fields
+    still typed CE in 2.5/2.5.1 (OBX-3, DG1-3, RXA-5...) always use the CE rendering."""
     ce = "^".join((code, text, system, alt_code, alt_text, alt_system)).rstrip("^")
     cwe = "^".join((code, text, system, alt_code, alt_text, alt_system, version, "",
                     orig)).rstrip("^")
@@ -281,8 +282,7 @@ _DX_ADULT = _wtab([("B54", 30), ("B50.9", 8), ("A09", 8), ("J18.9", 10), ("B20",
                    ("I10", 14), ("E11.9", 8), ("S06.0", 8), ("A01.0", 5), ("A39.0", 2),
                    ("A00.9", 2), ("A95.9", 1)])
 # DG1 prefixes: <2.5 carries coding method and the deprecated DG1-4 description.
-_DG1 = {code: (f"DG1|1|I10|{code}^{label}^I10|{label}|",
-               f"DG1|1||{code}^{label}^I10^^^^2019^^{label}||")
+_DG1 = {code: (f"DG1|1|I10|{code}^{label}^I10|{label}|", f"DG1|1||{code}^{label}^I10||")
         for code, (label, _w) in _DX.items()}
 _WARD_SERVICE = {"MED": "MED", "PED": "PED", "MAT": "OBS", "CHIR": "SUR", "INF": "MED"}
 _DISPOSITION = _wtab([("01", 88), ("02", 4), ("07", 5), ("20", 3)], 100)
@@ -512,6 +512,7 @@ _APPT_REASONS = _wtab([(_coded("CPN", "Consultation prénatale", "L"), 30),
                        (_coded("VACC", "Séance de vaccination", "L"), 15),
                        (_coded("SUIVI", "Consultation de suivi", "L"), 30),
                        (_coded("ECHO", "Échographie", "L"), 10)], 100)
+_NEW_APPT = "NEW^Nouveau rendez-vous^L"
 _DOCS = tuple(
     (_coded(code, label, "LN"), kind, text, base64.b64encode(text.encode("utf-8")).decode())
     for code, label, kind, text in (
@@ -1191,9 +1192,11 @@ class _Engine:
             svc, spec, tests = _GROUPS[g]
             pl = f"{placer}-{gi}^{app}"
             fl = f"R{placer[3:]}{gi}^{app}"
-            segs.append(f"ORC|RE|{pl}|{fl}||CM")
+            segs.append(f"ORC|RE|{pl}|{fl}||CM" if cwe else f"ORC|RE|{pl}|{fl}||CM||^^^{ct}^^R")
+            # before 2.5, specimen source is OBR-15 and timing OBR-27; 2.5 moved both out
             segs.append(f"OBR|{gi}|{pl}|{fl}|{svc[cwe]}|||{ct}|||||||{ct}|"
-                        f"{'' if cwe else spec}|{doc}||||||{rt}|||F")
+                        f"{'' if cwe else spec}|{doc}||||||{rt}|||F"
+                        f"{'' if cwe else f'||^^^{ct}^^R'}")
             k = 0
             for key, prob in tests:
                 if prob < 1 and rnd() >= prob:
@@ -1202,10 +1205,10 @@ class _Engine:
                 k += 1
                 if t.kind == "DN":
                     if positive:
-                        segs.append(f"OBX|{k}|NM|{t.code[cwe]}||{int(10 ** (2 + rnd() * 3.5))}|"
+                        segs.append(f"OBX|{k}|NM|{t.code[0]}||{int(10 ** (2 + rnd() * 3.5))}|"
                                     f"{t.units[cwe]}|{t.rng}|H|||F|||{ct}")
                     else:
-                        segs.append(f"OBX|{k}|NM|{t.code[cwe]}||0|{t.units[cwe]}|{t.rng}|N"
+                        segs.append(f"OBX|{k}|NM|{t.code[0]}||0|{t.units[cwe]}|{t.rng}|N"
                                     f"|||F|||{ct}")
                 elif t.kind == "NM":
                     x = t.mean + t.sd * gauss()
@@ -1215,7 +1218,7 @@ class _Engine:
                     if rnd() < 0.003:                # some analysers export decimal commas
                         val = val.replace(".", ",")
                     flag = "H" if x > t.hi else "L" if x < t.lo else "N"
-                    segs.append(f"OBX|{k}|NM|{t.code[cwe]}||{val}|{t.units[cwe]}|{t.rng}|{flag}"
+                    segs.append(f"OBX|{k}|NM|{t.code[0]}||{val}|{t.units[cwe]}|{t.rng}|{flag}"
                                 f"|||F|||{ct}")
                 else:
                     positive = rnd() < t.pos_rate
@@ -1225,10 +1228,10 @@ class _Engine:
                     else:
                         val = t.neg[cwe]
                         flag = "N"
-                    segs.append(f"OBX|{k}|{vt_cw}|{t.code[cwe]}||{val}|||{flag}|||F|||{ct}")
+                    segs.append(f"OBX|{k}|{vt_cw}|{t.code[0]}||{val}|||{flag}|||F|||{ct}")
             if gi == len(groups) and rnd() < 0.15:
                 k += 1
-                segs.append(f"OBX|{k}|TX|{_COMMENT_CODE[cwe]}||"
+                segs.append(f"OBX|{k}|TX|{_COMMENT_CODE[0]}||"
                             f"{_COMMENTS[int(rnd() * len(_COMMENTS))]}||||||F|||{ct}")
             if cwe:
                 segs.append(f"SPM|1|S{placer[3:]}{gi}&{app}||{spec}{_P13}{ct}")
@@ -1274,7 +1277,7 @@ class _Engine:
             f = [""] * (50 if cwe else 37)
             f[0], f[1], f[2], f[3], f[4] = "IN1", "1", plan, org, org_name
             f[16] = f"{p.fam}^{p.given}"
-            f[17] = "SEL^Lui-même^HL70063"
+            f[17] = "SEL" if ti.version == "2.3" else "SEL^Lui-même^HL70063"
             f[36] = member
             if cwe:
                 f[49] = f"{member}^^^{org}^MB"
@@ -1358,9 +1361,9 @@ class _Engine:
         appt = f"RDV{fac.order_seq:07d}"
         st, en = self.ts(start), self.ts(start + dur * 60)
         doc = _pick(rnd, fac.doctors)
-        f = ["SCH", f"{appt}^{ti.app}", f"{appt}^{ti.app}", "", "", "", "", reason, "NORMAL",
-             str(dur), "min", f"^^{dur}^{st}^{en}", "", "", "", "", doc, "", "", "", doc, "",
-             "", "", "", "Booked"]
+        f = ["SCH", f"{appt}^{ti.app}", f"{appt}^{ti.app}", "", "", "", _NEW_APPT, reason,
+             "NORMAL", str(dur), "min", f"^^{dur}^{st}^{en}", "", "", "", "", doc, "", "", "",
+             doc, "", "", "", "", "Booked"]
         loc = f"CONS^C{int(rnd() * 15) + 1}^^{fac.code}"
         return ["|".join(f), self.pid(p, cwe), "RGS|1|A",
                 f"AIL|1|A|{loc}|CONS^Consultation^L||{st}|||{dur}|min",

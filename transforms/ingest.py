@@ -177,7 +177,7 @@ class Ingestor:
 
     def _messages(self, fh, facility_code: str | None, sniff: ParseIssue | None):
         fac = self.facilities.get(facility_code or "")
-        for rm, msg, extra in iter_parsed(fh, "", fac.charset if fac else None):
+        for rm, msg, extra in iter_parsed(fh, "", fac.charset if fac else None, parse_messages=False):
             if sniff is not None:
                 extra = extra + [sniff]
             yield rm, msg, extra

@@ -121,6 +121,7 @@ class Loader:
             p.item.message_id = i
         existing = self._existing_keys(conn, prepared)
         seen: dict[tuple, int] = {}
+        seen_ids: dict[tuple, set] = {}  # (facility, control id) -> SHA-256s loaded in this batch
         statuses: dict[int, str] = {}
         quarantine_rows = []
         facts_by_table: dict[str, list] = {}
@@ -140,9 +141,10 @@ class Loader:
                     status = "duplicate"
                 else:
                     seen[key] = mid
-                    if any(x[1] != key[2] and x[0] < mid for x in existing.get(key[:2], [])) or \
-                            any(k[:2] == key[:2] and k != key for k in seen if seen[k] < mid):
+                    others = seen_ids.setdefault(key[:2], set())
+                    if others or any(x[1] != key[2] and x[0] < mid for x in existing.get(key[:2], [])):
                         flags.append("CONTROL_ID_REUSE")
+                    others.add(key[2])
                     try:
                         facts = extract_facts(p.msg, rec, p.facility, p.tz, mid, self.keyer, now)
                     except Exception as exc:

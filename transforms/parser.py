@@ -58,8 +58,24 @@ class ParseIssue(NamedTuple):
                 "hl7_code": self.hl7_code, "severity": self.severity}
 
 
+_DELIM_CACHE: dict[str, tuple[Delimiters, list[ParseIssue]]] = {}
+
+
 def read_delimiters(header: str) -> tuple[Delimiters, list[ParseIssue]]:
     """Delimiters from the start of an MSH/FHS/BHS segment (``MSH|^~\\&|...``)."""
+    if len(header) >= 4:
+        end = header.find(header[3], 4)
+        key = header[:end + 1] if end != -1 else header[:12]
+        hit = _DELIM_CACHE.get(key)
+        if hit is None:
+            hit = _read_delimiters(header)
+            if len(_DELIM_CACHE) < 256:  # senders use a handful of delimiter sets
+                _DELIM_CACHE[key] = hit
+        return hit[0], list(hit[1])
+    return _read_delimiters(header)
+
+
+def _read_delimiters(header: str) -> tuple[Delimiters, list[ParseIssue]]:
     issues: list[ParseIssue] = []
     if len(header) < 4:
         return DEFAULT_DELIMITERS, [ParseIssue("BAD_DELIMITERS", "MSH-1", "MSH-1 field separator missing", 102)]
@@ -297,7 +313,16 @@ def parse(raw: bytes, facility_charset: str | None = None) -> Message:
 
 # ---------------------------------------------------------------------------------------------
 # Streams of bytes -> units
-_START = re.compile(rb"(?:(?<=[\r\n])|^)(?:MSH|FHS|BHS|BTS|FTS)(?=[^A-Za-z0-9\r\n])")
+_START = re.compile(rb"[\r\n](?=(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n])")
+_HEAD = re.compile(rb"(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
+
+
+def _starts(buf: bytes) -> list[int]:
+    """Offsets where a message or batch segment begins (at the buffer start or after CR/LF)."""
+    out = [m.start() + 1 for m in _START.finditer(buf)]
+    if _HEAD.match(buf):
+        out.insert(0, 0)
+    return out
 
 
 class Unit(NamedTuple):
@@ -325,7 +350,7 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[Unit]:
             if lead:
                 buf = buf[lead:]
                 base += lead
-        starts = [m.start() for m in _START.finditer(buf)]
+        starts = _starts(buf)
         if not eof:
             if not starts:
                 if len(buf) > MAX_UNIT_BYTES:
