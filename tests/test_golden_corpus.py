@@ -14,10 +14,10 @@ What is checked:
   sha256 of every record match an independent re-slicing of the file, so no byte of message data is
   dropped (envelope lines FHS/BHS/BTS/FTS aside).
 - ``test_no_patient_data_in_issue_texts``: no error/warning text contains a PID-3/5/11/13 value.
-- ``test_parser_bug``: narrow checks of known parser bugs (strict xfail; see the reasons).
+- ``test_parser_regression``: narrow checks of parser bugs found while writing these tests (segments
+  after a batch header line, stray BTS/FTS, ambiguous 3-character MSH-2, CWE abnormal flags, leading
+  blank lines with short reads, an empty first PID-3 repetition), now fixed.
 
-Cases marked ``xfail(strict=True)`` are parser bugs found while writing these tests; they are listed in
-the hand-over report and must start passing (and then be un-marked) once the parser is fixed.
 Tests never read ``/work/shared``.
 """
 from __future__ import annotations
@@ -168,10 +168,7 @@ GOOD = {
     # MSH then a BTS|1 with no BHS. iter_file() reports "BTS without BHS" (as for sample_file6), but
     # extract.iter_parsed only runs the envelope pre-pass when the file STARTS with FHS/BHS.
     "python-hl7/sample_batch4.hl7": pytest.param(dict(count=1, batches=[None], first=dict(
-        _ADT_A04_AU, control_id="12334456778890", errors=[("BATCH_STRUCTURE", "BTS")])),
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: stray BTS (no BHS) is not reported when the file starts with MSH: "
-            "extract._starts_with_envelope() skips the envelope pre-pass, status is 'ok'"))),
+        _ADT_A04_AU, control_id="12334456778890", errors=[("BATCH_STRUCTURE", "BTS")]))),
     # FHS, BHS, MSH, BTS|1, FTS|1
     "python-hl7/sample_file.hl7": dict(count=1, batches=[1], first=dict(
         _ADT_A04_AU, control_id="12334456778890")),
@@ -189,10 +186,7 @@ GOOD = {
         _ADT_A04_AU, control_id="12334456778890", errors=[("BATCH_STRUCTURE", "FTS")])),
     # BHS, MSH, BTS|1, FTS|1 with no FHS: a stray FTS, the mirror image of "FHS without FTS"
     "python-hl7/sample_file4.hl7": pytest.param(dict(count=1, batches=[1], first=dict(
-        _ADT_A04_AU, control_id="12334456778890", errors=[("BATCH_STRUCTURE", "FTS")])),
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: FTS without FHS is not reported (parser.iter_file checks 'FHS without FTS' but "
-            "not the reverse), status is 'ok'"))),
+        _ADT_A04_AU, control_id="12334456778890", errors=[("BATCH_STRUCTURE", "FTS")]))),
     # FHS, BHS, MSH, FTS|1 and no BTS
     "python-hl7/sample_file5.hl7": dict(count=1, batches=[1], first=dict(
         _ADT_A04_AU, control_id="12334456778890", errors=[("BATCH_STRUCTURE", "BTS")])),
@@ -537,7 +531,7 @@ GOOD = {
 
     # ---- elixir-hl7 (Apache-2.0) -------------------------------------------------------------
     # U+2019 in PID-11 (not an extracted field); OBX-2 "N^K&M"; OBX-3 "^Body Height"
-    "elixir-hl7/wikipedia_sample_hl7.hl7": dict(count=1, first=dict(
+    "elixir-hl7/wikipedia_sample_hl7.hl7": dict(count=1, text_contains="NICKELL\u2019S PICKLES", first=dict(
         control_id="01052901", message_type="ADT", trigger_event="A01", version="2.5",
         sending_application="MegaReg", sending_facility="XYZHospC",
         message_datetime="2006-05-29T09:01:31-05:00", charset="utf-8",
@@ -546,7 +540,7 @@ GOOD = {
                      units="m", status="F"),
              1: dict(value_type="NM", value="79", value_numeric=79.0, units="kg")})),
     # same message with "*" as component separator
-    "elixir-hl7/wikipedia_sample_hl7_alt_delimiters.hl7": dict(count=1, first=dict(
+    "elixir-hl7/wikipedia_sample_hl7_alt_delimiters.hl7": dict(count=1, text_contains="NICKELL\u2019S PICKLES", first=dict(
         control_id="01052901", message_type="ADT", trigger_event="A01", message_structure="ADT_A01",
         version="2.5", sending_facility="XYZHospC", message_datetime="2006-05-29T09:01:31-05:00",
         charset="utf-8", patient=pat("56782445", "UAReg", "KLEINSAMPLE", "BARRY", "1962-09-10", "M"),
@@ -734,6 +728,11 @@ def test_good_file(rel, exp):
         _check_message(recs[-1], exp["last"], "last message")
     for i, e in exp.get("extra", {}).items():
         _check_message(recs[i], e, f"message {i}")
+    if "text_contains" in exp:
+        # a non-ASCII value in a field the record does not extract: check the decoded message text
+        from transforms.parser import parse
+
+        assert exp["text_contains"] in parse(data[_lead(data):]).text
     if exp["count"] == 1 and not re.search(rb"(?:^|[\r\n])(?:FHS|BHS|BTS|FTS)", data):
         # a single plain message: its bytes are the whole file minus a leading BOM / whitespace
         assert recs[0]["sha256"] == _sha(data[_lead(data):])
@@ -782,10 +781,7 @@ BAD = {
     # MSH-2 "~\&" (no component separator): read positionally, component = "~", so MSH-9 "ORU^R01" is
     # taken whole as the message type and the record is loaded as "ok"
     "hapi-hl7v2/bad/EncodingCharactersTest_testValidateMSH2_L14.hl7": pytest.param(dict(count=1,
-        errors=[], status="error"),
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: 3-char MSH-2 '~\\&' is accepted with only a warning; message_type becomes 'ORU^R01' "
-            "(no trigger) and status is 'ok' instead of a quarantining error"))),
+        errors=[], status="error")),
     # MSH-2 "^\xef\xbf\xbd\&" (U+FFFD instead of "~")
     "hapi-hl7v2/bad/ExtendedMinLowerLayerProtocolTest_testReadBadMsh2_L116.hl7": dict(count=1,
         errors=[("BAD_DELIMITERS", "MSH-2")], message_type="ADT", charset="utf-8",
@@ -802,10 +798,7 @@ BAD = {
     "nhapi/bad/fuzz_PipeParser_NoException_id_000168.hl7": dict(count=1,
         errors=[("BAD_DELIMITERS", "MSH-2"), ("MISSING_CONTROL_ID", "MSH-10")], message_type="ADT"),
     # BHS then EVN/PID/PD1/NK1/PV1 with no MSH, BTS|1: the segments must come out as a fragment
-    "python-hl7/bad/sample_bad_batch.hl7": pytest.param(dict(count=1, errors=[("MISSING_MSH", "MSH")]),
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: segments after a BHS line that are not MSH are swallowed into the BHS envelope unit "
-            "and dropped: 0 records, no error, patient data silently lost"))),
+    "python-hl7/bad/sample_bad_batch.hl7": dict(count=1, errors=[("MISSING_MSH", "MSH")]),
     # BHS, MSH, EVN, BHS (second), PID..PV1, BTS|1: the first batch has no BTS
     "python-hl7/bad/sample_bad_batch1.hl7": dict(count=None, errors=[("BATCH_STRUCTURE", "BTS")]),
     # FHS, BHS, MSH, EVN, FHS (second), PID..PV1, BTS|1, FTS|1
@@ -910,21 +903,9 @@ def _all_files() -> list[str]:
     return sorted(str(p.relative_to(CORPUS)) for p in CORPUS.rglob("*.hl7"))
 
 
-_DROPS_DATA = {
-    "python-hl7/bad/sample_bad_batch.hl7": "EVN/PID/PD1/NK1/PV1 after the BHS line are dropped (0 records)",
-    "python-hl7/bad/sample_bad_batch1.hl7": "PID/PD1/NK1/PV1 after the second BHS line are dropped",
-    "python-hl7/bad/sample_bad_file2.hl7": "PID/PD1/NK1/PV1 after the second FHS line are dropped",
-}
-
-
 def _conservation_params():
     for rel in _all_files():
-        marks = ()
-        if rel in _DROPS_DATA:
-            marks = pytest.mark.xfail(strict=True, reason=(
-                "BUG: parser.iter_units makes FHS/BHS/BTS/FTS units run to the next header, and "
-                "iter_file discards the whole unit: " + _DROPS_DATA[rel]))
-        yield pytest.param(rel, marks=marks, id=Path(rel).name)
+        yield pytest.param(rel, id=Path(rel).name)
 
 
 @pytest.mark.parametrize("rel", list(_conservation_params()))
@@ -1023,18 +1004,9 @@ def _pid3_first_repetition_empty():
 
 
 @pytest.mark.parametrize("check", [
-    pytest.param(_rds_abnormal_flag, id="RDS-O13-01.hl7-OBX-8-CWE",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: extract.observations_of takes OBX-8 up to the first repetition only, not the "
-                     "first component: v2.7/2.8 CWE flags come out as 'A^A^HL7nnnn'"))),
-    pytest.param(_leading_blank_lines_small_reads, id="iter_units-leading-whitespace-short-reads",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: parser.iter_units strips leading whitespace/BOM only from the first read of >= 3 "
-                     "bytes; with short reads the rest becomes a FRAGMENT unit (MISSING_MSH record)"))),
-    pytest.param(_pid3_first_repetition_empty, id="sample_msh.hl7-PID-3-empty-first-repetition",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: extract.patient_of reads CX.1 of the first PID-3 repetition only but tests "
-                     "emptiness on the whole field: '~ID^^^AUTH' gives id None with no error/warning"))),
+    pytest.param(_rds_abnormal_flag, id="RDS-O13-01.hl7-OBX-8-CWE"),
+    pytest.param(_leading_blank_lines_small_reads, id="iter_units-leading-whitespace-short-reads"),
+    pytest.param(_pid3_first_repetition_empty, id="sample_msh.hl7-PID-3-empty-first-repetition"),
 ])
-def test_parser_bug(check):
+def test_parser_regression(check):
     assert check()

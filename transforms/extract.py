@@ -96,6 +96,11 @@ def patient_of(msg: Message, issues: list[ParseIssue]) -> dict | None:
                 break
         else:
             issues.append(ParseIssue("MISSING_PATIENT_ID", "PID-3", "patient identifier list is empty", 101))
+    if ident.startswith(d.repetition) or (d.repetition in ident and not ident.split(comp, 1)[0]):
+        # Take the first repetition that actually carries an identifier.
+        ident = next((r for r in ident.split(d.repetition) if r.split(comp, 1)[0].strip()), "")
+        if not ident:
+            issues.append(ParseIssue("MISSING_PATIENT_ID", "PID-3", "patient identifier list is empty", 101))
     cx = components(ident, d)
     pid_value = unescape(cx[0], d, codec).strip()
     authority = unescape(cx[3].split(sub, 1)[0], d, codec) if len(cx) > 3 and cx[3] else ""
@@ -194,8 +199,8 @@ def observations_of(msg: Message, issues: list[ParseIssue]) -> list[dict]:
             "value_numeric": numeric,
             "units": units or None,
             "reference_range": (unescape(rr, d, codec) if esc in rr else rr) or None,
-            "abnormal_flag": (flag.split(rep, 1)[0] if rep in flag else flag) or None,
-            "status": (obx[11] if ln > 11 else "") or None,
+            "abnormal_flag": _first(flag, d) or None,
+            "status": _first(obx[11], d) if ln > 11 and obx[11] else None,
             "observed_at": _date(ts, f"OBX[{n}]-14", issues, required=True) if ts else None,
         })
     return out
@@ -323,13 +328,20 @@ def to_record(msg: Message, source: dict | None = None, extra_issues: list[Parse
 
 # ---------------------------------------------------------------------------------------------
 # Files -> records
-def _starts_with_envelope(stream) -> bool:
-    head = stream.read(64)
-    stream.seek(0)
-    head = head.lstrip(b" \t\r\n")
-    if head[:3] == b"\xef\xbb\xbf":
-        head = head[3:].lstrip(b" \t\r\n")
-    return head[:3] in (b"FHS", b"BHS")
+_BATCH_SEG = re.compile(rb"(?:^|[\r\n])(?:FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
+
+
+def _has_batch_segments(stream) -> bool:
+    """Whether any line starts with FHS/BHS/BTS/FTS (a streaming byte scan; no decoding)."""
+    tail = b""
+    try:
+        while chunk := stream.read(1 << 20):
+            if _BATCH_SEG.search(tail + chunk):
+                return True
+            tail = chunk[-8:]
+        return False
+    finally:
+        stream.seek(0)
 
 
 def envelope_issues(stream) -> dict:
@@ -357,7 +369,7 @@ def iter_parsed(stream, name: str, facility_charset: str | None = None, parse_me
     from .parser import iter_file, parse
 
     by_batch: dict = {}
-    if _starts_with_envelope(stream):
+    if _has_batch_segments(stream):
         by_batch = envelope_issues(stream)
     file_level = by_batch.get(None, [])
     for rm in iter_file(stream):

@@ -33,16 +33,6 @@ from .parser import ParseIssue
 from .warehouse import Writer, get_engine, utcnow
 
 BATCH_SIZE = 2000
-_UNSAFE = re.compile(r"[^\w.\- ]+", re.UNICODE)
-
-
-@dataclass
-class FileResult:
-    name: str
-    sha256: str
-    status: str  # done | quarantined | duplicate_file | skipped
-    counts: Counts = field(default_factory=Counts)
-    error: str | None = None
 
 
 def sanitize_name(name: str) -> str:
@@ -151,22 +141,27 @@ class Ingestor:
                                 {"s": sha}).scalar_one()
         sniff = _sniff(path)
         total = Counts()
-        envelope_problem = False
-        index = -1
-        with open(path, "rb") as fh:
-            batch: list[Incoming] = []
-            for rm, msg, extra in self._messages(fh, facility_code, sniff):
-                index = rm.index
-                if extra:
-                    envelope_problem = True
-                if rm.index < done:
-                    continue  # committed by an earlier, interrupted attempt
-                batch.append(Incoming(rm.raw, source, f"{sha}:{rm.index}", facility_code, sha, list(extra)))
-                if len(batch) >= BATCH_SIZE:
-                    total.add(self._commit(batch))
-                    batch = []
-            if batch:
-                total.add(self._commit(batch))
+        state = {"index": -1, "envelope": False}
+
+        def batches():
+            with open(path, "rb") as fh:
+                batch: list[Incoming] = []
+                for rm, _msg, extra in self._messages(fh, facility_code, sniff):
+                    state["index"] = rm.index
+                    if extra:
+                        state["envelope"] = True
+                    if rm.index < done:
+                        continue  # committed by an earlier, interrupted attempt
+                    batch.append(Incoming(rm.raw, source, f"{sha}:{rm.index}", facility_code, sha, list(extra)))
+                    if len(batch) >= BATCH_SIZE:
+                        yield batch
+                        batch = []
+                if batch:
+                    yield batch
+
+        for batch in batches():
+            total.add(self._write(self.loader.prepare(batch)))
+        index, envelope_problem = state["index"], state["envelope"]
         status = "quarantined" if (envelope_problem or sniff is not None) else "done"
         err = sniff.code if sniff else ("BATCH_ENVELOPE" if envelope_problem else None)
         with self.engine.begin() as conn:
@@ -182,8 +177,7 @@ class Ingestor:
                 extra = extra + [sniff]
             yield rm, msg, extra
 
-    def _commit(self, batch: list[Incoming]) -> Counts:
-        prepared = self.loader.prepare(batch)
+    def _write(self, prepared) -> Counts:
         with self.engine.begin() as conn:
             return self.loader.write(conn, prepared)
 

@@ -45,11 +45,40 @@ class Incoming:
 
 @dataclass
 class Prepared:
+    """A parsed message with its facts computed against a placeholder id (see ``_PLACEHOLDER``),
+    so preparation can run in another process and ids are only assigned inside the transaction."""
+
     item: Incoming
-    msg: object
     rec: dict
     facility: str
     tz: str
+    facts: dict | None = None
+    fact_error: str | None = None
+
+
+# Facts are extracted before the message has its message_store id; this sentinel marks the id
+# columns, which ``write`` fills in. Column positions come from facts.COLUMNS.
+_PLACEHOLDER = -1
+_ID_COLUMNS = {t: [i for i, c in enumerate(cols) if c in ("message_id", "last_message_id")]
+               for t, cols in COLUMNS.items()}
+
+
+def _with_id(facts: dict, mid: int) -> dict:
+    out = {}
+    for table, rows in facts.items():
+        idx = _ID_COLUMNS.get(table) or []
+        if not idx:
+            out[table] = rows
+            continue
+        fixed = []
+        for r in rows:
+            r = list(r)
+            for i in idx:
+                if r[i] == _PLACEHOLDER:
+                    r[i] = mid
+            fixed.append(tuple(r))
+        out[table] = fixed
+    return out
 
 
 @dataclass
@@ -83,7 +112,9 @@ class Loader:
 
     # -- parsing (no database) ------------------------------------------------------------------
     def prepare(self, items: list[Incoming]) -> list[Prepared]:
+        """Parse, build the record and extract facts; pure CPU work, picklable result."""
         out = []
+        now = utcnow()
         for it in items:
             fac = self.facilities.get(it.facility_code or "")
             msg = parse(it.raw, fac.charset if fac else None)
@@ -103,7 +134,14 @@ class Loader:
                 rec["warnings"].append(ParseIssue("SENDING_FACILITY_MISMATCH", "MSH-4",
                                                   "MSH-4 differs from the facility that delivered the file", 0,
                                                   "warning").as_dict())
-            out.append(Prepared(it, msg, rec, facility, fac.timezone if fac else "Africa/Lome"))
+            tz = fac.timezone if fac else "Africa/Lome"
+            p = Prepared(it, rec, facility, tz)
+            if rec["status"] != "error":
+                try:
+                    p.facts = extract_facts(msg, rec, facility, tz, _PLACEHOLDER, self.keyer, now)
+                except Exception as exc:
+                    p.fact_error = type(exc).__name__
+            out.append(p)
         return out
 
     # -- database --------------------------------------------------------------------------------
@@ -145,14 +183,13 @@ class Loader:
                     if others or any(x[1] != key[2] and x[0] < mid for x in existing.get(key[:2], [])):
                         flags.append("CONTROL_ID_REUSE")
                     others.add(key[2])
-                    try:
-                        facts = extract_facts(p.msg, rec, p.facility, p.tz, mid, self.keyer, now)
-                    except Exception as exc:
+                    if p.fact_error is not None or p.facts is None:
                         status = "quarantined"
-                        quarantine_rows.append((mid, "load", "LOAD_ERROR", f"fact extraction failed ({type(exc).__name__})", now))
+                        quarantine_rows.append((mid, "load", "LOAD_ERROR",
+                                                f"fact extraction failed ({p.fact_error})", now))
                     else:
                         status = "loaded"
-                        for t, rows in facts.items():
+                        for t, rows in _with_id(p.facts, mid).items():
                             facts_by_table.setdefault(t, []).extend(rows)
             statuses[mid] = status
             self.outcomes[mid] = (status, {(q[1], q[2]) for q in quarantine_rows[qstart:]})

@@ -90,10 +90,12 @@ def _read_delimiters(header: str) -> tuple[Delimiters, list[ParseIssue]]:
         return DEFAULT_DELIMITERS._replace(field=fs), [
             ParseIssue("BAD_DELIMITERS", "MSH-2", "encoding characters must be 2 to 5 distinct non-alphanumeric characters", 102)]
     if len(chars) < 4:
-        # Fill what the sender left out from the defaults, skipping any already taken.
-        spare = [c for c in "^~\\&" if c not in chars and c != fs]
-        while len(chars) < 4:
-            chars.append(spare.pop(0))
+        # Positions define meaning, so a short MSH-2 is only unambiguous when it is a prefix of the
+        # standard "^~\\&" (e.g. "^~"); "~\\&" would silently make "~" the component separator.
+        if not "^~\\&".startswith(enc):
+            return DEFAULT_DELIMITERS._replace(field=fs), [
+                ParseIssue("BAD_DELIMITERS", "MSH-2", "fewer than 4 encoding characters that are not a prefix of ^~\\&", 102)]
+        chars = list("^~\\&")
         issues.append(ParseIssue("SHORT_ENCODING_CHARACTERS", "MSH-2", "fewer than 4 encoding characters; defaults assumed", 102, "warning"))
     trunc = chars[4] if len(chars) == 5 else ""
     return Delimiters(fs, chars[0], chars[1], chars[2], chars[3], trunc), issues
@@ -193,7 +195,7 @@ def split_segments(text: str, fs: str = "|") -> tuple[list[str], list[str]]:
             continue
         if len(line) >= 3 and line[:3].isalnum() and (len(line) == 3 or line[3] == fs):
             segs.append(line)
-        elif segs and line.strip():
+        elif segs and line.strip() and not (0 < line.find(fs) < 3):
             segs[-1] = segs[-1] + "\n" + line
             if "CONTINUATION_LINE" not in flags:
                 flags.append("CONTINUATION_LINE")
@@ -341,15 +343,20 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[Unit]:
         eof = not chunk
         if chunk:
             buf += chunk
-        if first and (len(buf) >= 3 or eof):
-            first = False
+        if first:
+            # Strip leading whitespace and one BOM, however the stream happens to be chunked.
             lead = len(buf) - len(buf.lstrip(b" \t\r\n"))
             if buf[lead:lead + 3] == BOM:
                 lead += 3
                 lead += len(buf[lead:]) - len(buf[lead:].lstrip(b" \t\r\n"))
+            elif len(buf) - lead < 3 and BOM.startswith(buf[lead:]) and not eof:
+                continue  # could be the start of a BOM: read more before deciding
             if lead:
                 buf = buf[lead:]
                 base += lead
+            if not buf and not eof:
+                continue
+            first = False
         starts = _starts(buf)
         if not eof:
             if not starts:
@@ -414,6 +421,22 @@ def _count(unit: bytes) -> int | None:
     return None
 
 
+_FIRST_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)*")
+
+
+def _split_envelopes(units: Iterator[Unit]) -> Iterator[Unit]:
+    """A batch segment unit runs until the next MSH; anything after its own line has no message
+    header and becomes a separate fragment instead of being ignored."""
+    for u in units:
+        if u.kind in ("FHS", "BHS", "BTS", "FTS"):
+            head = _FIRST_LINE.match(u.raw).end()
+            if head < len(u.raw) and u.raw[head:].strip():
+                yield u._replace(raw=u.raw[:head])
+                yield Unit("FRAGMENT", u.raw[head:], u.offset + head)
+                continue
+        yield u
+
+
 def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: int = CHUNK) -> Iterator[RawMessage]:
     """Messages of a file (plain, several concatenated, or FHS/BHS batches), in order.
 
@@ -425,7 +448,7 @@ def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: in
     batch: int | None = None
     in_batch_count = 0
     fts_seen = False
-    for unit in iter_units(stream, chunk_size):
+    for unit in _split_envelopes(iter_units(stream, chunk_size)):
         kind = unit.kind
         if kind == "MSH" or kind == "FRAGMENT":
             env.messages += 1
@@ -454,6 +477,8 @@ def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: in
             batch = None
         elif kind == "FTS":
             fts_seen = True
+            if not env.has_fhs:
+                env.issues.append((None, ParseIssue("BATCH_STRUCTURE", "FTS", "FTS without FHS", 100)))
             declared = _count(unit.raw)
             if batch is not None:
                 env.issues.append((batch, ParseIssue("BATCH_STRUCTURE", "BTS", "batch without BTS trailer", 100)))
