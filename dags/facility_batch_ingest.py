@@ -16,17 +16,17 @@ l'entrepôt, archive les fichiers et enregistre un résumé par exécution.*
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import dag, get_current_context, task
 from hl7ics_airflow import ingest_tasks
 from hl7ics_airflow.alerts import on_dag_failure, on_task_failure
-from hl7ics_airflow.policies import IO_RETRY_POLICY
+from hl7ics_airflow.policies import IO_RETRY_POLICY, RETRY_DELAY
 
 DEFAULT_ARGS = {
     "owner": "data-engineering",
     "retries": 3,
-    "retry_delay": timedelta(minutes=1),
+    "retry_delay": RETRY_DELAY,
     "retry_policy": IO_RETRY_POLICY,
     "on_failure_callback": on_task_failure,
 }

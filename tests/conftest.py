@@ -29,6 +29,7 @@ os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(_TMP / "airflow" / "logs")
 os.environ["HL7ICS_HOME"] = str(_TMP / "home")
 os.environ["HL7ICS_PATIENT_KEY"] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ["HL7ICS_RETRY_DELAY_SECONDS"] = "1"
 os.environ.pop("HL7ICS_WAREHOUSE_URL", None)
 os.environ.pop("HL7ICS_CONFIG", None)
 (_TMP / "airflow").mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,7 @@ resume after a crash, and bad inputs 59-66 of the project's bad-input catalogue.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest

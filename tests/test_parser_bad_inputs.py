@@ -133,6 +133,19 @@ def test_case_22_bom_and_leading_whitespace(prefix, flag):
     assert rec["sha256"] != hashlib.sha256(clean).hexdigest()
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: a BOM in front of a later MSH (files concatenated, each with a BOM) "
+                   "is not a unit boundary: the second message is swallowed into the first unit, its MSH line "
+                   "glued to the previous segment as a continuation line, and it never gets a record")
+def test_case_22_bom_before_second_message_in_a_file():
+    """22: UTF-8 BOM (EF BB BF) ... before MSH -> Strip and flag; process normally (AA)."""
+    first = adt("EVN|A01|20240315083000", pid_with(f3="TG-1"), "PV1|1|I", control="C1")
+    second = adt("EVN|A01|20240315083000", pid_with(f3="TG-2"), "PV1|1|I", control="C2")
+    units = list(iter_units(io.BytesIO(b"\xef\xbb\xbf" + first + b"\xef\xbb\xbf" + second)))
+    recs = [record(u.raw) for u in units]
+    assert [r["control_id"] for r in recs] == ["C1", "C2"]
+    assert [r["patient"]["id"] for r in recs] == ["TG-1", "TG-2"]
+
+
 def test_case_22_bom_before_latin1_text():
     """22: UTF-8 BOM (EF BB BF) ... before MSH -> Strip and flag; process normally (AA)."""
     raw = b"\xef\xbb\xbf" + build(msh(), "PID|1||TG-0042||Améyo^Kodjo", OBR, encoding="latin-1")
@@ -231,7 +244,6 @@ def test_case_24_bad_field_separator(fs):
 @pytest.mark.parametrize("enc,expected", [
     ("^~", Delimiters("|", "^", "~", "\\", "&", "")),
     ("^~\\", Delimiters("|", "^", "~", "\\", "&", "")),
-    ("&^", Delimiters("|", "&", "^", "~", "\\", "")),
 ])
 def test_case_24_short_encoding_characters(enc, expected):
     """24: Odd MSH-2: fewer than 4 characters (2-3) -> accepted with defaults, warning SHORT_ENCODING_CHARACTERS."""
@@ -241,6 +253,14 @@ def test_case_24_short_encoding_characters(enc, expected):
     rec = record(build(msh(enc=enc), OBR))
     assert_ok(rec)
     assert "SHORT_ENCODING_CHARACTERS" in codes(rec, "warnings")
+
+
+@pytest.mark.parametrize("enc", ["&^", "~\\&", "^\\"])
+def test_case_24_short_encoding_characters_not_a_prefix(enc):
+    """24: 2-3 characters that are not a prefix of ^~\\& are ambiguous (positions define meaning) -> 0357:102 (MSH-2)."""
+    delims, issues = read_delimiters(msh(enc=enc))
+    assert [(i.code, i.location, i.hl7_code) for i in issues] == [("BAD_DELIMITERS", "MSH-2", 102)]
+    assert delims == DEFAULT_DELIMITERS
 
 
 SEGS_25 = [msh(), PID, OBR, obx("37.5"), "NTE|1||done"]
@@ -377,14 +397,28 @@ def test_case_28_null_date_is_not_an_invalid_date(where):
 
 def test_case_29_repetitions_in_non_repeating_field():
     """29: Repetitions ~ in a non-repeating field -> Take the first, AA."""
-    rec = record(oru(obx("37.5"), pid=pid_with(f3="TG-1^^^CHU~TG-2^^^CHR", f5="Agbo^Kodjo~Mensah^Ama",
-                                               f7="19800101~19900101", f8="F~M")))
+    rec = record(oru(obx("37.5", vt="ST"), pid=pid_with(f3="TG-1^^^CHU~TG-2^^^CHR", f5="Agbo^Kodjo~Mensah^Ama",
+                                                        f8="F~M")))
     assert_ok(rec)
     p = rec["patient"]
     assert (p["id"], p["id_authority"]) == ("TG-1", "CHU")
     assert (p["family_name"], p["given_name"]) == ("Agbo", "Kodjo")
-    assert p["birth_date"] == "1980-01-01"
     assert p["sex"] == "F"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (regression in the optimised patient_of/observations_of): PID-7 and "
+                   "OBX-14 are cut at the component separator only, so '19800101~19900101' is parsed whole "
+                   "and the record becomes an INVALID_DATE error instead of taking the first repetition")
+@pytest.mark.parametrize("where", ["PID-7", "OBX-14"])
+def test_case_29_repeated_date_takes_first(where):
+    """29: Repetitions ~ in a non-repeating field -> Take the first, AA."""
+    if where == "PID-7":
+        rec = record(oru(obx("37.5"), pid=pid_with(f7="19800101~19900101")))
+        assert rec["patient"]["birth_date"] == "1980-01-01"
+    else:
+        rec = record(oru(obx("37.5", observed="20240315083000~20240316083000")))
+        assert rec["observations"][0]["observed_at"] == "2024-03-15T08:30:00"
+    assert_ok(rec)
 
 
 def test_case_29_many_repetitions_do_not_crash():
@@ -491,13 +525,21 @@ def test_case_33_odd_upper_case_id_is_unknown_segment():
     assert rec["patient"]["id"] == "TG-0042"
 
 
-def test_case_33_two_char_line_continues_previous_segment():
-    """33: Malformed segment IDs (PI) -> no crash; a 2-character line continues the previous segment."""
+def test_case_33_two_char_segment_id():
+    """33: Malformed segment IDs (PI) -> treat as unknown and ignore (AA plus flag); the previous segment is not corrupted."""
     msg = parse(build(msh(), "NTE|1||first line", "PI|second line", OBR))
     rec = to_record(msg)
     assert rec["status"] == "ok"
+    assert msg.first("NTE") == ["NTE", "1", "", "first line"]
+    assert [s[0] for s in msg.segments] == ["MSH", "NTE", "PI", "OBR"]
+    assert "MALFORMED_SEGMENT" in msg.flags or "MALFORMED_SEGMENT_ID" in codes(rec, "warnings")
+
+
+def test_case_33_free_text_line_continues_previous_segment():
+    """33/25: a raw line break inside free text (no segment ID) continues the previous segment."""
+    msg = parse(build(msh(), "NTE|1||first line", "second line, no ID", OBR))
     assert [s[0] for s in msg.segments] == ["MSH", "NTE", "OBR"]
-    assert msg.first("NTE") == ["NTE", "1", "", "first line\nPI", "second line"]
+    assert msg.first("NTE") == ["NTE", "1", "", "first line\nsecond line, no ID"]
     assert "CONTINUATION_LINE" in msg.flags
 
 
@@ -911,8 +953,6 @@ def test_case_55_malformed_decimal_comma_does_not_crash(value):
     assert rec["observations"][0]["value_numeric"] is None
 
 
-@pytest.mark.xfail(strict=True, reason="QUESTIONABLE: float() accepts 'NaN', 'inf', 'Infinity' and '1_234', so "
-                   "these NM values load as nan/inf/1234.0 without a NOT_NUMERIC warning")
 @pytest.mark.parametrize("value", ["NaN", "inf", "-Infinity", "1_234"])
 def test_case_55_python_only_float_syntax_is_not_numeric(value):
     """55: NM values that are not HL7 numbers -> flag, keep as text."""

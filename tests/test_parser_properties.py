@@ -53,27 +53,42 @@ TOKENS = [
     "UNICODE UTF-8", "8859/1", "8859/15", "ASCII", "UNICODE", "é", "Sénamé", "ɖƒɣŋɔɛʋ", "€", "’", "e\u0301",
     "\ufeff", "\x00", "\r", "\n", "\r\n", "\t",
 ]
-SEGMENT_IDS = ["MSH", "PID", "PV1", "EVN", "OBR", "OBX", "NTE", "ZPI", "FHS", "BHS", "BTS", "FTS",
-               "pid", "PI", "P1D", "PÏD", "", " MSH"]
+SEGMENT_IDS = ["PID", "PID", "OBR", "OBR", "OBX", "OBX", "OBX", "PV1", "EVN", "NTE", "ZPI", "MSH", "FHS", "BHS",
+               "BTS", "FTS", "pid", "PI", "P1D", "PÏD", "", " MSH"]
 
-field_text = st.lists(st.sampled_from(TOKENS), max_size=4).map("".join)
+field_text = st.lists(st.sampled_from(TOKENS), max_size=3).map("".join)
+
+
+DATES = ["20240315083000", "2024", "202403", "20240315", "20230230", "20240315083000.123+0100",
+         "20240315083000-0500", "2024031508+0100", "", '""', "00000101", "20241301"]
 
 
 @st.composite
 def near_valid_hl7(draw) -> bytes:
-    """Something shaped like HL7 v2 with random damage, encoded in a random charset."""
+    """Something shaped like HL7 v2 (often a loadable ORU/ADT) with random damage, in a random charset."""
     fs = draw(st.sampled_from(["|", "|", "|", "#", ";"]))
     segments = []
-    if draw(st.booleans()):
-        enc = draw(st.sampled_from(["^~\\&", "^~\\&#", "^~", "^^\\&", "", "^~\\&"]))
-        msh_fields = [draw(field_text) for _ in range(16)]
-        msh_fields[6] = draw(st.sampled_from(["ORU^R01", "ADT^A01", "ADT^A03", "ACK", ""]))
-        msh_fields[9] = draw(st.sampled_from(["2.5.1", "2.3", "3.0", ""]))
-        msh_fields[15] = draw(st.sampled_from(["", "UNICODE UTF-8", "8859/1", "ASCII", "UNICODE", "8859/15~UTF-8"]))
+    if draw(st.integers(0, 4)):  # usually an MSH with mostly sane values
+        enc = draw(st.sampled_from(["^~\\&", "^~\\&", "^~\\&", "^~\\&#", "^~", "^^\\&", ""]))
+        msh_fields = [draw(field_text) if not draw(st.integers(0, 3)) else "" for _ in range(16)]
+        msh_fields[4] = draw(st.sampled_from(DATES))
+        msh_fields[6] = draw(st.sampled_from(["ORU^R01", "ORU^R01", "ADT^A01", "ADT^A03", "ACK", ""]))
+        msh_fields[7] = draw(st.sampled_from(["C1", "00042", "", draw(field_text)]))
+        msh_fields[9] = draw(st.sampled_from(["2.5.1", "2.5.1", "2.3", "3.0", ""]))
+        msh_fields[15] = draw(st.sampled_from(["", "", "UNICODE UTF-8", "8859/1", "ASCII", "UNICODE", "8859/15~UTF-8"]))
         segments.append(fs.join(["MSH", enc] + msh_fields))
-    for _ in range(draw(st.integers(0, 8))):
+    for _ in range(draw(st.integers(0, 6))):
         sid = draw(st.sampled_from(SEGMENT_IDS))
-        segments.append(fs.join([sid] + draw(st.lists(field_text, max_size=16))))
+        fields = draw(st.lists(field_text, max_size=10))
+        if sid == "PID":
+            fields = (fields + [""] * 8)[:max(8, len(fields))]
+            fields[2] = draw(st.sampled_from(["TG-0042^^^CHU^MR", "00012", "", "^^^CHU", "~X"])) + fields[2]
+            fields[6] = draw(st.sampled_from(DATES))
+        elif sid == "OBX":
+            fields = (fields + [""] * 14)[:max(14, len(fields))]
+            fields[1] = draw(st.sampled_from(["NM", "SN", "ST", "TX", "CWE", "ED", "DT", ""]))
+            fields[13] = draw(st.sampled_from(DATES))
+        segments.append(fs.join([sid] + fields))
     term = draw(st.sampled_from(["\r", "\n", "\r\n"]))
     text = term.join(segments) + draw(st.sampled_from(["", term]))
     prefix = draw(st.sampled_from(["", "", " ", "\r\n", "\ufeff"]))
@@ -81,7 +96,7 @@ def near_valid_hl7(draw) -> bytes:
     return (prefix + text).encode(encoding, errors="replace")
 
 
-any_input = st.one_of(st.binary(max_size=2000), near_valid_hl7())
+any_input = st.one_of(st.binary(max_size=1000), near_valid_hl7())
 facility_charsets = st.sampled_from([None, "iso-8859-1", "utf-8", "cp1252", "8859/1", "no-such-codec", "UTF-16"])
 
 
@@ -187,13 +202,15 @@ def test_units_concatenate_to_input_single_read(data):
     assert [k for k, _, _ in units[1:]].count("FRAGMENT") == 0  # only leading junk can be a fragment
 
 
-def _no_leading_whitespace(data: bytes) -> bool:
-    body = data[3:] if data[:3] == BOM else data
-    return body[:1] not in (b" ", b"\t", b"\r", b"\n")
+def _no_second_leading_bom(data: bytes) -> bool:
+    """Excludes the known repeated-BOM bug (test_repeated_leading_bom_does_not_depend_on_chunk_size)."""
+    return _leading_stripped(data)[:3] != BOM
 
 
 @PROPS
-@given(data=any_input.filter(_no_leading_whitespace))
+@given(data=any_input.filter(_no_second_leading_bom))
+@example(data=b"\r\n\r\n  \t\r\nMSH|^~\\&|a\r")
+@example(data=BOM + b"\r\n\r\nMSH|^~\\&|a\r")
 @example(data=b"MSH|^~\\&|a\r\rMSH|^~\\&|b\rFHS|x\rFTS|1")
 @example(data=BOM + b"MSH|^~\\&|a\rMS")
 @example(data=b"MSH|^~\\&|a\rMSH\r")
@@ -207,9 +224,6 @@ def test_units_do_not_depend_on_chunk_size(data):
         assert b"".join(raw for _, raw, _ in units) == (rest if rest.strip() else b"")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: iter_units strips leading whitespace/BOM only from the first "
-                   ">= 3 buffered bytes; with chunk_size < the length of the leading run the rest of it "
-                   "becomes a FRAGMENT unit (an error record), so units depend on the chunk size")
 @pytest.mark.parametrize("data", [
     b"\r\n\r\nMSH|^~\\&|a\r",
     b"    \r\nMSH|^~\\&|a\r",
@@ -218,7 +232,24 @@ def test_units_do_not_depend_on_chunk_size(data):
 ], ids=["blank-lines", "spaces", "BOM-then-CRLF", "CRLF-then-BOM"])
 @pytest.mark.parametrize("chunk_size", [1, 3])
 def test_leading_whitespace_does_not_depend_on_chunk_size(data, chunk_size):
-    assert _units(data, chunk_size) == _units(data)
+    """Regression: leading whitespace/BOM longer than the first read used to become a FRAGMENT unit."""
+    units = _units(data, chunk_size)
+    assert units == _units(data)
+    assert [(k, raw) for k, raw, _ in units] == [("MSH", b"MSH|^~\\&|a\r")]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: iter_units strips one BOM per buffered look; a second leading BOM "
+                   "(BOM BOM MSH, BOM ' ' BOM MSH) is stripped when the stream arrives in small chunks but "
+                   "kept as a FRAGMENT unit (an error record) when read in one go")
+@pytest.mark.parametrize("data", [
+    BOM + BOM + b"MSH|^~\\&|a\r",
+    BOM + b" " + BOM + b"MSH|^~\\&|a\r",
+    b" " + BOM + b"\r" + BOM + b"MSH|^~\\&|a\r",
+], ids=["BOM-BOM", "BOM-space-BOM", "space-BOM-CR-BOM"])
+def test_repeated_leading_bom_does_not_depend_on_chunk_size(data):
+    reference = _units(data)
+    for size in (1, 2, 3):
+        assert _units(data, size) == reference, f"chunk_size={size}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def _facility_for(path: str, settings: Settings, facilities) -> str | None:
     return p.parent.name if p.parent.name in codes else None
 
 
-def _print_counts(results: dict, out=sys.stdout) -> None:
+def _print_counts(results: dict, out=None) -> None:
+    out = out or sys.stdout
     print(f"{'facility':<16}{'files':>7}{'dup.files':>10}{'messages':>10}{'loaded':>9}{'duplicates':>12}"
           f"{'quarantined':>13}", file=out)
     for code, r in sorted(results.items()):

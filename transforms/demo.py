@@ -38,7 +38,8 @@ def _airflow_env(home: Path) -> None:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 
-def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=sys.stdout) -> int:
+def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=None) -> int:
+    out = out or sys.stdout
     settings = Settings.load()
     os.environ.setdefault("HL7ICS_HOME", str(settings.home))
     _airflow_env(settings.home)
@@ -65,7 +66,8 @@ def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=sys.stdout
     return 0 if state.endswith("success") else 1
 
 
-def print_summary(settings: Settings, out=sys.stdout) -> None:
+def print_summary(settings: Settings, out=None) -> None:
+    out = out or sys.stdout
     from .warehouse import get_engine
 
     eng = get_engine(settings.warehouse_url)

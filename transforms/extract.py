@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from .datetimes import InvalidDate, parse_dtm
-from .parser import Message, ParseIssue, components, field, unescape
+from .parser import Message, ParseIssue, components, unescape
 
 SUPPORTED_VERSION = re.compile(r"^2\.[1-8](?:\.\d+)?")
 

@@ -13,13 +13,11 @@ original name is kept only as sanitised metadata.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -33,6 +31,16 @@ from .parser import ParseIssue
 from .warehouse import Writer, get_engine, utcnow
 
 BATCH_SIZE = 2000
+_UNSAFE = re.compile(r"[^\w.\- ]+", re.UNICODE)
+
+
+@dataclass
+class FileResult:
+    name: str
+    sha256: str
+    status: str  # done | quarantined | duplicate_file
+    counts: Counts = field(default_factory=Counts)
+    error: str | None = None
 
 
 def sanitize_name(name: str) -> str:

@@ -28,7 +28,7 @@ def _safe_message(exc: BaseException | None) -> tuple[str | None, str]:
 def record_alert(context: dict, severity: str = "error") -> None:
     from transforms.warehouse import get_engine, utcnow
 
-    from .runtime import settings
+    from hl7ics_airflow.runtime import settings
 
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")

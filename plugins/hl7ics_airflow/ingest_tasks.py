@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transforms.ingest import Ingestor, discover
 
-from .runtime import settings
+from hl7ics_airflow.runtime import settings
 
 
 def facility_codes() -> list[str]:

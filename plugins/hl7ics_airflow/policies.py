@@ -5,6 +5,7 @@ alert; a file system, network or database hiccup usually passes.
 """
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
@@ -13,16 +14,18 @@ from sqlalchemy.exc import OperationalError
 from transforms.config import ConfigError
 from transforms.errors import BadDataError, SourceError
 
+RETRY_DELAY = timedelta(seconds=int(os.environ.get("HL7ICS_RETRY_DELAY_SECONDS", "60")))
+
 # Order matters: the first matching rule wins, and SourceError is both an OSError and ours.
 DATA_ERRORS = (ConfigError, BadDataError, ValueError, KeyError, TypeError)
 
 IO_RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
-        RetryRule(exception=SourceError, action=RetryAction.RETRY, retry_delay=timedelta(minutes=1)),
+        RetryRule(exception=SourceError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
         *(RetryRule(exception=e, action=RetryAction.FAIL, reason="bad data or configuration: not retryable")
           for e in DATA_ERRORS),
-        RetryRule(exception=OSError, action=RetryAction.RETRY, retry_delay=timedelta(minutes=1)),
+        RetryRule(exception=OSError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
         RetryRule(exception=OperationalError, action=RetryAction.RETRY,
-                  retry_delay=timedelta(minutes=1), reason="database unavailable"),
+                  retry_delay=RETRY_DELAY, reason="database unavailable"),
     ],
 )

@@ -1,0 +1,1 @@
+"""Benchmarks for ``make bench``: medians of several runs, peers measured in the same run."""

@@ -1,0 +1,30 @@
+"""``make bench`` / ``python -m bench [parser|ingest ...] [--quick]``: prints tables of medians."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+SECTIONS = ("parser", "ingest")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="bench")
+    ap.add_argument("sections", nargs="*", choices=SECTIONS + ((),), default=list(SECTIONS))
+    ap.add_argument("--quick", action="store_true", help="smaller inputs and fewer runs (smoke check)")
+    args = ap.parse_args()
+    print(f"hl7ics benchmarks on {platform.python_implementation()} {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs{' (quick)' if args.quick else ''}")
+    results = {}
+    for name in args.sections or SECTIONS:
+        mod = __import__(f"bench.{name}_bench", fromlist=["run"])
+        results[name] = mod.run(quick=args.quick)
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

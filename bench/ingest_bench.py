@@ -1,0 +1,104 @@
+"""End to end: files on disk -> parsed -> stored and loaded, committed; SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from .common import child_peak_rss_mb, median_time, table
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+def _fresh_pg() -> tuple[str, str]:
+    import psycopg
+
+    name = f"hl7ics_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def _drop_pg(name: str) -> None:
+    import psycopg
+
+    from transforms.warehouse import dispose_all
+
+    dispose_all()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _ingest_all(url: str, files: list[Path], home: str) -> int:
+    from transforms.config import Settings
+    from transforms.ingest import Ingestor
+
+    os.environ["HL7ICS_HOME"] = home
+    ing = Ingestor(Settings.load(warehouse_url=url), run_id=f"bench-{uuid.uuid4().hex[:6]}")
+    ing.sync_facilities()
+    n = 0
+    for f in files:
+        n += ing.ingest_file(f, f.parent.name).counts.messages
+    return n
+
+
+def _generate(out: Path, n: int) -> tuple[list[Path], int]:
+    from transforms import generator
+    from transforms.config import Settings
+
+    facs = [f.as_dict() for f in Settings.load().facilities()]
+    m = generator.generate(out, facs, days=1, seed=99, per_day=n, broken_share=0.01, messages_per_file=2000)
+    return sorted((out / "inbound").rglob("*.hl7")), m["messages"]
+
+
+def run(quick: bool = False) -> dict:
+    n = 20_000 if quick else 200_000
+    runs = 1 if quick else 3
+    results: dict = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        files, total = _generate(Path(d) / "gen", n)
+        mb = sum(f.stat().st_size for f in files) / 1e6
+        os.environ.setdefault("HL7ICS_PATIENT_KEY", "bench" * 8)
+        backends = [("SQLite (WAL, synchronous=FULL)", "sqlite")]
+        if _pg_available():
+            backends.append(("PostgreSQL 15 (COPY)", "postgresql"))
+        for label, kind in backends:
+            def one():
+                if kind == "sqlite":
+                    url = f"sqlite:///{d}/w-{uuid.uuid4().hex[:6]}.db"
+                    _ingest_all(url, files, f"{d}/home")
+                else:
+                    name, url = _fresh_pg()
+                    try:
+                        _ingest_all(url, files, f"{d}/home")
+                    finally:
+                        _drop_pg(name)
+            t = median_time(one, runs)
+            results[kind] = total / t
+            rows.append([label, total, total / t, mb / t])
+        print(table(f"Ingest end to end (files -> message_store + facts, committed), median of {runs} runs",
+                    ["warehouse", "messages", "msgs/s", "MB/s"], rows))
+        mem = {}
+        for size in ([5_000, 20_000] if quick else [50_000, 200_000]):
+            sub = Path(d) / f"mem{size}"
+            sub_files, _ = _generate(sub, size)
+            code = (f"from bench.ingest_bench import _ingest_all\nfrom pathlib import Path\n"
+                    f"_ingest_all('sqlite:///{sub}/w.db', [Path(p) for p in {[str(f) for f in sub_files]!r}], "
+                    f"'{sub}/home')")
+            mem[size] = child_peak_rss_mb(code, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        print(table("Ingest peak memory (SQLite, separate process each)", ["messages in the day", "peak RSS MB"],
+                    [[k, v] for k, v in mem.items()]))
+        results["memory"] = mem
+    return results
