@@ -12,9 +12,12 @@ SECTIONS = ("parser", "ingest")
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="bench")
-    ap.add_argument("sections", nargs="*", choices=SECTIONS + ((),), default=list(SECTIONS))
+    ap.add_argument("sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="smaller inputs and fewer runs (smoke check)")
     args = ap.parse_args()
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     print(f"hl7ics benchmarks on {platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} CPUs{' (quick)' if args.quick else ''}")
     results = {}

@@ -38,6 +38,9 @@ def _fmt(v) -> str:
 
 def child_peak_rss_mb(code: str, env: dict | None = None) -> float:
     """Run ``code`` in a fresh interpreter; return its peak RSS in MB (printed by the child)."""
-    wrapped = code + "\nimport resource\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent, so a child
+    # of a big benchmark process would report the parent's size.
+    wrapped = code + ("\nhwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]"
+                      "\nprint('PEAK', int(hwm.split()[1]) / 1024)\n")
     out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, env=env, check=True).stdout
     return float([l for l in out.splitlines() if l.startswith("PEAK")][-1].split()[1])

@@ -29,7 +29,7 @@ def parse_dtm(value: str) -> str:
     if cached is not None:
         return cached
     out = _parse_slow(value)
-    if len(_CACHE) > 100_000:
+    if len(_CACHE) > 20_000:
         _CACHE.clear()
     _CACHE[value] = out
     return out
@@ -116,7 +116,7 @@ def to_utc(iso: str | None, tz: str = "Africa/Lome") -> str | None:
     if hit is not None:
         return hit
     out = _to_utc(iso, tz)
-    if len(_UTC_CACHE) > 100_000:
+    if len(_UTC_CACHE) > 20_000:
         _UTC_CACHE.clear()
     _UTC_CACHE[key] = out
     return out

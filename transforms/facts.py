@@ -84,7 +84,7 @@ class PatientKeyer:
         if v is None:
             msg = "\x1f".join(k).encode("utf-8")
             v = hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:32]
-            if len(self._cache) > 200_000:
+            if len(self._cache) > 50_000:
                 self._cache.clear()
             self._cache[k] = v
         return v

@@ -63,6 +63,17 @@ _ID_COLUMNS = {t: [i for i, c in enumerate(cols) if c in ("message_id", "last_me
                for t, cols in COLUMNS.items()}
 
 
+_SLIM_KEYS = ("status", "errors", "sha256", "sending_facility", "sending_application", "control_id",
+              "message_type", "trigger_event", "version", "message_datetime", "charset")
+
+
+def _slim(rec: dict) -> dict:
+    """What ``write`` needs of a record: keeps batches small in memory and cheap to pickle."""
+    out = {k: rec.get(k) for k in _SLIM_KEYS}
+    out["flag_codes"] = list(dict.fromkeys(list(rec.get("flags") or []) + [w["code"] for w in rec.get("warnings") or []]))
+    return out
+
+
 def _with_id(facts: dict, mid: int) -> dict:
     out = {}
     for table, rows in facts.items():
@@ -135,13 +146,13 @@ class Loader:
                                                   "MSH-4 differs from the facility that delivered the file", 0,
                                                   "warning").as_dict())
             tz = fac.timezone if fac else "Africa/Lome"
-            p = Prepared(it, rec, facility, tz)
+            facts = fact_error = None
             if rec["status"] != "error":
                 try:
-                    p.facts = extract_facts(msg, rec, facility, tz, _PLACEHOLDER, self.keyer, now)
+                    facts = extract_facts(msg, rec, facility, tz, _PLACEHOLDER, self.keyer, now)
                 except Exception as exc:
-                    p.fact_error = type(exc).__name__
-            out.append(p)
+                    fact_error = type(exc).__name__
+            out.append(Prepared(it, _slim(rec), facility, tz, facts, fact_error))
         return out
 
     # -- database --------------------------------------------------------------------------------
@@ -157,7 +168,7 @@ class Loader:
         ids = w.allocate_ids("message_store", len(new))
         for p, i in zip(new, ids):
             p.item.message_id = i
-        existing = self._existing_keys(conn, prepared)
+        existing = self._existing_keys(w, prepared)
         seen: dict[tuple, int] = {}
         seen_ids: dict[tuple, set] = {}  # (facility, control id) -> SHA-256s loaded in this batch
         statuses: dict[int, str] = {}
@@ -167,7 +178,7 @@ class Loader:
             rec = p.rec
             mid = p.item.message_id
             qstart = len(quarantine_rows)
-            flags = list(rec.get("flags") or []) + [x["code"] for x in rec.get("warnings") or []]
+            flags = list(rec["flag_codes"])
             if rec["status"] == "error":
                 status = "quarantined"
                 for e in rec["errors"]:
@@ -230,16 +241,13 @@ class Loader:
                 counts.quarantined += 1
         return counts
 
-    def _existing_keys(self, conn: Connection, prepared: list[Prepared]) -> dict[tuple, list[tuple[int, str]]]:
+    def _existing_keys(self, w: Writer, prepared: list[Prepared]) -> dict[tuple, list[tuple[int, str]]]:
         cids = sorted({p.rec.get("control_id") for p in prepared if p.rec.get("control_id")})
         out: dict[tuple, list] = {}
         for i in range(0, len(cids), 900):
             chunk = cids[i:i + 900]
-            marks = ", ".join(f":c{j}" for j in range(len(chunk)))
-            rows = conn.execute(text(
-                f"SELECT id, sending_facility, control_id, sha256 FROM message_store "
-                f"WHERE control_id IN ({marks}) AND status <> 'quarantined'"),
-                {f"c{j}": c for j, c in enumerate(chunk)})
+            rows = w.query("SELECT id, sending_facility, control_id, sha256 FROM message_store WHERE control_id IN ("
+                           + ", ".join("?" * len(chunk)) + ") AND status <> 'quarantined'", chunk)
             for mid, sf, cid, sha in rows:
                 out.setdefault((sf, cid), []).append((mid, sha))
         return out
@@ -297,11 +305,8 @@ class Loader:
         for fac, vs in by_fac.items():
             for i in range(0, len(vs), 900):
                 chunk = vs[i:i + 900]
-                marks = ", ".join(f":v{j}" for j in range(len(chunk)))
-                params = {f"v{j}": v for j, v in enumerate(chunk)}
-                params["f"] = fac
-                for r in conn.execute(text(f"SELECT {cols} FROM encounter_event WHERE facility_code = :f "
-                                           f"AND visit_number IN ({marks})"), params):
+                for r in w.query(f"SELECT {cols} FROM encounter_event WHERE facility_code = ? AND visit_number IN ("
+                                 + ", ".join("?" * len(chunk)) + ")", [fac, *chunk]):
                     grouped.setdefault((r[1], r[2]), []).append(tuple(r))
         rows = []
         for evs in grouped.values():
