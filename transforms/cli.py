@@ -40,6 +40,23 @@ def cmd_parse(args) -> int:
     return 1 if had_error else 0
 
 
+def cmd_validate(args) -> int:
+    from .charset import decode
+    from .parser import iter_file
+    from .validate import validate_structure
+
+    bad = 0
+    for path in args.paths:
+        with open(path, "rb") as fh:
+            for rm in iter_file(fh):
+                _text, codec, _flags = decode(rm.raw, None, args.facility_charset)
+                issues = validate_structure(rm.raw, codec)
+                status = "valid" if not issues else "; ".join(f"{i['code']}: {i['detail']}" for i in issues)
+                bad += bool(issues)
+                print(f"{path}#{rm.index}: {status}")
+    return 1 if bad else 0
+
+
 def cmd_generate(args) -> int:
     from . import generator
 
@@ -158,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--facility-charset", metavar="CODEC", help="fallback codec when MSH-18 is empty")
     sp.set_defaults(func=cmd_parse)
+
+    sp = sub.add_parser("validate", help="strict structural validation with hl7apy (interface onboarding)")
+    sp.add_argument("paths", nargs="+", metavar="PATH")
+    sp.add_argument("--facility-charset", metavar="CODEC")
+    sp.set_defaults(func=cmd_validate)
 
     sp = sub.add_parser("generate", help="write a deterministic synthetic traffic set for the configured facilities")
     sp.add_argument("--out", required=True, metavar="DIR")
