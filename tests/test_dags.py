@@ -72,3 +72,21 @@ def test_facility_batch_ingest_end_to_end(dagbag, hl7ics_home, monkeypatch):
     assert runs and runs[0][1] == 1
     assert not (data / "day1.hl7").exists(), "file must be archived after commit"
     assert any((hl7ics_home / "archive" / "CHU-SO").glob("*.hl7"))
+
+
+def test_demo_twice_duplicates_nothing(dagbag, hl7ics_home):
+    import io
+
+    from transforms.demo import run_demo
+
+    first, second = io.StringIO(), io.StringIO()
+    assert run_demo(days=1, seed=5, per_day=120, out=first) == 0
+    assert run_demo(days=1, seed=5, per_day=120, out=second) == 0
+
+    def table_rows(text):
+        part = text.split("Rows per warehouse table")[1].split("Warehouse")[0]
+        return {l.split()[0]: int(l.split()[1]) for l in part.strip().splitlines()[1:] if l.strip()}
+
+    a, b = table_rows(first.getvalue()), table_rows(second.getvalue())
+    assert a["message_store"] >= 50 and a == b
+    assert "TOTAL" in second.getvalue() and "sqlite" in second.getvalue()

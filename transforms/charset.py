@@ -71,7 +71,8 @@ def normalize_codec(name: str | None) -> str | None:
     info = codecs.lookup(name.strip())  # LookupError propagates: caller decides
     if info.name.startswith(("utf-16", "utf-32")):
         raise UnsupportedCharset(key)
-    return info.name
+    # Report one spelling per codec (Python says "iso8859-1"; HL7 users read "iso-8859-1").
+    return "iso-8859-" + info.name[8:] if info.name.startswith("iso8859-") else info.name
 
 
 def _is_latin(codec: str) -> bool:

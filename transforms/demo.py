@@ -50,6 +50,9 @@ def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=None) -> i
                                   per_day=per_day)
     print(f"Generated {manifest['messages']} messages in {manifest['files']} files for {len(facilities)} "
           f"facilities into {settings.data_dir / 'inbound'}", file=out)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # library noise, not the user's concern
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils import db
 

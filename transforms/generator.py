@@ -846,6 +846,10 @@ class _Engine:
                     batch = fac.batch_ok and rnd() < _BATCH_SHARE
                     p = 0.0 if batch else p_broken
                     msgs = [self.message(fac, s, dstr, term, p) for s in chunk]
+                    # Segments without an MSH after another message are, to any receiver, the tail
+                    # of that message; a header-less message is only recognisable at the start of
+                    # a file, which is where it is put so every generated message is countable.
+                    msgs = [m for m in msgs if m.broken == "NO_MSH"] + [m for m in msgs if m.broken != "NO_MSH"]
                     name = f"{_code_safe(fac.code)}_{dstr}_{fileno:04d}.hl7"
                     header = trailer = b""
                     if batch:

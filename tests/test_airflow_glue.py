@@ -1,0 +1,65 @@
+"""Airflow-facing glue: retry policy decisions and the failure callback's ops_alert row."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import text
+
+
+def test_bad_data_fails_at_once_and_io_retries():
+    from airflow.sdk import RetryAction
+    from hl7ics_airflow.policies import IO_RETRY_POLICY
+    from sqlalchemy.exc import OperationalError
+
+    from transforms.config import ConfigError
+    from transforms.errors import BadDataError, SourceError
+
+    def action(exc):
+        return IO_RETRY_POLICY.evaluate(exc, 1, 3).action
+
+    assert action(BadDataError("threshold exceeded")) == RetryAction.FAIL
+    assert action(ConfigError("facilities.yaml: bad")) == RetryAction.FAIL
+    assert action(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")) == RetryAction.FAIL
+    assert action(SourceError("share unavailable")) == RetryAction.RETRY
+    assert action(FileNotFoundError("gone")) == RetryAction.RETRY
+    assert action(OperationalError("SELECT 1", {}, Exception("db down"))) == RetryAction.RETRY
+
+
+@pytest.fixture
+def warehouse(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    monkeypatch.setenv("HL7ICS_WAREHOUSE_URL", url)
+    from transforms.warehouse import get_engine
+
+    return get_engine(url)
+
+
+def _context(exc):
+    ti = SimpleNamespace(dag_id="facility_batch_ingest", task_id="load", run_id="scheduled__2026-11-02",
+                         rendered_map_index="CHU-SO", log_url="http://airflow/log/1")
+    return {"ti": ti, "exception": exc}
+
+
+def test_failure_callback_writes_an_alert_without_patient_data(warehouse):
+    from hl7ics_airflow.alerts import on_task_failure
+
+    on_task_failure(_context(KeyError("Ɖogbé Améyo 19870412")))
+    on_task_failure(_context(__import__("transforms.errors", fromlist=["x"]).SourceError("share CHU-SO unavailable")))
+    with warehouse.connect() as c:
+        rows = c.execute(text("SELECT dag_id, task_id, run_id, facility_code, error_class, message, log_url "
+                              "FROM ops_alert ORDER BY id")).all()
+    assert len(rows) == 2
+    assert rows[0][:4] == ("facility_batch_ingest", "load", "scheduled__2026-11-02", "CHU-SO")
+    assert rows[0][4] == "builtins.KeyError" and "Améyo" not in rows[0][5] and "1987" not in rows[0][5]
+    assert rows[1][4] == "transforms.errors.SourceError" and "share CHU-SO unavailable" in rows[1][5]
+
+
+def test_warehouse_url_from_airflow_connection(monkeypatch):
+    from hl7ics_airflow.runtime import warehouse_url_from_connection
+
+    monkeypatch.delenv("AIRFLOW_CONN_HL7ICS_WAREHOUSE", raising=False)
+    assert warehouse_url_from_connection() is None
+    monkeypatch.setenv("AIRFLOW_CONN_HL7ICS_WAREHOUSE",
+                       '{"conn_type": "postgres", "host": "db", "login": "u", "password": "p", "schema": "wh", "port": 5432}')
+    assert warehouse_url_from_connection() == "postgresql+psycopg://u:p@db:5432/wh"
