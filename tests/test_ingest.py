@@ -347,3 +347,26 @@ def test_cli_ingest_counts_and_exit_codes(tmp_path, hl7ics_home, capsys):
     (bad / "facilities.yaml").write_text("facilities:\n  - code: x\n")
     assert main(["--config", str(bad), "ingest", str(d), "--warehouse", url]) == 2
     assert "facility x: code must be" in capsys.readouterr().err
+
+
+def test_archive_files_are_not_extracted(ingestor, tmp_path):
+    """Bad input 65: archives are never unpacked; a zip named .hl7 is quarantined whole."""
+    import zipfile
+
+    z = tmp_path / "bomb.hl7"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("../../etc/evil.hl7", "MSH|^~\\&|A|CHU-SO|B|C|20261102||ADT^A01|Z-1|P|2.5\r" * 1000)
+    r = ingestor.ingest_file(z, "CHU-SO")
+    assert r.status == "quarantined"
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store WHERE status = 'loaded'") == 0
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_sources_are_pluggable():
+    from transforms.sources import SOURCE_TYPES, FolderSource, sources_for
+
+    assert SOURCE_TYPES["folder"] is FolderSource
+    s = Settings.load()
+    fac = {f.code: f for f in s.facilities()}["CHU-SO"]
+    (src,) = sources_for(s, fac)
+    assert src.type == "folder" and src.folder == s.data_dir / "inbound" / "CHU-SO"

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from .extract import iter_parsed
 from .facts import PatientKeyer
 from .load import UNKNOWN_FACILITY, Counts, Incoming, Loader
 from .parser import ParseIssue
+from .sources import source_for_ref, sources_for
 from .warehouse import Writer, get_engine, utcnow
 
 BATCH_SIZE = 2000
@@ -66,26 +65,8 @@ def folder_of(settings: Settings, source_path: str) -> Path:
 
 
 def discover(settings: Settings, facility: Facility, now: float | None = None) -> list[str]:
-    """Ready files of the facility's folder sources, oldest first (paths as strings, for XCom)."""
-    now = time.time() if now is None else now
-    out: list[tuple[float, str]] = []
-    for src in facility.sources:
-        if src.type != "folder":
-            continue
-        folder = folder_of(settings, src.path)
-        if not folder.is_dir():
-            continue
-        rule = src.options.get("partial_upload", "tmp_rename")
-        stable = int(src.options.get("stable_seconds", 30))
-        for p in folder.glob(src.options.get("glob", "*.hl7")):
-            # Symlinks could point anywhere on the host; only regular files uploaded here count.
-            if p.is_symlink() or not p.is_file() or p.name.startswith(".") or p.suffix in (".tmp", ".part"):
-                continue
-            st = p.stat()
-            if rule == "stable_size" and now - st.st_mtime < stable:
-                continue  # still being written
-            out.append((st.st_mtime, str(p)))
-    return [p for _, p in sorted(out)]
+    """Paths of the facility's ready files across its sources, oldest first within each source."""
+    return [str(s.local_path(r)) for s in sources_for(settings, facility) for r in s.ready(now)]
 
 
 def _sniff(path: Path) -> ParseIssue | None:
@@ -189,8 +170,8 @@ class Ingestor:
         with self.engine.begin() as conn:
             return self.loader.write(conn, prepared)
 
-    def archive(self, path: str | Path, facility_code: str) -> str | None:
-        """Move a processed file to ``$HL7ICS_HOME/archive/<facility>/<sha256>.hl7``; idempotent."""
+    def archive(self, path: str | Path, facility_code: str, source: str = "folder") -> str | None:
+        """Hand a committed file back to its source to archive; never one that is not committed."""
         path = Path(path)
         if not path.exists():
             return None
@@ -198,18 +179,9 @@ class Ingestor:
         with self.engine.connect() as conn:
             st = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).scalar()
         if st not in ("done", "quarantined"):
-            return None  # never move a file that is not fully committed
-        dest_dir = self.settings.home / "archive" / facility_code
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / f"{sha}.hl7"
-        try:
-            if dest.exists():
-                path.unlink()
-            else:
-                shutil.move(str(path), dest)
-        except OSError as exc:
-            raise SourceError(f"cannot archive file for facility {facility_code}: {type(exc).__name__}") from None
-        return str(dest)
+            return None
+        ref = {"source": source, "ref": str(path), "name": path.name}
+        return source_for_ref(self.settings, self.facilities[facility_code], ref).finish(ref, sha)
 
     def record_run(self, facility_codes: list[str] | None = None) -> list[dict]:
         """Per-facility counts of this run, recomputed from the store (so a re-run writes the same)."""

@@ -1,0 +1,101 @@
+"""Pluggable sources of facility files.
+
+A source lists the files that are ready to ingest and, once a file is committed to the warehouse,
+finishes it (archive, move or delete at the origin). The ingest pipeline only sees local paths and
+calls the source back after the commit, so a source never loses a file it has not handed over.
+
+Input: ``Settings`` and one configured ``config.Source`` of a facility. Output: ``SourceRef``s
+(JSON-able: they travel through XCom between the DAG's pull and load tasks).
+
+Implemented here: ``folder``. SFTP and RabbitMQ queue sources register in ``SOURCE_TYPES`` with
+the same three methods (``ready``, ``local_path``, ``finish``).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Protocol
+
+from .config import Facility, Settings
+from .config import Source as SourceConfig
+from .errors import SourceError
+
+SourceRef = dict  # {"source": type, "ref": str, "name": str}
+
+
+class Source(Protocol):
+    type: str
+
+    def ready(self, now: float | None = None) -> list[SourceRef]: ...
+
+    def local_path(self, ref: SourceRef) -> Path: ...
+
+    def finish(self, ref: SourceRef, sha256: str) -> str | None: ...
+
+
+class FolderSource:
+    """A drop folder on this host (or a mounted share)."""
+
+    type = "folder"
+
+    def __init__(self, settings: Settings, facility: Facility, config: SourceConfig):
+        self.settings = settings
+        self.facility = facility
+        self.options = config.options
+        p = Path(config.path)
+        self.folder = p if p.is_absolute() else settings.data_dir / p
+
+    def ready(self, now: float | None = None) -> list[SourceRef]:
+        """Files ready to ingest, oldest first. Partial uploads are left alone: ``*.tmp``/``*.part``
+        names under ``tmp_rename``, files modified in the last ``stable_seconds`` under ``stable_size``."""
+        if not self.folder.is_dir():
+            return []
+        now = time.time() if now is None else now
+        rule = self.options.get("partial_upload", "tmp_rename")
+        stable = int(self.options.get("stable_seconds", 30))
+        out: list[tuple[float, str]] = []
+        for p in self.folder.glob(self.options.get("glob", "*.hl7")):
+            # Symlinks could point anywhere on the host; only regular files uploaded here count.
+            if p.is_symlink() or not p.is_file() or p.name.startswith(".") or p.suffix in (".tmp", ".part"):
+                continue
+            st = p.stat()
+            if rule == "stable_size" and now - st.st_mtime < stable:
+                continue
+            out.append((st.st_mtime, str(p)))
+        return [{"source": self.type, "ref": p, "name": Path(p).name} for _, p in sorted(out)]
+
+    def local_path(self, ref: SourceRef) -> Path:
+        return Path(ref["ref"])
+
+    def finish(self, ref: SourceRef, sha256: str) -> str | None:
+        """Move the committed file to ``$HL7ICS_HOME/archive/<facility>/<sha256>.hl7`` (idempotent)."""
+        path = Path(ref["ref"])
+        if not path.exists():
+            return None
+        dest_dir = self.settings.home / "archive" / self.facility.code
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / f"{sha256}.hl7"
+        try:
+            if dest.exists():
+                path.unlink()  # same content already archived (a re-upload)
+            else:
+                shutil.move(str(path), dest)
+        except OSError as exc:
+            raise SourceError(f"cannot archive file for facility {self.facility.code}: {type(exc).__name__}") from None
+        return str(dest)
+
+
+SOURCE_TYPES: dict[str, type] = {"folder": FolderSource}
+
+
+def sources_for(settings: Settings, facility: Facility) -> list[Source]:
+    """Instances of the facility's configured sources whose type is implemented."""
+    return [SOURCE_TYPES[s.type](settings, facility, s) for s in facility.sources if s.type in SOURCE_TYPES]
+
+
+def source_for_ref(settings: Settings, facility: Facility, ref: SourceRef) -> Source:
+    for s in sources_for(settings, facility):
+        if s.type == ref["source"]:
+            return s
+    raise SourceError(f"facility {facility.code} has no {ref['source']} source configured")
