@@ -10,21 +10,18 @@ Properties:
   is stable for any text;
 - escape/unescape round trip.
 
-Known bugs are reported by dedicated strict-xfail tests (test_parser_bad_inputs.py, and
-test_repeated_leading_bom_does_not_depend_on_chunk_size here). So that they do not mask *new* failures, the robustness properties discard an
-example only when the exception comes from one of those known crash sites (``_known_crash``).
+Any exception from the parser fails a property (the crash sites these tests found have been fixed
+and have regression tests in test_parser_bad_inputs.py).
 """
 from __future__ import annotations
 
 import io
 import os
-import traceback
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, reject, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from transforms.datetimes import InvalidDate
 from transforms.extract import to_record
 from transforms.parser import (
     DEFAULT_DELIMITERS,
@@ -102,31 +99,8 @@ any_input = st.one_of(st.binary(max_size=1000), near_valid_hl7())
 facility_charsets = st.sampled_from([None, "iso-8859-1", "utf-8", "cp1252", "8859/1", "no-such-codec", "UTF-16"])
 
 
-def _known_crash(exc: BaseException) -> str | None:
-    """Which known (strict-xfail) bug raised ``exc``; None for anything else."""
-    ours = [f for f in traceback.extract_tb(exc.__traceback__) if "/transforms/" in f.filename]
-    if not ours:
-        return None
-    site = ours[-1]
-    if type(exc) is ValueError and site.name == "_number":
-        return "NM decimal comma: test_case_55_malformed_decimal_comma_does_not_crash"
-    if type(exc) is ValueError and site.name in ("parse_dtm", "_parse_slow") and not isinstance(exc, InvalidDate):
-        return "non-ASCII digits in a date: test_case_54_non_ascii_digits_do_not_crash"
-    if type(exc) is ValueError and site.name == "unescape":
-        return "malformed \\X escape: test_case_27_malformed_hex_escape_does_not_crash"
-    if isinstance(exc, (LookupError, UnicodeError)) and site.name == "decode" and site.filename.endswith("charset.py"):
-        return "non-text codec in MSH-18: test_case_40_non_text_codec_in_msh18_does_not_crash"
-    return None
-
-
 def _record(raw: bytes, facility_charset: str | None = None) -> dict:
-    try:
-        msg = parse(raw, facility_charset)
-        return to_record(msg)
-    except Exception as exc:
-        if _known_crash(exc):
-            reject()
-        raise
+    return to_record(parse(raw, facility_charset))
 
 
 def _leading_stripped(data: bytes) -> bytes:
@@ -242,9 +216,6 @@ def test_leading_whitespace_does_not_depend_on_chunk_size(data, chunk_size):
     assert [(k, raw) for k, raw, _ in units] == [("MSH", b"MSH|^~\\&|a\r")]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: iter_units strips one BOM per buffered look; a second leading BOM "
-                   "(BOM BOM MSH, BOM ' ' BOM MSH) is stripped when the stream arrives in small chunks but "
-                   "kept as a FRAGMENT unit (an error record) when read in one go")
 @pytest.mark.parametrize("data", [
     BOM + BOM + b"MSH|^~\\&|a\r",
     BOM + b" " + BOM + b"MSH|^~\\&|a\r",
@@ -347,12 +318,7 @@ def test_escape_unescape_round_trip_any_delimiters(s, d):
 @given(s=st.text(), codec=st.sampled_from(["utf-8", "cp1252", "iso-8859-1", "ascii", "iso-8859-15"]))
 def test_unescape_never_raises(s, codec):
     flags: list[str] = []
-    try:
-        out = unescape(s, DEFAULT_DELIMITERS, codec, flags)
-    except Exception as exc:
-        if _known_crash(exc):
-            reject()
-        raise
+    out = unescape(s, DEFAULT_DELIMITERS, codec, flags)
     assert isinstance(out, str)
     if "\\" not in s:
         assert out == s and flags == []

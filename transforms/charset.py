@@ -69,6 +69,8 @@ def normalize_codec(name: str | None) -> str | None:
     if key in TABLE_0211:
         return TABLE_0211[key]
     info = codecs.lookup(name.strip())  # LookupError propagates: caller decides
+    if not getattr(info, "_is_text_encoding", True) or info.name in ("idna", "undefined", "punycode"):
+        raise LookupError(name)  # base64, zlib, rot13 ... are codecs but not character sets
     if info.name.startswith(("utf-16", "utf-32")):
         raise UnsupportedCharset(key)
     # Report one spelling per codec (Python says "iso8859-1"; HL7 users read "iso-8859-1").
@@ -111,6 +113,15 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
         except UnicodeDecodeError:
             flags.append("INVALID_BYTES")
             return raw.decode("utf-8", errors="replace"), "utf-8", flags
+    if codec == "ascii":
+        # Declared ASCII but 8-bit bytes present: the label is wrong; find what the bytes are.
+        try:
+            text = raw.decode("utf-8")
+            flags.append("CHARSET_MISMATCH")
+            return text, "utf-8", flags
+        except UnicodeDecodeError:
+            flags.append("CHARSET_INFERRED")
+            return _decode_cp1252(raw), "cp1252", flags
     if _is_latin(codec):
         # Valid multi-byte UTF-8 is vanishingly unlikely in genuine Latin-1 text, so a strict UTF-8
         # success means the sender mislabelled it.
@@ -126,9 +137,12 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
             return _decode_cp1252(raw), "cp1252", flags
     try:
         return raw.decode(codec), codec, flags
-    except UnicodeDecodeError:
+    except (UnicodeError, LookupError):
         flags.append("INVALID_BYTES")
-        return raw.decode(codec, errors="replace"), codec, flags
+        try:
+            return raw.decode(codec, errors="replace"), codec, flags
+        except (UnicodeError, LookupError):
+            return raw.decode("utf-8", errors="replace"), "utf-8", flags
 
 
 def _decode_cp1252(raw: bytes) -> str:

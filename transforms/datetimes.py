@@ -18,6 +18,11 @@ class InvalidDate(ValueError):
     """The value is not a valid HL7 date/time. The message text never contains the value itself."""
 
 
+def _digits(s: str) -> bool:
+    # str.isdigit() accepts "²" and full-width digits; HL7 dates are ASCII.
+    return s.isascii() and s.isdigit()
+
+
 def _leap(y: int) -> bool:
     return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
 
@@ -45,17 +50,17 @@ def _parse_slow(value: str) -> str:
         i = s.find(sign, 4)
         if i != -1:
             s, off = s[:i], s[i:]
-            if len(off) != 5 or not off[1:].isdigit() or int(off[1:3]) > 14 or int(off[3:]) > 59:
+            if len(off) != 5 or not _digits(off[1:]) or int(off[1:3]) > 14 or int(off[3:]) > 59:
                 raise InvalidDate("bad timezone offset")
             offset = f"{off[:3]}:{off[3:]}"
             break
     frac = ""
     if "." in s:
         s, frac = s.split(".", 1)
-        if not frac.isdigit() or len(frac) > 6 or len(s) != 14:
+        if not _digits(frac) or len(frac) > 6 or len(s) != 14:
             raise InvalidDate("bad fractional seconds")
     n = len(s)
-    if n not in (4, 6, 8, 10, 12, 14) or not s.isdigit():
+    if n not in (4, 6, 8, 10, 12, 14) or not _digits(s):
         raise InvalidDate("bad length or characters")
     y = int(s[:4])
     if y < 1000 or y > 2999:

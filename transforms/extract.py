@@ -15,6 +15,7 @@ import re
 from .datetimes import InvalidDate, parse_dtm
 from .parser import Message, ParseIssue, components, unescape
 
+_DECIMAL_COMMA = re.compile(r"[+-]?[0-9]+,[0-9]+")
 SUPPORTED_VERSION = re.compile(r"^2\.[1-8](?:\.\d+)?")
 
 # MSH-9.3 is absent before 2.3.1; these events share another event's structure.
@@ -48,7 +49,7 @@ def message_structure(msg_type: str, event: str, msh9_3: str) -> str:
 
 
 def _date(value: str, location: str, issues: list[ParseIssue], required: bool) -> str | None:
-    if not value:
+    if not value or value == '""':  # '""' is HL7's explicit null ("clear the value"), not a bad date
         return None
     try:
         return parse_dtm(value)
@@ -68,7 +69,7 @@ def _number(value: str, location: str, issues: list[ParseIssue]) -> float | None
             return f
     except ValueError:
         pass
-    if "," in v and v.replace(",", "", 1).replace("-", "", 1).isdigit():
+    if _DECIMAL_COMMA.fullmatch(v):
         issues.append(ParseIssue("DECIMAL_COMMA", location, "decimal comma normalised to a point", 102, "warning"))
         return float(v.replace(",", "."))
     issues.append(ParseIssue("NOT_NUMERIC", location, "NM value is not a number; kept as text", 102, "warning"))
@@ -102,20 +103,23 @@ def patient_of(msg: Message, issues: list[ParseIssue]) -> dict | None:
         if not ident:
             issues.append(ParseIssue("MISSING_PATIENT_ID", "PID-3", "patient identifier list is empty", 101))
     cx = components(ident, d)
-    pid_value = unescape(cx[0], d, codec).strip()
-    authority = unescape(cx[3].split(sub, 1)[0], d, codec) if len(cx) > 3 and cx[3] else ""
+    pid_value = unescape(cx[0], d, codec, msg.flags).strip()
+    if not pid_value and ident.strip(comp + d.repetition + " ") and not any(i.code == "MISSING_PATIENT_ID" for i in issues):
+        issues.append(ParseIssue("MISSING_PATIENT_ID", "PID-3", "identifier (CX.1) is empty", 101))
+    authority = unescape(cx[3].split(sub, 1)[0], d, codec, msg.flags) if len(cx) > 3 and cx[3] else ""
     xpn = components(_f(pid, 5), d)
-    family = unescape(xpn[0].split(sub, 1)[0], d, codec) if xpn[0] else ""
-    given = unescape(xpn[1], d, codec) if len(xpn) > 1 else ""
+    family = unescape(xpn[0].split(sub, 1)[0], d, codec, msg.flags) if xpn[0] else ""
+    given = unescape(xpn[1], d, codec, msg.flags) if len(xpn) > 1 else ""
     if not family and not given:
         issues.append(ParseIssue("MISSING_PATIENT_NAME", "PID-5", "patient name is empty", 101, "warning"))
     dob_raw = _f(pid, 7)
-    if comp in dob_raw:
-        dob_raw = dob_raw.split(comp, 1)[0]
-    birth = _date(dob_raw, "PID-7", issues, required=True) if dob_raw else None
     sex = _f(pid, 8)
-    if comp in sex or d.repetition in sex:
-        sex = components(sex, d)[0]
+    for name, v in (("PID-7", dob_raw), ("PID-8", sex)):
+        if d.repetition in v:
+            issues.append(ParseIssue("REPETITION_IGNORED", name, "repetitions in a non-repeating field; first kept", 0, "warning"))
+    dob_raw = _first(dob_raw, d)
+    birth = _date(dob_raw, "PID-7", issues, required=True) if dob_raw else None
+    sex = _first(sex, d)
     return {
         "id": pid_value or None,
         "id_authority": authority or None,
@@ -151,17 +155,17 @@ def observations_of(msg: Message, issues: list[ParseIssue]) -> list[dict]:
             parts = raw_value.split(rep, 1)[0].split(comp)
             value = parts[0] or (parts[1] if len(parts) > 1 else "")
             if esc in value:
-                value = unescape(value, d, codec)
+                value = unescape(value, d, codec, msg.flags)
         elif vt == "SN":
-            value = unescape("".join(raw_value.split(rep, 1)[0].split(comp)), d, codec)
+            value = unescape("".join(raw_value.split(rep, 1)[0].split(comp)), d, codec, msg.flags)
         elif vt == "ED":
             # Encapsulated data: component 5 holds the (base64) payload.
             parts = raw_value.split(comp)
             value = parts[4] if len(parts) > 4 else raw_value
         elif rep in raw_value:
-            value = "\n".join(unescape(r, d, codec) for r in raw_value.split(rep))
+            value = "\n".join(unescape(r, d, codec, msg.flags) for r in raw_value.split(rep))
         elif esc in raw_value:
-            value = unescape(raw_value, d, codec)
+            value = unescape(raw_value, d, codec, msg.flags)
         else:
             value = raw_value
         numeric = None
@@ -182,9 +186,7 @@ def observations_of(msg: Message, issues: list[ParseIssue]) -> list[dict]:
             units = (uc[0] or (uc[1] if len(uc) > 1 else "")).split(sub, 1)[0]
             if esc in units:
                 units = unescape(units, d, codec)
-        ts = obx[14] if ln > 14 else ""
-        if comp in ts:
-            ts = ts.split(comp, 1)[0]
+        ts = _first(obx[14], d) if ln > 14 else ""
         rr = obx[7] if ln > 7 else ""
         flag = obx[8] if ln > 8 else ""
         c0 = cc[0]
@@ -320,7 +322,7 @@ def to_record(msg: Message, source: dict | None = None, extra_issues: list[Parse
         "status": "error" if errors else "ok",
         "errors": errors,
         "warnings": warnings,
-        "flags": msg.flags,
+        "flags": list(dict.fromkeys(msg.flags)),
         "segment_count": len(msg.segments),
     })
     return rec

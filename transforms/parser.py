@@ -147,12 +147,12 @@ def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS, codec: str = "utf-8
     return "".join(out)
 
 
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+
+
 def _is_hex(s: str) -> bool:
-    try:
-        int(s, 16)
-        return True
-    except ValueError:
-        return False
+    # int(s, 16) would accept "+1", " 1", "0x1F" and "1_0", which bytes.fromhex rejects.
+    return bool(_HEX.fullmatch(s))
 
 
 def escape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
@@ -190,18 +190,21 @@ def split_segments(text: str, fs: str = "|") -> tuple[list[str], list[str]]:
             flags.append("MIXED_TERMINATORS")
         lines = _LINE_SPLIT.split(text)
     segs: list[str] = []
+    cont: dict[int, list[str]] = {}  # segment index -> continuation lines (joined once: linear time)
     for line in lines:
         if not line:
             continue
         if len(line) >= 3 and line[:3].isalnum() and (len(line) == 3 or line[3] == fs):
             segs.append(line)
         elif segs and line.strip() and not (0 < line.find(fs) < 3):
-            segs[-1] = segs[-1] + "\n" + line
-            if "CONTINUATION_LINE" not in flags:
-                flags.append("CONTINUATION_LINE")
+            cont.setdefault(len(segs) - 1, [segs[-1]]).append(line)
         elif line.strip():
             segs.append(line)  # junk before any segment; kept so nothing is lost
             flags.append("MALFORMED_SEGMENT")
+    if cont:
+        flags.append("CONTINUATION_LINE")
+        for i, parts in cont.items():
+            segs[i] = "\n".join(parts)
     return segs, flags
 
 
@@ -315,8 +318,13 @@ def parse(raw: bytes, facility_charset: str | None = None) -> Message:
 
 # ---------------------------------------------------------------------------------------------
 # Streams of bytes -> units
-_START = re.compile(rb"[\r\n](?=(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n])")
+_START = re.compile(rb"[\r\n](?=(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n])")
 _HEAD = re.compile(rb"(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
+
+
+def _kind(buf: bytes, a: int) -> str:
+    head = buf[a + 3:a + 6] if buf[a:a + 3] == BOM else buf[a:a + 3]
+    return head.decode("ascii")
 
 
 def _starts(buf: bytes) -> list[int]:
@@ -346,10 +354,10 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[Unit]:
         if first:
             # Strip leading whitespace and one BOM, however the stream happens to be chunked.
             lead = len(buf) - len(buf.lstrip(b" \t\r\n"))
-            if buf[lead:lead + 3] == BOM:
+            while buf[lead:lead + 3] == BOM:
                 lead += 3
                 lead += len(buf[lead:]) - len(buf[lead:].lstrip(b" \t\r\n"))
-            elif len(buf) - lead < 3 and BOM.startswith(buf[lead:]) and not eof:
+            if len(buf) - lead < 3 and BOM.startswith(buf[lead:]) and buf[lead:] and not eof:
                 continue  # could be the start of a BOM: read more before deciding
             if lead:
                 buf = buf[lead:]
@@ -368,7 +376,7 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[Unit]:
             if starts[0] > 0:
                 yield Unit("FRAGMENT", buf[:starts[0]], base)
             for a, b in zip(starts, starts[1:]):
-                yield Unit(buf[a:a + 3].decode("ascii"), buf[a:b], base + a)
+                yield Unit(_kind(buf, a), buf[a:b], base + a)
             last = starts[-1]
             base += last
             buf = buf[last:]
@@ -387,7 +395,7 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[Unit]:
             yield Unit("FRAGMENT", buf[:starts[0]], base)
         bounds = starts + [len(buf)]
         for a, b in zip(bounds, bounds[1:]):
-            yield Unit(buf[a:a + 3].decode("ascii"), buf[a:b], base + a)
+            yield Unit(_kind(buf, a), buf[a:b], base + a)
         return
 
 

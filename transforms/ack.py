@@ -1,0 +1,104 @@
+"""HL7 acknowledgements (original and enhanced mode) built with the sender's own delimiters.
+
+Input: the received message's MSH fields (or nothing, when no MSH could be read) and an outcome.
+Output: the ACK bytes: MSH with sending/receiving application and facility swapped, MSH-9
+``ACK^<event>^ACK``, MSH-11/MSH-12 echoed, MSA-1 the code and MSA-2 the received MSH-10, and an
+ERR segment with an HL7 table 0357 code when the outcome is an error. Texts never quote message
+content (patient data).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+from .parser import DEFAULT_DELIMITERS, Delimiters, Message
+
+ERROR_TEXT = {
+    0: "Message accepted",
+    100: "Segment sequence error",
+    101: "Required field missing",
+    102: "Data type error",
+    103: "Table value not found",
+    104: "Value too long",
+    200: "Unsupported message type",
+    201: "Unsupported event code",
+    202: "Unsupported processing id",
+    203: "Unsupported version id",
+    204: "Unknown key identifier",
+    205: "Duplicate key identifier",
+    206: "Application record locked",
+    207: "Application internal error",
+}
+_seq = itertools.count(1)
+
+
+@dataclass
+class AckPlan:
+    """What to answer: ``code`` (AA/AE/AR/CA/CE/CR) or None for "send nothing"."""
+
+    code: str | None
+    hl7_error: int = 0
+    location: str = ""
+    text: str = ""
+
+
+def ack_mode(msg: Message | None) -> str:
+    """'original' or 'enhanced' (MSH-15 or MSH-16 present, HL7 2.x chapter 2)."""
+    if msg is None or not msg.segments or msg.segments[0][0] != "MSH":
+        return "original"
+    msh = msg.segments[0]
+    accept = msh[14] if len(msh) > 14 else ""
+    app = msh[15] if len(msh) > 15 else ""
+    return "enhanced" if (accept or app) else "original"
+
+
+def accept_ack_wanted(msg: Message | None, success: bool) -> bool:
+    """MSH-15 in enhanced mode: AL always, NE never, ER only on error, SU only on success."""
+    if ack_mode(msg) != "enhanced":
+        return True
+    msh = msg.segments[0]
+    accept = (msh[14] if len(msh) > 14 else "").strip().upper() or "AL"
+    return accept == "AL" or (accept == "ER" and not success) or (accept == "SU" and success)
+
+
+def to_enhanced(code: str) -> str:
+    return {"AA": "CA", "AE": "CE", "AR": "CR"}.get(code, code)
+
+
+def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> bytes:
+    d: Delimiters = msg.delims if msg is not None else DEFAULT_DELIMITERS
+    fs, cs = d.field, d.component
+    msh = msg.segments[0] if msg is not None and msg.segments and msg.segments[0][0] == "MSH" else None
+
+    def f(n: int) -> str:  # MSH-n of the received message
+        if msh is None:
+            return ""
+        return msh[n - 1] if n - 1 < len(msh) else ""
+
+    ts = time.strftime("%Y%m%d%H%M%S", time.gmtime(now or time.time()))
+    event = f(9).split(cs)[1] if cs in f(9) else ""
+    version = f(12) or "2.5"
+    control = f"ACK{ts}{next(_seq):06d}"
+    header = [
+        "MSH", d.encoding_characters, f(5), f(6), f(3), f(4), ts, "", f"ACK{cs}{event}{cs}ACK" if event else "ACK",
+        control, f(11) or "P", version,
+    ]
+    charset = f(18)
+    if charset:
+        header += ["", "", "", "", "", charset]
+    segs = [fs.join(header)]
+    msa = ["MSA", plan.code or "AR", f(10)]
+    if plan.hl7_error and plan.text and version < "2.5":
+        msa.append(plan.text)  # MSA-3 text: withdrawn from 2.5 on, expected by older senders
+    segs.append(fs.join(msa))
+    if plan.hl7_error:
+        text = plan.text or ERROR_TEXT.get(plan.hl7_error, "Error")
+        code = f"{plan.hl7_error}{cs}{ERROR_TEXT.get(plan.hl7_error, '')}{cs}HL70357"
+        if version >= "2.5":
+            loc = plan.location.replace("-", cs) if plan.location else ""
+            sev = "E"
+            segs.append(fs.join(["ERR", "", loc, code, sev, "", "", "", text]))
+        else:
+            segs.append(fs.join(["ERR", f"{plan.location}{cs}{cs}{cs}{code}"]))
+    return ("\r".join(segs) + "\r").encode(msg.codec if msg is not None and msg.codec else "utf-8", errors="replace")

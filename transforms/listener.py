@@ -1,0 +1,506 @@
+"""The always-on MLLP listener (``hl7ics listen``): receive, store durably, then acknowledge.
+
+Inputs: TCP or TLS connections carrying MLLP frames; ``config/listener.yaml`` (limits, mutual-TLS
+identities); the warehouse URL. Outputs: one ``message_store`` row per accepted or rejected
+message (``received`` for the ``mllp_realtime`` DAG to load, ``quarantined`` with a reason when
+refused), the ACK stored in ``mllp_ack`` and sent only after the commit, ``audit_event`` rows for
+security events, Prometheus metrics, and structured logs without patient data.
+
+The promise to senders: an AA/CA is never sent for a message that is not committed. A storage
+failure answers AR (CE in enhanced mode) with HL7 error 207; a duplicate (same sending facility,
+control ID and SHA-256) gets the stored ACK again without a second row. Frames from all
+connections are committed in groups (one transaction, one fsync) to keep throughput high.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from sqlalchemy import text
+
+from .ack import AckPlan, accept_ack_wanted, ack_mode, build_ack, to_enhanced
+from .extract import SUPPORTED_VERSION, to_record
+from .mllp import Framer
+from .parser import Message, parse
+from .warehouse import Writer, get_engine, utcnow
+
+log = logging.getLogger("hl7ics.listener")
+
+# Parser error codes that make a message unacceptable at the protocol level (AR), with the HL7
+# table 0357 code; other errors are content errors (AE) the loader quarantines.
+_REJECT = {"MISSING_MSH": 100, "BAD_DELIMITERS": 102, "MISSING_MESSAGE_TYPE": 101, "MISSING_CONTROL_ID": 101,
+           "MISSING_VERSION": 101, "UNSUPPORTED_VERSION": 203, "UNSUPPORTED_CHARSET": 203}
+
+
+@dataclass
+class ListenerConfig:
+    host: str = "0.0.0.0"
+    port: int = 2575
+    metrics_port: int = 9102
+    max_frame_bytes: int = 16 << 20
+    frame_deadline_seconds: float = 30.0
+    idle_timeout_seconds: float = 120.0
+    handshake_timeout_seconds: float = 10.0
+    max_connections: int = 1000
+    max_connections_per_peer: int = 50
+    lenient_end_block: bool = True
+    group_commit_max: int = 256
+    accepted_processing_ids: tuple = ("P",)
+    certificate_facilities: dict = field(default_factory=dict)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    supported_types: frozenset = frozenset()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None, **overrides) -> "ListenerConfig":
+        data: dict = {}
+        if path and Path(path).is_file():
+            data = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("listener") or {}
+        cfg = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if isinstance(cfg.accepted_processing_ids, list):
+            cfg.accepted_processing_ids = tuple(cfg.accepted_processing_ids)
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        return cfg
+
+
+class Metrics:
+    """Prometheus metrics in a registry of the listener's own (several listeners per test process)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.messages = Counter("hl7ics_mllp_messages_total", "Messages received", ["facility", "outcome"],
+                                registry=self.registry)
+        self.latency = Histogram("hl7ics_mllp_ack_latency_seconds", "Frame end to ACK sent", ["facility"],
+                                 buckets=(.001, .0025, .005, .01, .015, .025, .05, .1, .25, .5, 1, 2, 5, 10),
+                                 registry=self.registry)
+        self.connections = Gauge("hl7ics_mllp_open_connections", "Open connections", registry=self.registry)
+        self.bytes = Counter("hl7ics_mllp_bytes_total", "Bytes received", registry=self.registry)
+        self.frame_errors = Counter("hl7ics_mllp_frame_errors_total", "Framing problems", ["kind"],
+                                    registry=self.registry)
+
+
+def _jlog(level: int, event: str, **fields) -> None:
+    if log.isEnabledFor(level):
+        # Values are ours (codes, counts, peers, control IDs), never message content; CR/LF are
+        # removed so a hostile value cannot forge log lines (CWE-117).
+        clean = {k: (str(v).replace("\r", " ").replace("\n", " ") if isinstance(v, str) else v)
+                 for k, v in fields.items()}
+        log.log(level, json.dumps({"event": event, **clean}, ensure_ascii=False))
+
+
+@dataclass
+class Pending:
+    raw: bytes
+    msg: Message | None
+    rec: dict | None
+    plan: AckPlan
+    ack: bytes | None
+    status: str  # received | quarantined
+    reasons: list[tuple[str, str]]
+    facility: str | None
+    future: asyncio.Future | None = None
+
+
+class GroupCommitter:
+    """Commits queued messages from every connection in one transaction per group, in a thread
+    (the database drivers block), and resolves each message's future only after the commit."""
+
+    def __init__(self, engine, max_group: int, loop: asyncio.AbstractEventLoop):
+        self.engine = engine
+        self.max_group = max_group
+        self.loop = loop
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.instance = uuid.uuid4().hex[:12]
+        self.seq = 0
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = self.loop.create_task(self._run())
+
+    async def submit(self, p: Pending):
+        p.future = self.loop.create_future()
+        await self.queue.put(p)
+        return await p.future
+
+    async def _run(self) -> None:
+        while True:
+            first = await self.queue.get()
+            group = [first]
+            while len(group) < self.max_group and not self.queue.empty():
+                group.append(self.queue.get_nowait())
+            try:
+                results = await asyncio.to_thread(self._commit, group)
+            except Exception as exc:
+                _jlog(logging.ERROR, "storage_failure", error=type(exc).__name__, messages=len(group))
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, r in zip(group, results):
+                if not p.future.done():
+                    p.future.set_result(r)
+
+    def _commit(self, group: list[Pending]) -> list[tuple[str, bytes | None]]:
+        """Returns per message ("stored", ack) or ("duplicate", stored_ack)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            w = Writer(conn)
+            keys = {(p.rec.get("sending_facility"), p.rec.get("control_id"), p.rec.get("sha256"))
+                    for p in group if p.rec and p.status == "received"}
+            existing: dict[tuple, bytes | None] = {}
+            cids = sorted({k[1] for k in keys if k[1]})
+            for i in range(0, len(cids), 500):
+                chunk = cids[i:i + 500]
+                for sf, cid, sha, ack in w.query(
+                        "SELECT m.sending_facility, m.control_id, m.sha256, a.ack FROM message_store m "
+                        "LEFT JOIN mllp_ack a ON a.message_id = m.id WHERE m.control_id IN ("
+                        + ", ".join("?" * len(chunk)) + ") AND m.status <> 'quarantined'", chunk):
+                    if (sf, cid, sha) in keys:
+                        existing[(sf, cid, sha)] = bytes(ack) if ack is not None else existing.get((sf, cid, sha))
+            out: list[tuple[str, bytes | None]] = []
+            to_store: list[Pending] = []
+            seen: dict[tuple, Pending] = {}
+            for p in group:
+                key = (p.rec.get("sending_facility"), p.rec.get("control_id"), p.rec.get("sha256")) if p.rec else None
+                if key and p.status == "received" and (key in existing or key in seen):
+                    stored = existing.get(key) or (seen[key].ack if key in seen else None)
+                    out.append(("duplicate", stored or p.ack))
+                    continue
+                if key and p.status == "received":
+                    seen[key] = p
+                to_store.append(p)
+                out.append(("stored", p.ack))
+            ids = w.allocate_ids("message_store", len(to_store))
+            rows, acks, quarantine = [], [], []
+            for p, mid in zip(to_store, ids):
+                self.seq += 1
+                r = p.rec or {}
+                rows.append((mid, p.facility or "UNKNOWN", r.get("sending_facility"), r.get("sending_application"),
+                             r.get("control_id"), r.get("message_type"), r.get("trigger_event"), r.get("version"),
+                             None, now, "mllp", f"mllp:{self.instance}:{self.seq}", None,
+                             r.get("sha256") or _sha(p.raw), p.raw, len(p.raw), r.get("charset"), p.status,
+                             "; ".join(f"{c}@{loc}" for c, loc in p.reasons) or None, None, now))
+                if p.ack is not None:
+                    acks.append((mid, p.plan.code or "", p.ack, now))
+                for code, loc in p.reasons:
+                    if p.status == "quarantined":
+                        quarantine.append((mid, "listener", code, f"{loc}: refused by the listener", now))
+            from .load import MS_COLUMNS
+
+            w.insert("message_store", MS_COLUMNS, rows)
+            w.insert("mllp_ack", ("message_id", "ack_code", "ack", "created_at"), acks)
+            w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"), _uniq(quarantine))
+        return out
+
+
+def _uniq(rows):
+    seen = {}
+    for r in rows:
+        seen[(r[0], r[1], r[2])] = r
+    return list(seen.values())
+
+
+def _sha(raw: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(raw).hexdigest()
+
+
+class Listener:
+    def __init__(self, cfg: ListenerConfig, warehouse_url: str, facilities=None):
+        self.cfg = cfg
+        self.engine = get_engine(warehouse_url)
+        self.metrics = Metrics()
+        self.facilities = {f.code: f for f in (facilities or [])}
+        types = set(cfg.supported_types) or {t.split("^")[0] for f in self.facilities.values() for t in f.message_types}
+        self.supported_types = types | {"ACK"}
+        self.per_peer: dict[str, int] = {}
+        self.active = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.committer: GroupCommitter | None = None
+        self.tls = self._tls_context()
+        self.inflight = 0
+        self.stopping = False
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.cfg.tls_cert:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195: no TLS 1.0/1.1
+        ctx.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")  # AEAD with forward secrecy only
+        ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+        if self.cfg.tls_client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(self.cfg.tls_client_ca)
+        return ctx
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.committer = GroupCommitter(self.engine, self.cfg.group_commit_max, loop)
+        self.committer.start()
+        self.server = await asyncio.start_server(self._handle, self.cfg.host, self.cfg.port, limit=1 << 20)
+        port = self.server.sockets[0].getsockname()[1]
+        self.audit("listener_start", "success", detail=f"port {port}{' tls' if self.tls else ''}")
+        _jlog(logging.INFO, "listening", host=self.cfg.host, port=port, tls=bool(self.tls),
+              mutual_tls=bool(self.cfg.tls_client_ca))
+        return port
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let in-flight commits finish and their ACKs go out, then close."""
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        deadline = time.monotonic() + grace
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.committer and self.committer.task:
+            self.committer.task.cancel()
+        self.audit("listener_stop", "success")
+        _jlog(logging.INFO, "stopped")
+
+    def audit(self, event: str, outcome: str, peer: str | None = None, facility: str | None = None,
+              detail: str | None = None) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("INSERT INTO audit_event (created_at, event_type, outcome, peer, facility_code, "
+                                  "detail) VALUES (:t, :e, :o, :p, :f, :d)"),
+                             {"t": utcnow(), "e": event, "o": outcome, "p": peer, "f": facility, "d": detail})
+        except Exception as exc:  # auditing must not take the listener down; it is logged instead
+            _jlog(logging.ERROR, "audit_failed", audit_event=event, error=type(exc).__name__)
+
+    # -- connections --------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer_addr = writer.get_extra_info("peername")
+        peer_ip = peer_addr[0] if peer_addr else "?"
+        if self.stopping or self.active >= self.cfg.max_connections:
+            _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections")
+            writer.close()
+            return
+        identity = peer_ip
+        allowed: set[str] | None = None
+        if self.tls is not None:
+            try:
+                await asyncio.wait_for(writer.start_tls(self.tls), self.cfg.handshake_timeout_seconds)
+            except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
+                self.metrics.frame_errors.labels("tls_handshake").inc()
+                self.audit("node_authentication_failure", "failure", peer=peer_ip, detail=type(exc).__name__)
+                _jlog(logging.WARNING, "tls_handshake_failed", peer=peer_ip, error=type(exc).__name__)
+                writer.close()
+                return
+            cert = writer.get_extra_info("peercert")
+            if self.cfg.tls_client_ca:
+                cn = _common_name(cert)
+                identity = f"cn:{cn}"
+                allowed = set(self.cfg.certificate_facilities.get(cn, []))
+        if self.per_peer.get(identity, 0) >= self.cfg.max_connections_per_peer:
+            _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections_per_peer")
+            writer.close()
+            return
+        self.per_peer[identity] = self.per_peer.get(identity, 0) + 1
+        self.active += 1
+        self.metrics.connections.inc()
+        framer = Framer(self.cfg.max_frame_bytes, self.cfg.lenient_end_block)
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.stopping:
+                now = loop.time()
+                timeout = self.cfg.idle_timeout_seconds
+                if framer.partial and framer.frame_started_at is not None:
+                    timeout = min(timeout, framer.frame_started_at + self.cfg.frame_deadline_seconds - now)
+                    if timeout <= 0:
+                        self.metrics.frame_errors.labels("frame_deadline").inc()
+                        _jlog(logging.WARNING, "frame_deadline", peer=peer_ip)
+                        break
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), timeout)
+                except asyncio.TimeoutError:
+                    kind = "frame_deadline" if framer.partial else "idle_timeout"
+                    if framer.partial:
+                        self.metrics.frame_errors.labels("partial_frame").inc()
+                    _jlog(logging.INFO, kind, peer=peer_ip)
+                    break
+                except (ConnectionError, ssl.SSLError, OSError):
+                    break
+                if not data:
+                    frames = framer.close()
+                    for fr in frames:
+                        await self._frame(fr, writer, peer_ip, allowed, closing=True)
+                    if framer.partial:
+                        self.metrics.frame_errors.labels("partial_frame").inc()
+                    break
+                self.metrics.bytes.inc(len(data))
+                garbage_before = framer.garbage
+                frames = framer.push(data, loop.time())
+                if framer.garbage > garbage_before:
+                    self.metrics.frame_errors.labels("garbage_bytes").inc(framer.garbage - garbage_before)
+                if framer.overflow and framer.partial and not frames:
+                    # Oversized frame still arriving: keep discarding until its end block.
+                    pass
+                for fr in frames:
+                    if not await self._frame(fr, writer, peer_ip, allowed):
+                        return
+        finally:
+            if framer.garbage:
+                _jlog(logging.INFO, "garbage_discarded", peer=peer_ip, bytes=framer.garbage)
+            self.active -= 1
+            self.per_peer[identity] -= 1
+            self.metrics.connections.dec()
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    async def _frame(self, fr, writer, peer: str, allowed: set[str] | None, closing: bool = False) -> bool:
+        t0 = time.perf_counter()
+        self.inflight += 1
+        try:
+            pending = self._plan(fr, allowed, peer)
+            facility = pending.facility or "UNKNOWN"
+            if pending.status == "skip":
+                return True
+            try:
+                outcome, ack = await self.committer.submit(pending)
+            except Exception:
+                # Storage failed: never AA. AR/CE 207 tells the sender to retry later.
+                plan = AckPlan("CE" if ack_mode(pending.msg) == "enhanced" else "AR", 207, "",
+                               "storage temporarily unavailable, retry later")
+                ack = build_ack(pending.msg, plan)
+                outcome = "storage_failure"
+            self.metrics.messages.labels(facility, outcome if outcome != "stored" else (pending.plan.code or "none")).inc()
+            if ack is not None and not closing:
+                try:
+                    writer.write(b"\x0b" + ack + b"\x1c\r")
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    # Already committed: the sender will resend, we will replay the stored ACK.
+                    self.metrics.frame_errors.labels("ack_delivery_failed").inc()
+                    _jlog(logging.WARNING, "ack_delivery_failed", peer=peer, facility=facility)
+                    return False
+            self.metrics.latency.labels(facility).observe(time.perf_counter() - t0)
+            _jlog(logging.DEBUG, "message", peer=peer, facility=facility, outcome=outcome,
+                  ack=pending.plan.code, control_id=(pending.rec or {}).get("control_id"))
+            return True
+        finally:
+            self.inflight -= 1
+
+    # -- decisions ----------------------------------------------------------------------------
+    def _plan(self, fr, allowed: set[str] | None, peer: str) -> Pending:
+        raw = fr.payload
+        if fr.truncated:
+            msg = parse(raw) if raw.lstrip()[:3] == b"MSH" else None
+            plan = AckPlan("AR", 104, "", "message too large")
+            self.metrics.frame_errors.labels("oversize").inc()
+            # Oversized content is not stored (bounded memory and disk); the sender keeps it.
+            return Pending(raw, msg, None, plan, build_ack(msg, plan), "skip_store", [], None)._skip_store(self)
+        if not raw.strip():
+            plan = AckPlan("AR", 100, "MSH", "empty message")
+            p = Pending(raw, None, None, plan, build_ack(None, plan), "quarantined", [("EMPTY_MESSAGE", "MSH")], None)
+            return p
+        msg = parse(raw)
+        rec = to_record(msg)
+        facility = rec.get("sending_facility")
+        if rec.get("message_type") == "ACK":
+            # Never acknowledge an acknowledgement; keep it (lossless) as an orphan.
+            return Pending(raw, msg, rec, AckPlan(None), None, "quarantined", [("ORPHAN_ACK", "MSH-9")], facility)
+        reasons: list[tuple[str, str]] = []
+        code = 0
+        location = ""
+        for e in rec["errors"]:
+            if e["code"] in _REJECT and not code:
+                code, location = _REJECT[e["code"]], e["location"]
+                reasons.append((e["code"], e["location"]))
+        msh_ok = msg.segments and msg.segments[0][0] == "MSH"
+        if not code and msh_ok:
+            pid = (rec.get("processing_id") or "P")[:1]
+            if pid not in self.cfg.accepted_processing_ids:
+                code, location = 202, "MSH-11"
+                reasons.append(("PROCESSING_ID_REFUSED", "MSH-11"))
+            elif rec.get("message_type") not in self.supported_types:
+                code, location = 200, "MSH-9"
+                reasons.append(("UNSUPPORTED_MESSAGE_TYPE", "MSH-9"))
+            elif allowed is not None and facility not in allowed:
+                code, location = 207, "MSH-4"
+                reasons.append(("SEC-SENDER-MISMATCH", "MSH-4"))
+                self.audit("sender_mismatch", "failure", peer=peer, facility=facility if facility in
+                           self.facilities else None, detail="MSH-4 not allowed for the client certificate")
+        enhanced = ack_mode(msg) == "enhanced"
+        if code:
+            plan = AckPlan("CR" if enhanced else "AR", code, location, _reason_text(code))
+            ack = build_ack(msg, plan) if accept_ack_wanted(msg, False) else None
+            return Pending(raw, msg, rec, plan, ack, "quarantined", reasons, facility)
+        content = [e for e in rec["errors"] if e["code"] not in _REJECT]
+        if content:
+            e = content[0]
+            plan = AckPlan("CE" if enhanced else "AE", e["hl7_code"] or 207, e["location"], e["message"])
+            ack = build_ack(msg, plan) if accept_ack_wanted(msg, False) else None
+            # Stored as received: the loader quarantines it with the same reasons (one code path).
+            return Pending(raw, msg, rec, plan, ack, "received", [], facility)
+        plan = AckPlan("CA" if enhanced else "AA")
+        ack = build_ack(msg, plan) if accept_ack_wanted(msg, True) else None
+        return Pending(raw, msg, rec, plan, ack, "received", [], facility)
+
+
+def _skip_store(self: Pending, listener: Listener) -> Pending:
+    self.status = "skip_ack_only"
+    return self
+
+
+Pending._skip_store = _skip_store  # type: ignore[attr-defined]
+
+
+def _reason_text(code: int) -> str:
+    from .ack import ERROR_TEXT
+
+    return ERROR_TEXT.get(code, "error")
+
+
+def _common_name(cert: dict | None) -> str | None:
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                return v
+    return None
+
+
+def serve(cfg: ListenerConfig, warehouse_url: str, facilities, ready_file: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT. Writes the bound port to ``ready_file`` once listening."""
+    logging.basicConfig(level=os.environ.get("HL7ICS_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    listener = Listener(cfg, warehouse_url, facilities)
+    if cfg.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(cfg.metrics_port, addr=cfg.host, registry=listener.metrics.registry)
+
+    async def main():
+        port = await listener.start()
+        if ready_file:
+            Path(ready_file).write_text(str(port))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await listener.stop()
+
+    asyncio.run(main())
+    return 0
