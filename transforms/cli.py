@@ -57,6 +57,51 @@ def cmd_validate(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_listen(args) -> int:
+    from .listener import ListenerConfig, serve
+
+    settings = _settings(args)
+    cfg = ListenerConfig.load(args.listener_config or settings.config_dir / "listener.yaml",
+                              host=args.host, port=args.port, metrics_port=args.metrics_port,
+                              tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    return serve(cfg, settings.warehouse_url, settings.facilities(), ready_file=args.ready_file)
+
+
+def cmd_send(args) -> int:
+    import asyncio
+
+    from .mllp import client_ssl_context, send
+    from .parser import iter_file
+
+    ctx = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        ctx = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key, verify=not args.tls_insecure)
+    messages = []
+    for path in args.paths:
+        with open(path, "rb") as fh:
+            messages.extend(rm.raw for rm in iter_file(fh) if not rm.fragment)
+    acks = asyncio.run(send(args.host, args.port, messages, ctx, timeout=args.timeout,
+                            server_hostname=args.server_name or args.host))
+    rc = 0
+    for i, ack in enumerate(acks):
+        if ack is None:
+            print(f"#{i}: no ACK (timeout or connection closed)")
+            rc = 1
+            continue
+        text = ack.decode("utf-8", errors="replace")
+        print(f"#{i}: " + text.replace("\r", "\n     ").rstrip())
+        msa = [seg for seg in text.split("\r") if seg.startswith("MSA")]
+        if not msa or msa[0].split(msa[0][3])[1] not in ("AA", "CA"):
+            rc = 1
+    if len(acks) < len(messages):
+        rc = 1
+    return rc
+
+
 def cmd_generate(args) -> int:
     from . import generator
 
@@ -175,6 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--facility-charset", metavar="CODEC", help="fallback codec when MSH-18 is empty")
     sp.set_defaults(func=cmd_parse)
+
+    sp = sub.add_parser("listen", help="run the real-time MLLP listener (stores, then ACKs)")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--metrics-port", type=int, help="Prometheus port (0 disables)")
+    sp.add_argument("--warehouse", metavar="URL")
+    sp.add_argument("--tls-cert", metavar="C")
+    sp.add_argument("--tls-key", metavar="K")
+    sp.add_argument("--tls-client-ca", metavar="CA", help="require client certificates from this CA (mutual TLS)")
+    sp.add_argument("--listener-config", metavar="FILE", help="default: <config>/listener.yaml")
+    sp.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_listen)
+
+    sp = sub.add_parser("send", help="send HL7 files over MLLP and print each ACK (interface testing)")
+    sp.add_argument("paths", nargs="+", metavar="FILE")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=2575)
+    sp.add_argument("--tls", action="store_true")
+    sp.add_argument("--tls-ca", metavar="CA")
+    sp.add_argument("--tls-cert", metavar="C")
+    sp.add_argument("--tls-key", metavar="K")
+    sp.add_argument("--tls-insecure", action="store_true", help="do not verify the server certificate")
+    sp.add_argument("--server-name", help="TLS server name (default: --host)")
+    sp.add_argument("--timeout", type=float, default=30.0)
+    sp.set_defaults(func=cmd_send)
 
     sp = sub.add_parser("validate", help="strict structural validation with hl7apy (interface onboarding)")
     sp.add_argument("paths", nargs="+", metavar="PATH")

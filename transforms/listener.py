@@ -20,7 +20,6 @@ import os
 import signal
 import ssl
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from pathlib import Path
 import yaml
 from sqlalchemy import text
 
-from .ack import AckPlan, accept_ack_wanted, ack_mode, build_ack, to_enhanced
-from .extract import SUPPORTED_VERSION, to_record
+from .ack import ERROR_TEXT, AckPlan, accept_ack_wanted, ack_mode, build_ack
+from .extract import to_record
 from .mllp import Framer
 from .parser import Message, parse
 from .warehouse import Writer, get_engine, utcnow
@@ -111,7 +110,7 @@ class Pending:
     rec: dict | None
     plan: AckPlan
     ack: bytes | None
-    status: str  # received | quarantined
+    status: str  # received | quarantined (both stored) | ack_only (answered, not stored)
     reasons: list[tuple[str, str]]
     facility: str | None
     future: asyncio.Future | None = None
@@ -255,7 +254,12 @@ class Listener:
         loop = asyncio.get_running_loop()
         self.committer = GroupCommitter(self.engine, self.cfg.group_commit_max, loop)
         self.committer.start()
-        self.server = await asyncio.start_server(self._handle, self.cfg.host, self.cfg.port, limit=1 << 20)
+        if self.tls is None:
+            self.server = await asyncio.start_server(self._handle, self.cfg.host, self.cfg.port, limit=1 << 20)
+        else:
+            # TLS is negotiated in our own task (not by start_server) so that a failed handshake
+            # can be audited; asyncio would otherwise drop it silently.
+            self.server = await loop.create_server(lambda: _PausedAccept(self), self.cfg.host, self.cfg.port)
         port = self.server.sockets[0].getsockname()[1]
         self.audit("listener_start", "success", detail=f"port {port}{' tls' if self.tls else ''}")
         _jlog(logging.INFO, "listening", host=self.cfg.host, port=port, tls=bool(self.tls),
@@ -293,22 +297,37 @@ class Listener:
             _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections")
             writer.close()
             return
-        identity = peer_ip
-        allowed: set[str] | None = None
-        if self.tls is not None:
-            try:
-                await asyncio.wait_for(writer.start_tls(self.tls), self.cfg.handshake_timeout_seconds)
-            except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
-                self.metrics.frame_errors.labels("tls_handshake").inc()
-                self.audit("node_authentication_failure", "failure", peer=peer_ip, detail=type(exc).__name__)
-                _jlog(logging.WARNING, "tls_handshake_failed", peer=peer_ip, error=type(exc).__name__)
-                writer.close()
-                return
-            cert = writer.get_extra_info("peercert")
-            if self.cfg.tls_client_ca:
-                cn = _common_name(cert)
-                identity = f"cn:{cn}"
-                allowed = set(self.cfg.certificate_facilities.get(cn, []))
+        await self._serve(reader, writer, peer_ip, peer_ip, None)
+
+    async def _tls_accept(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        peer_addr = transport.get_extra_info("peername")
+        peer_ip = peer_addr[0] if peer_addr else "?"
+        if self.stopping or self.active >= self.cfg.max_connections:
+            _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections")
+            transport.close()
+            return
+        reader = asyncio.StreamReader(limit=1 << 20)
+        proto = asyncio.StreamReaderProtocol(reader)
+        try:
+            tls_transport = await loop.start_tls(transport, proto, self.tls, server_side=True,
+                                                 ssl_handshake_timeout=self.cfg.handshake_timeout_seconds)
+        except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
+            self.metrics.frame_errors.labels("tls_handshake").inc()
+            self.audit("node_authentication_failure", "failure", peer=peer_ip, detail=type(exc).__name__)
+            _jlog(logging.WARNING, "tls_handshake_failed", peer=peer_ip, error=type(exc).__name__)
+            transport.close()
+            return
+        proto.connection_made(tls_transport)
+        writer = asyncio.StreamWriter(tls_transport, proto, reader, loop)
+        identity, allowed = peer_ip, None
+        if self.cfg.tls_client_ca:
+            cn = _common_name(writer.get_extra_info("peercert"))
+            identity = f"cn:{cn}"
+            allowed = set(self.cfg.certificate_facilities.get(cn, []))
+        await self._serve(reader, writer, peer_ip, identity, allowed)
+
+    async def _serve(self, reader, writer, peer_ip: str, identity: str, allowed: set[str] | None) -> None:
         if self.per_peer.get(identity, 0) >= self.cfg.max_connections_per_peer:
             _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections_per_peer")
             writer.close()
@@ -350,9 +369,6 @@ class Listener:
                 frames = framer.push(data, loop.time())
                 if framer.garbage > garbage_before:
                     self.metrics.frame_errors.labels("garbage_bytes").inc(framer.garbage - garbage_before)
-                if framer.overflow and framer.partial and not frames:
-                    # Oversized frame still arriving: keep discarding until its end block.
-                    pass
                 for fr in frames:
                     if not await self._frame(fr, writer, peer_ip, allowed):
                         return
@@ -373,10 +389,11 @@ class Listener:
         try:
             pending = self._plan(fr, allowed, peer)
             facility = pending.facility or "UNKNOWN"
-            if pending.status == "skip":
-                return True
             try:
-                outcome, ack = await self.committer.submit(pending)
+                if pending.status == "ack_only":
+                    outcome, ack = "refused_unstored", pending.ack
+                else:
+                    outcome, ack = await self.committer.submit(pending)
             except Exception:
                 # Storage failed: never AA. AR/CE 207 tells the sender to retry later.
                 plan = AckPlan("CE" if ack_mode(pending.msg) == "enhanced" else "AR", 207, "",
@@ -408,7 +425,16 @@ class Listener:
             plan = AckPlan("AR", 104, "", "message too large")
             self.metrics.frame_errors.labels("oversize").inc()
             # Oversized content is not stored (bounded memory and disk); the sender keeps it.
-            return Pending(raw, msg, None, plan, build_ack(msg, plan), "skip_store", [], None)._skip_store(self)
+            return Pending(raw, msg, None, plan, build_ack(msg, plan), "ack_only", [], None)
+        if fr.embedded_fs:
+            # 0x1C inside content (bad input 11): what arrived is a truncated message. Keep it as
+            # evidence, refuse it so the sender resends the whole message properly.
+            msg = parse(raw) if raw.lstrip()[:3] == b"MSH" else None
+            rec = to_record(msg) if msg is not None else None
+            plan = AckPlan("AR", 100, "", "frame cut by a 0x1C inside the content")
+            self.metrics.frame_errors.labels("embedded_end_block").inc()
+            return Pending(raw, msg, rec, plan, build_ack(msg, plan), "quarantined", [("EMBEDDED_END_BLOCK", "frame")],
+                           (rec or {}).get("sending_facility"))
         if not raw.strip():
             plan = AckPlan("AR", 100, "MSH", "empty message")
             p = Pending(raw, None, None, plan, build_ack(None, plan), "quarantined", [("EMPTY_MESSAGE", "MSH")], None)
@@ -427,6 +453,9 @@ class Listener:
                 code, location = _REJECT[e["code"]], e["location"]
                 reasons.append((e["code"], e["location"]))
         msh_ok = msg.segments and msg.segments[0][0] == "MSH"
+        if not code and msh_ok and len(rec.get("control_id") or "") > 199:
+            code, location = 104, "MSH-10"  # 199 is the v2.7+ maximum; longer is not an ID
+            reasons.append(("CONTROL_ID_TOO_LONG", "MSH-10"))
         if not code and msh_ok:
             pid = (rec.get("processing_id") or "P")[:1]
             if pid not in self.cfg.accepted_processing_ids:
@@ -457,17 +486,19 @@ class Listener:
         return Pending(raw, msg, rec, plan, ack, "received", [], facility)
 
 
-def _skip_store(self: Pending, listener: Listener) -> Pending:
-    self.status = "skip_ack_only"
-    return self
+class _PausedAccept(asyncio.Protocol):
+    """Accepts a TCP connection without reading from it, then hands it to ``_tls_accept``, so the
+    TLS ClientHello is still in the socket when the handshake starts."""
 
+    def __init__(self, listener: "Listener"):
+        self.listener = listener
 
-Pending._skip_store = _skip_store  # type: ignore[attr-defined]
+    def connection_made(self, transport) -> None:
+        transport.pause_reading()
+        asyncio.get_running_loop().create_task(self.listener._tls_accept(transport))
 
 
 def _reason_text(code: int) -> str:
-    from .ack import ERROR_TEXT
-
     return ERROR_TEXT.get(code, "error")
 
 

@@ -22,6 +22,7 @@ class Frame:
     payload: bytes
     truncated: bool = False  # larger than max_frame: only the first max_frame bytes are kept
     lenient_end: bool = False  # 0x1C was followed by LF or the connection end, not CR
+    embedded_fs: bool = False  # 0x1C followed by other data: the frame was cut inside its content
 
 
 class Framer:
@@ -50,8 +51,8 @@ class Framer:
                 self.buf += chunk[:room]
             self.overflow += len(chunk) - max(room, 0)
 
-    def _emit(self, lenient: bool) -> Frame:
-        f = Frame(bytes(self.buf), truncated=self.overflow > 0, lenient_end=lenient)
+    def _emit(self, lenient: bool, embedded: bool = False) -> Frame:
+        f = Frame(bytes(self.buf), truncated=self.overflow > 0, lenient_end=lenient, embedded_fs=embedded)
         self.buf.clear()
         self.overflow = 0
         self.in_frame = False
@@ -94,7 +95,7 @@ class Framer:
                 # 0x1C inside content (bad input 11) ends the frame; what follows is garbage
                 # until the next 0x0B.
                 del p[:1]
-                out.append(self._emit(True))
+                out.append(self._emit(True, embedded=True))
         return out
 
     def close(self) -> list[Frame]:

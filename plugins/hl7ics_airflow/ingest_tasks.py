@@ -45,3 +45,15 @@ def archive(loaded: dict, run_id: str) -> dict:
 
 def summarize(run_id: str, facilities: list[str]) -> list[dict]:
     return Ingestor(settings(), run_id=run_id).record_run(facilities)
+
+
+def process_received() -> dict:
+    """Load what the MLLP listener stored (the ``mllp_realtime`` DAG's work step)."""
+    from transforms.facts import PatientKeyer
+    from transforms.load import Loader
+    from transforms.realtime import process_received as run
+    from transforms.warehouse import get_engine
+
+    s = settings()
+    loader = Loader(s.facilities(), PatientKeyer.from_env(s.home))
+    return run(get_engine(s.warehouse_url), loader).as_dict()

@@ -1,0 +1,358 @@
+"""The real-time MLLP listener, tested as a running process: bad inputs 1-20 and 42-50 of the
+project's bad-input catalogue, TLS and mutual TLS, a third-party client, and the promise that a
+message is acknowledged only after it is committed."""
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+from sqlalchemy import text
+
+from listener_support import (CR, FS, VT, ListenerProcess, connect, err_code, exchange, free_port, make_certs, msa,
+                              read_frame)
+from transforms.warehouse import get_engine
+
+
+def hl7(control="C-1", mtype="ADT^A04^ADT_A01", version="2.5", facility="CHU-SO", pid="P1", msh_tail="",
+        processing="P", family="Kodjo") -> bytes:
+    return (f"MSH|^~\\&|SIH|{facility}|HL7ICS|MOH|20261102080000||{mtype}|{control}|{processing}|{version}{msh_tail}\r"
+            f"EVN|A04|20261102080000\rPID|1||{pid}^^^{facility}^MR||{family}^Afi||19900101|F\rPV1|1|O|OPD\r"
+            ).encode("utf-8")
+
+
+def rows(url, sql, **p):
+    with get_engine(url).connect() as c:
+        return [tuple(r) for r in c.execute(text(sql), p)]
+
+
+@pytest.fixture
+def listener(tmp_path, sqlite_url, hl7ics_home):
+    procs = []
+
+    def start(url=None, **limits):
+        lp = ListenerProcess(tmp_path, url or sqlite_url, **limits).start()
+        procs.append(lp)
+        return lp
+
+    yield start
+    for p in procs:
+        p.kill()
+
+
+def count(url):
+    return rows(url, "SELECT COUNT(*) FROM message_store")[0][0]
+
+
+def test_aa_only_after_commit_and_ack_echoes_sender(listener, sqlite_url):
+    lp = listener()
+    ack = exchange(lp.port, hl7("A-1"))
+    assert msa(ack) == ("AA", "A-1")
+    msh = ack.split(b"\r")[0].decode().split("|")
+    assert msh[2:6] == ["HL7ICS", "MOH", "SIH", "CHU-SO"] and msh[8].startswith("ACK") and msh[11] == "2.5"
+    (row,) = rows(sqlite_url, "SELECT status, source, sha256, control_id FROM message_store")
+    assert row[0] == "received" and row[1] == "mllp" and row[3] == "A-1"
+    assert rows(sqlite_url, "SELECT ack_code FROM mllp_ack") == [("AA",)]
+
+
+def test_case_01_garbage_before_start_block(listener, sqlite_url):
+    lp = listener()
+    with connect(lp.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + VT + hl7("G-1") + FS + CR)
+        assert msa(read_frame(s)) == ("AA", "G-1")
+    assert count(sqlite_url) == 1
+
+
+def test_case_02_tls_client_on_plain_port_and_plain_on_tls_port(listener, tmp_path, sqlite_url):
+    lp = listener()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with connect(lp.port, 3) as s:
+        with pytest.raises((ssl.SSLError, OSError, socket.timeout)):
+            ctx.wrap_socket(s).do_handshake()
+    assert msa(exchange(lp.port, hl7("after-tls-noise"))) == ("AA", "after-tls-noise")
+    certs = make_certs(tmp_path)
+    tp = listener(tls={"tls_cert": certs["server_cert"], "tls_key": certs["server_key"]})
+    assert exchange(tp.port, hl7("plain-on-tls"), timeout=3) is None
+    time.sleep(0.3)
+    assert ("node_authentication_failure", "failure") in rows(sqlite_url, "SELECT event_type, outcome FROM audit_event")
+    assert rows(sqlite_url, "SELECT COUNT(*) FROM message_store WHERE control_id = 'plain-on-tls'") == [(0,)]
+
+
+def test_case_03_no_end_block_nothing_acked_nothing_stored(listener, sqlite_url):
+    lp = listener()
+    with connect(lp.port) as s:
+        s.sendall(VT + hl7("N-1")[:40])
+    time.sleep(0.3)
+    assert count(sqlite_url) == 0
+
+
+def test_case_04_end_block_without_cr(listener, sqlite_url):
+    lp = listener()
+    with connect(lp.port) as s:
+        s.sendall(VT + hl7("L-1") + FS + b"\n")
+        assert msa(read_frame(s)) == ("AA", "L-1")
+
+
+def test_case_05_and_06_pipelined_and_one_byte_segments(listener, sqlite_url):
+    lp = listener()
+    with connect(lp.port) as s:
+        s.sendall(VT + hl7("P-1") + FS + CR + VT + hl7("P-2") + FS + CR)
+        assert msa(read_frame(s)) == ("AA", "P-1")
+        assert msa(read_frame(s)) == ("AA", "P-2")
+    with connect(lp.port) as s:
+        for b in VT + hl7("P-3") + FS + CR:
+            s.send(bytes([b]))
+        assert msa(read_frame(s)) == ("AA", "P-3")
+    assert count(sqlite_url) == 3
+
+
+def test_case_07_and_10_slowloris_and_endless_stream_are_cut(listener, sqlite_url):
+    lp = listener(frame_deadline_seconds=1, max_frame_bytes=65536)
+    with connect(lp.port) as s:
+        s.sendall(VT + b"MSH|^~\\&|")
+        time.sleep(0.6)
+        s.sendall(b"S")
+        time.sleep(0.8)
+        with pytest.raises((ConnectionError, OSError)):
+            for _ in range(50):
+                s.sendall(b"x" * 65536)  # keeps going past the cap: memory stays bounded, then closed
+                time.sleep(0.05)
+    assert count(sqlite_url) == 0
+
+
+def test_case_08_connection_limits(listener, sqlite_url):
+    lp = listener(max_connections=3, max_connections_per_peer=3)
+    held = [connect(lp.port) for _ in range(3)]
+    time.sleep(0.2)
+    extra = connect(lp.port, 2)
+    assert extra.recv(10) == b""  # refused: closed at once
+    for s in held:
+        s.close()
+    time.sleep(0.2)
+    assert msa(exchange(lp.port, hl7("after-limit"))) == ("AA", "after-limit")
+
+
+def test_case_09_huge_message_refused_with_ar_104_and_not_stored(listener, sqlite_url):
+    lp = listener(max_frame_bytes=4096)
+    big = hl7("BIG-1")[:-1] + b"\rOBX|1|ED|PDF||" + b"A" * 100_000 + b"\r"
+    ack = exchange(lp.port, big)
+    assert msa(ack) == ("AR", "BIG-1") and err_code(ack) == "104"
+    assert count(sqlite_url) == 0
+
+
+def test_case_11_end_block_inside_content(listener, sqlite_url):
+    lp = listener()
+    m = hl7("E-1")
+    with connect(lp.port) as s:
+        s.sendall(VT + m[:60] + FS + b"tail of the message" + FS + CR)
+        a = read_frame(s)
+    assert msa(a)[0] == "AR"
+    assert rows(sqlite_url, "SELECT status FROM message_store") == [("quarantined",)]
+    assert rows(sqlite_url, "SELECT reason FROM quarantine") == [("EMBEDDED_END_BLOCK",)]
+
+
+def test_case_12_empty_frame(listener, sqlite_url):
+    lp = listener()
+    ack = exchange(lp.port, b"")
+    assert msa(ack) == ("AR", "") and err_code(ack) == "100"
+
+
+def test_case_13_and_42_lost_ack_then_resend_replays_stored_ack(listener, sqlite_url):
+    lp = listener()
+    with connect(lp.port) as s:
+        s.sendall(VT + hl7("R-1") + FS + CR)  # the sender vanishes before reading the ACK
+    time.sleep(0.5)
+    ack = exchange(lp.port, hl7("R-1"))
+    assert msa(ack) == ("AA", "R-1")
+    stored = rows(sqlite_url, "SELECT ack FROM mllp_ack")
+    assert len(stored) == 1 and bytes(stored[0][0]) == ack
+    assert count(sqlite_url) == 1
+
+
+def test_case_14_concurrent_resends_store_once(listener, sqlite_url):
+    lp = listener()
+    acks = []
+
+    def go():
+        acks.append(msa(exchange(lp.port, hl7("D-1"))))
+
+    ts = [threading.Thread(target=go) for _ in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert acks == [("AA", "D-1")] * 6
+    assert count(sqlite_url) == 1
+
+
+def test_case_15_storage_failure_is_never_aa_and_recovers(listener, pg_url):
+    lp = listener(url=pg_url)
+    assert msa(exchange(lp.port, hl7("S-1"))) == ("AA", "S-1")
+    eng = get_engine(pg_url)
+    with eng.begin() as c:
+        c.execute(text("ALTER TABLE message_store RENAME TO message_store_away"))
+    ack = exchange(lp.port, hl7("S-2"))
+    assert msa(ack) == ("AR", "S-2") and err_code(ack) == "207"
+    with eng.begin() as c:
+        c.execute(text("ALTER TABLE message_store_away RENAME TO message_store"))
+    assert msa(exchange(lp.port, hl7("S-2"))) == ("AA", "S-2")
+    assert rows(pg_url, "SELECT control_id FROM message_store ORDER BY id") == [("S-1",), ("S-2",)]
+
+
+def test_case_17_old_tls_versions_refused(listener, tmp_path):
+    certs = make_certs(tmp_path)
+    lp = listener(tls={"tls_cert": certs["server_cert"], "tls_key": certs["server_key"]})
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(certs["ca"])
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    try:
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+    except ssl.SSLError:
+        pass
+    with connect(lp.port, 3) as s:
+        with pytest.raises((ssl.SSLError, OSError)):
+            ctx.wrap_socket(s, server_hostname="localhost").do_handshake()
+    ok = ssl.create_default_context(cafile=str(certs["ca"]))
+    with connect(lp.port) as s, ok.wrap_socket(s, server_hostname="localhost") as t:
+        assert t.version() in ("TLSv1.2", "TLSv1.3")
+        t.sendall(VT + hl7("TLS-1") + FS + CR)
+        assert msa(read_frame(t)) == ("AA", "TLS-1")
+
+
+@pytest.fixture
+def mtls(listener, tmp_path):
+    certs = make_certs(tmp_path)
+    lp = listener(tls={"tls_cert": certs["server_cert"], "tls_key": certs["server_key"], "tls_client_ca": certs["ca"]},
+                  certificate_facilities={"chu-so.test": ["CHU-SO"]})
+
+    def client(label):
+        ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+        if label:
+            ctx.load_cert_chain(certs[f"{label}_cert"], certs[f"{label}_key"])
+        return ctx
+
+    return lp, client
+
+
+def _tls_exchange(port, ctx, payload):
+    with connect(port, 5) as s, ctx.wrap_socket(s, server_hostname="localhost") as t:
+        t.sendall(VT + payload + FS + CR)
+        return read_frame(t)
+
+
+def test_case_18_missing_or_rogue_client_certificate_refused(mtls, sqlite_url):
+    lp, client = mtls
+    for label in (None, "rogue"):
+        try:
+            assert _tls_exchange(lp.port, client(label), hl7("M-0")) is None
+        except (ssl.SSLError, OSError):
+            pass
+    time.sleep(0.3)
+    assert count(sqlite_url) == 0
+    assert len(rows(sqlite_url, "SELECT * FROM audit_event WHERE event_type = 'node_authentication_failure'")) >= 2
+
+
+def test_case_19_certificate_may_only_send_as_its_facility(mtls, sqlite_url):
+    lp, client = mtls
+    assert msa(_tls_exchange(lp.port, client("chu"), hl7("M-1"))) == ("AA", "M-1")
+    ack = _tls_exchange(lp.port, client("chu"), hl7("M-2", facility="INH-LOME"))
+    assert msa(ack) == ("AR", "M-2") and err_code(ack) == "207"
+    ack = _tls_exchange(lp.port, client("other"), hl7("M-3"))
+    assert msa(ack)[0] == "AR"
+    assert rows(sqlite_url, "SELECT reason FROM quarantine ORDER BY id") == [("SEC-SENDER-MISMATCH",)] * 2
+    assert len(rows(sqlite_url, "SELECT * FROM audit_event WHERE event_type = 'sender_mismatch'")) == 2
+
+
+def test_case_43_same_control_id_other_content_is_stored(listener, sqlite_url):
+    lp = listener()
+    assert msa(exchange(lp.port, hl7("U-1", family="Kodjo"))) == ("AA", "U-1")
+    assert msa(exchange(lp.port, hl7("U-1", family="Mensah"))) == ("AA", "U-1")
+    assert count(sqlite_url) == 2
+
+
+@pytest.mark.parametrize("control,code", [("", "101"), ("X" * 250, "104")])
+def test_case_44_missing_or_absurd_control_id(listener, sqlite_url, control, code):
+    lp = listener()
+    ack = exchange(lp.port, hl7(control))
+    assert msa(ack)[0] == "AR" and err_code(ack) == code
+    assert rows(sqlite_url, "SELECT status FROM message_store") == [("quarantined",)]
+
+
+@pytest.mark.parametrize("kwargs,code", [
+    ({"mtype": "ZZZ^Z01"}, "200"),
+    ({"version": "3.0"}, "203"),
+    ({"processing": "T"}, "202"),
+    ({"processing": "D"}, "202"),
+], ids=["case45-type", "case46-version", "case47-training", "case47-debug"])
+def test_cases_45_46_47_protocol_rejects(listener, sqlite_url, kwargs, code):
+    lp = listener()
+    ack = exchange(lp.port, hl7("X-1", **kwargs))
+    assert msa(ack) == ("AR", "X-1") and err_code(ack) == code
+    assert rows(sqlite_url, "SELECT status FROM message_store") == [("quarantined",)]
+    assert rows(sqlite_url, "SELECT COUNT(*) FROM quarantine") == [(1,)]
+
+
+def test_case_46_localised_version_is_accepted(listener):
+    lp = listener()
+    assert msa(exchange(lp.port, hl7("V-1", version="2.5.1^FRA^2.5"))) == ("AA", "V-1")
+
+
+def test_case_48_enhanced_mode(listener, sqlite_url):
+    lp = listener()
+    assert msa(exchange(lp.port, hl7("EN-1", msh_tail="|||AL|NE"))) == ("CA", "EN-1")
+    assert exchange(lp.port, hl7("EN-2", msh_tail="|||NE|NE"), timeout=2) is None  # no accept ACK wanted
+    assert exchange(lp.port, hl7("EN-3", msh_tail="|||ER|NE"), timeout=2) is None  # only on error
+    ack = exchange(lp.port, hl7("EN-4", mtype="ZZZ^Z01", msh_tail="|||ER|NE"))
+    assert msa(ack) == ("CR", "EN-4")
+    assert count(sqlite_url) == 4  # stored whether or not an ACK was wanted
+
+
+def test_case_49_sequence_numbers_are_ignored_unless_enabled(listener):
+    lp = listener()
+    assert msa(exchange(lp.port, hl7("Q-1", msh_tail="|7"))) == ("AA", "Q-1")
+
+
+def test_case_50_ack_is_never_acked(listener, sqlite_url):
+    lp = listener()
+    incoming = b"MSH|^~\\&|LAB|CHU-SO|HL7ICS|MOH|20261102||ACK^A01|K-1|P|2.5\rMSA|AA|Z-9\r"
+    assert exchange(lp.port, incoming, timeout=2) is None
+    assert rows(sqlite_url, "SELECT q.reason FROM quarantine q") == [("ORPHAN_ACK",)]
+
+
+def test_content_error_gets_ae_and_is_stored_for_the_loader(listener, sqlite_url):
+    lp = listener()
+    no_pv1 = hl7("AE-1", mtype="ADT^A01^ADT_A01").split(b"PV1|")[0]
+    ack = exchange(lp.port, no_pv1)
+    assert msa(ack) == ("AE", "AE-1") and err_code(ack) == "100"
+    assert rows(sqlite_url, "SELECT status FROM message_store") == [("received",)]
+
+
+def test_third_party_client_python_hl7(listener, sqlite_url):
+    from hl7.client import MLLPClient
+
+    lp = listener()
+    with MLLPClient("127.0.0.1", lp.port) as client:
+        reply = client.send_message(hl7("TP-1").decode())
+    assert b"MSA|AA|TP-1" in reply
+    assert count(sqlite_url) == 1
+
+
+def test_sigterm_is_graceful(listener, sqlite_url):
+    lp = listener()
+    assert msa(exchange(lp.port, hl7("T-1"))) == ("AA", "T-1")
+    assert lp.terminate() == 0
+    assert ("listener_stop", "success") in rows(sqlite_url, "SELECT event_type, outcome FROM audit_event")
+
+
+def test_logs_never_contain_patient_data(listener, tmp_path):
+    lp = listener()
+    exchange(lp.port, hl7("LOG-1", family="Ɖogbé", pid="PATIENT-777"))
+    exchange(lp.port, hl7("", family="Ɖogbé", pid="PATIENT-777"))
+    lp.terminate()
+    log = lp.log.read_text(encoding="utf-8")
+    assert "listening" in log
+    assert "Ɖogbé" not in log and "PATIENT-777" not in log and "19900101" not in log
