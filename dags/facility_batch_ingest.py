@@ -1,8 +1,8 @@
 """
 ### facility_batch_ingest
 
-Pulls each facility's HL7 v2 files from its configured sources (``config/facilities.yaml``),
-stores every message raw in ``message_store``, loads the warehouse facts, archives the files and
+Pulls each facility's HL7 v2 files from its configured sources (``config/facilities.yaml``) into
+a staging area under their content hash, stores every message raw in ``message_store``, loads the warehouse facts, archives the files and
 records a per-run summary in ``ingest_run``.
 
 *Récupère les fichiers HL7 de chaque formation sanitaire, stocke chaque message brut, alimente
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import TriggerRule, dag, get_current_context, task
 from hl7ics_airflow import ingest_tasks
 from hl7ics_airflow.alerts import on_dag_failure, on_task_failure
 from hl7ics_airflow.policies import IO_RETRY_POLICY, RETRY_DELAY
@@ -50,8 +50,9 @@ def facility_batch_ingest():
 
     @task(map_index_template="{{ facility }}")
     def pull(facility: str) -> dict:
-        get_current_context()["facility"] = facility
-        return ingest_tasks.pull(facility)
+        ctx = get_current_context()
+        ctx["facility"] = facility
+        return ingest_tasks.pull(facility, ctx["run_id"])
 
     @task(map_index_template="{{ facility }}")
     def load(pulled: dict) -> dict:
@@ -65,7 +66,7 @@ def facility_batch_ingest():
         ctx["facility"] = loaded["facility"]
         return ingest_tasks.archive(loaded, ctx["run_id"])
 
-    @task
+    @task(trigger_rule=TriggerRule.ALL_DONE)  # one facility failing must not hide the others' counts
     def summarize(archived: list[dict], codes: list[str]) -> list[dict]:
         return ingest_tasks.summarize(get_current_context()["run_id"], codes)
 

@@ -72,6 +72,7 @@ def test_facility_batch_ingest_end_to_end(dagbag, hl7ics_home, monkeypatch):
     assert runs and runs[0][1] == 1
     assert not (data / "day1.hl7").exists(), "file must be archived after commit"
     assert any((hl7ics_home / "archive" / "CHU-SO").glob("*.hl7"))
+    assert not list((hl7ics_home / "staging" / "CHU-SO").iterdir()), "staging is emptied after archiving"
 
 
 def test_demo_twice_duplicates_nothing(dagbag, hl7ics_home):
@@ -119,20 +120,21 @@ def test_mllp_realtime_end_to_end(dagbag, hl7ics_home, tmp_path):
     assert "Ɖogbé" in names
 
 
-def test_received_trigger_fires_when_messages_wait(sqlite_url):
+def test_received_trigger_fires_when_messages_wait(sqlite_url, monkeypatch):
     import asyncio
 
     from hl7ics_airflow.triggers import ReceivedMessagesTrigger
 
     from transforms.warehouse import get_engine, utcnow
 
+    monkeypatch.setenv("HL7ICS_WAREHOUSE_URL", sqlite_url)
     eng = get_engine(sqlite_url)
 
     async def first_event(trigger):
         async for ev in trigger.run():
             return ev.payload
 
-    t = ReceivedMessagesTrigger(sqlite_url, poll_seconds=0.05, max_wait_seconds=0.3)
+    t = ReceivedMessagesTrigger(poll_seconds=0.05, max_wait_seconds=0.3)
     assert asyncio.run(first_event(t)) == {"received": 0}  # the interval passed empty
     with eng.begin() as c:
         c.execute(text("INSERT INTO message_store (facility_code, received_at, source, source_ref, sha256, raw, "
@@ -140,4 +142,4 @@ def test_received_trigger_fires_when_messages_wait(sqlite_url):
                        "'received', :t)"), {"t": utcnow(), "r": b"MSH"})
     assert asyncio.run(first_event(t)) == {"received": 1}
     classpath, kwargs = t.serialize()
-    assert classpath == "hl7ics_airflow.triggers.ReceivedMessagesTrigger" and kwargs["warehouse_url"] == sqlite_url
+    assert classpath == "hl7ics_airflow.triggers.ReceivedMessagesTrigger" and "sqlite" not in repr(kwargs)

@@ -370,3 +370,111 @@ def test_sources_are_pluggable():
     fac = {f.code: f for f in s.facilities()}["CHU-SO"]
     (src,) = sources_for(s, fac)
     assert src.type == "folder" and src.folder == s.data_dir / "inbound" / "CHU-SO"
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions found in review
+
+
+def dft(control, amount="5000&XOF", extra_ft1="", pid="D1"):
+    ft1 = ["FT1", "1", "T1", "", "20261102090000", "", "CG", "CONS^Consultation^L", "", "", "1", amount, amount]
+    return (f"MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102090000||DFT^P03|{control}|P|2.5\n"
+            f"EVN|P03|20261102090000\nPID|1||{pid}^^^CHU-SO^MR||Kodjo^Afi||19900101|F\n"
+            f"PV1|1|O|OPD||||||||||||||||VD1\n" + "|".join(ft1) + extra_ft1 + "\n")
+
+
+def test_same_message_with_other_line_endings_is_a_duplicate(ingestor, tmp_path):
+    a = tmp_path / "a.hl7"
+    a.write_bytes(dft("DUP-1").strip("\n").replace("\n", "\r").encode())  # no final terminator
+    b = write(tmp_path / "b.hl7", dft("DUP-1"), terminator="\r\n")
+    ingestor.ingest_file(a, "CHU-SO")
+    ingestor.ingest_file(b, "CHU-SO")
+    assert [r[0] for r in rows(ingestor.engine, "SELECT status FROM message_store ORDER BY id")] == ["loaded", "duplicate"]
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM fact_charge") == 1
+
+
+def test_adt_event_without_any_time_loads_and_orders_by_arrival(ingestor, tmp_path):
+    write(tmp_path / "1.hl7", adt("NT-1", "A01", "20261102080000"))
+    no_time = adt("NT-2", "A11", "").replace("EVN|A11|\n", "EVN|A11\n")
+    write(tmp_path / "2.hl7", no_time)
+    for f in sorted(tmp_path.glob("*.hl7")):
+        ingestor.ingest_file(f, "CHU-SO")
+    assert rows(ingestor.engine, "SELECT status FROM message_store ORDER BY id") == [("loaded",), ("loaded",)]
+    assert scalar(ingestor.engine, "SELECT cancelled FROM fact_encounter") == 1
+
+
+def test_nul_escapes_and_absurd_amounts_do_not_block_a_file(ingestor, tmp_path):
+    body = adt("NUL-1", "A01", "20261102080000", family="KOFFI\\X00\\") + dft("BIG-1", amount="1E15")
+    ingestor.ingest_file(write(tmp_path / "x.hl7", body), "CHU-SO")
+    assert scalar(ingestor.engine, "SELECT family_name FROM phi_patient") == "KOFFI"
+    assert rows(ingestor.engine, "SELECT status FROM message_store") == [("loaded",), ("loaded",)]
+    assert scalar(ingestor.engine, "SELECT amount FROM fact_charge") is None
+
+
+def test_xof_amounts_with_thousands_separators_and_transaction_type(ingestor, tmp_path):
+    ingestor.ingest_file(write(tmp_path / "x.hl7", dft("XOF-1", amount="12,500&XOF")), "CHU-SO")
+    assert rows(ingestor.engine, "SELECT amount, currency, transaction_type FROM fact_charge") == [(12500, "XOF", "CG")]
+
+
+def test_replay_of_a_held_batch_does_not_load_a_message_twice(ingestor, tmp_path):
+    from transforms.replay import replay
+
+    held = "BHS|^~\\&|SIH|CHU-SO\n" + dft("H-1") + "BTS|2\n"
+    ingestor.ingest_file(write(tmp_path / "held.hl7", held), "CHU-SO")
+    ingestor.ingest_file(write(tmp_path / "resent.hl7", dft("H-1")), "CHU-SO")
+    replay(ingestor.engine, ingestor.loader, reason="BATCH_COUNT_MISMATCH")
+    assert sorted(r[0] for r in rows(ingestor.engine, "SELECT status FROM message_store")) == ["duplicate", "loaded"]
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM fact_charge") == 1
+
+
+def test_replay_for_another_reason_keeps_the_batch_hold(ingestor, tmp_path):
+    from transforms.replay import replay
+
+    bad_dob = adt("HB-1", "A01", "20261102080000").replace("19900101", "19901340")
+    ingestor.ingest_file(write(tmp_path / "held.hl7", "BHS|^~\\&|SIH|CHU-SO\n" + bad_dob + "BTS|5\n"), "CHU-SO")
+    replay(ingestor.engine, ingestor.loader, reason="INVALID_DATE")
+    open_reasons = {r[0] for r in rows(ingestor.engine, "SELECT reason FROM quarantine WHERE resolved_at IS NULL")}
+    assert "BATCH_COUNT_MISMATCH" in open_reasons
+    assert scalar(ingestor.engine, "SELECT status FROM message_store") == "quarantined"
+
+
+def test_a_file_leased_by_another_worker_is_left_alone(ingestor, tmp_path):
+    from transforms.ingest import Ingestor
+
+    f = write(tmp_path / "x.hl7", adt("LS-1", "A01", "20261102080000"))
+    with ingestor.engine.begin() as c:
+        c.execute(text("INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
+                       "first_seen_at, lease_owner, lease_until) VALUES (:s, 'CHU-SO', 'folder', 'x', 1, 'processing', "
+                       "'2026-01-01 00:00:00', 'other-run', '2999-01-01 00:00:00')"),
+                  {"s": hashlib.sha256(f.read_bytes()).hexdigest()})
+    assert ingestor.ingest_file(f, "CHU-SO").status == "busy"
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 0
+    other = Ingestor(ingestor.settings, engine=ingestor.engine, run_id="other-run")
+    assert other.ingest_file(f, "CHU-SO").status == "done"
+
+
+def test_latin1_names_at_a_utf8_facility_are_not_mangled(ingestor, tmp_path):
+    f = tmp_path / "l.hl7"
+    f.write_bytes(adt("L1-1", "A01", "20261102080000", family="HOUÉTO").replace("\n", "\r").encode("latin-1"))
+    ingestor.ingest_file(f, "CHU-SO")  # CHU-SO's configured default is UTF-8
+    assert scalar(ingestor.engine, "SELECT family_name FROM phi_patient") == "HOUÉTO"
+    assert "CHARSET_INFERRED" in scalar(ingestor.engine, "SELECT flags FROM message_store")
+
+
+def test_results_keep_the_placer_number_of_their_order(ingestor, tmp_path):
+    oru = ("MSH|^~\\&|LAB|CHU-SO|HL7ICS|MOH|20261102100000||ORU^R01|PL-1|P|2.5\nPID|1||P1^^^CHU-SO^MR||Kodjo^Afi\n"
+           "ORC|RE|PLAC1|FILL1\nOBR|1||FILL1|718-7^Hb^LN\nOBX|1|NM|718-7^Hb^LN||12|g/dL|||||F\n")
+    ingestor.ingest_file(write(tmp_path / "o.hl7", oru), "CHU-SO")
+    assert scalar(ingestor.engine, "SELECT placer_order_number FROM fact_lab_result") == "PLAC1"
+
+
+def test_merge_moves_every_fact_of_the_retired_patient(ingestor, tmp_path):
+    vxu = ("MSH|^~\\&|EPI|CHU-SO|HL7ICS|MOH|20261102100000||VXU^V04|VX-1|P|2.5\nPID|1||OLD9^^^CHU-SO^MR||Kodjo^Afi\n"
+           "ORC|RE\nRXA|0|1|20261102100000||19^BCG^CVX|0.05|mL\n"
+           "RXA|0|2|20261102100000||37^Yellow fever^CVX|0.5|mL|||||||||||||RE\n")
+    merge = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261103080000||ADT^A40^ADT_A39|MG-1|P|2.5\n"
+             "EVN|A40|20261103080000\nPID|1||NEW9^^^CHU-SO^MR||Kodjo^Afi\nMRG|OLD9^^^CHU-SO^MR\n")
+    ingestor.ingest_file(write(tmp_path / "m.hl7", vxu + dft("MG-0", pid="OLD9") + merge), "CHU-SO")
+    new_key = scalar(ingestor.engine, "SELECT patient_key FROM phi_patient WHERE patient_id = 'NEW9'")
+    assert rows(ingestor.engine, "SELECT vaccine_code, patient_key FROM fact_immunization") == [("19", new_key)]
+    assert rows(ingestor.engine, "SELECT DISTINCT patient_key FROM fact_charge") == [(new_key,)]

@@ -85,9 +85,11 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
     """Decode one message. Returns (text, codec_used, flags). Never raises on bad bytes."""
     flags: list[str] = []
     codec = None
+    from_declaration = False
     if declared:
         try:
             codec = normalize_codec(declared)
+            from_declaration = codec is not None
         except UnsupportedCharset:
             raise
         except LookupError:
@@ -111,6 +113,11 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
         try:
             return raw.decode("utf-8"), "utf-8", flags
         except UnicodeDecodeError:
+            if not from_declaration:
+                # Only the facility's default said UTF-8: Latin-1/CP1252 senders are common and
+                # their accented names would otherwise be replaced by U+FFFD (bad input 35).
+                flags.append("CHARSET_INFERRED")
+                return _decode_cp1252(raw), "cp1252", flags
             flags.append("INVALID_BYTES")
             return raw.decode("utf-8", errors="replace"), "utf-8", flags
     if codec == "ascii":

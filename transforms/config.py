@@ -9,7 +9,6 @@ minutes, and never echo secrets.
 """
 from __future__ import annotations
 
-import codecs
 import os
 import re
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ class Facility:
     region: str
     district: str
     dhis2_org_unit: str
-    charset: str
+    charset: str | None
     timezone: str
     message_types: tuple[str, ...]
     working_hours: tuple[int, int]
@@ -137,11 +136,12 @@ def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
         region = _req(entry, "region", where)
         if region not in REGIONS:
             raise ConfigError(f"{where}: region '{region}' is not one of the six health regions {', '.join(REGIONS)}")
-        cs = entry.get("charset") or "utf-8"
-        try:
-            _charset.normalize_codec(cs) or codecs.lookup(cs)
-        except (LookupError, _charset.UnsupportedCharset):
-            raise ConfigError(f"{where}: charset '{cs}' is not a known or supported codec") from None
+        cs = entry.get("charset") or None  # None: UTF-8, falling back to CP1252
+        if cs is not None:
+            try:
+                _charset.normalize_codec(cs)
+            except (LookupError, _charset.UnsupportedCharset):
+                raise ConfigError(f"{where}: charset '{cs}' is not a known or supported codec") from None
         tz = entry.get("timezone") or "Africa/Lome"
         try:
             from zoneinfo import ZoneInfo

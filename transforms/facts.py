@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import os
 import secrets
 from pathlib import Path
@@ -41,7 +42,7 @@ COLUMNS = {
                           "vaccine_name", "dose_number", "lot_number", "message_id"),
     "fact_charge": ("message_id", "ft1_seq", "facility_code", "patient_key", "visit_number", "transaction_id",
                     "charge_code", "description", "quantity", "unit_amount", "amount", "currency", "charged_at",
-                    "diagnosis_codes"),
+                    "diagnosis_codes", "transaction_type"),
     "fact_coverage": ("patient_key", "facility_code", "insurer_code", "member_id", "insurer_name", "plan_code",
                       "valid_from", "valid_to", "message_id", "updated_at"),
     "patient_merge": ("old_key", "new_key", "message_id", "merged_at"),
@@ -111,9 +112,25 @@ def _num(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return float(value.replace(",", ".").replace(" ", ""))
+        f = float(value.replace(",", ".").replace(" ", ""))
     except ValueError:
         return None
+    return f if f == f and abs(f) < 1e15 else None  # no NaN/inf, and within DOUBLE/NUMERIC range
+
+
+_GROUPED = re.compile(r"[+-]?\d{1,3}(?:[ ,.\u00a0\u202f]\d{3})+")
+
+
+def _money(value: str | None) -> float | None:
+    """Amounts in XOF, which has no minor unit: "12,500", "12 500" and "12.500" are twelve
+    thousand five hundred (thousands separators), not twelve and a half."""
+    if not value:
+        return None
+    v = value.strip()
+    if _GROUPED.fullmatch(v):
+        v = re.sub(r"[ ,.\u00a0\u202f]", "", v)
+    f = _num(v)
+    return f if f is not None and abs(f) < 1e12 else None  # NUMERIC(14, 2) holds below 10^12
 
 
 def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: int, keyer: PatientKeyer,
@@ -132,7 +149,12 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
         xad = field(pid, 11)
         street, city, district = _c(xad, d, 0, cx), _c(xad, d, 2, cx), _c(xad, d, 3, cx)
         address = ", ".join(p for p in (street, city) if p) or None
-        phone = _c(field(pid, 13), d, 0, cx) or (_c(field(pid, 13), d, 11, cx) if field(pid, 13) else None)
+        xtn = field(pid, 13)
+        phone = _c(xtn, d, 0, cx) or _c(xtn, d, 11, cx)
+        if not phone and _c(xtn, d, 6, cx):
+            # XTN.5 country, .6 area, .7 local number (the 2.3+ structured form)
+            cc, area, local = _c(xtn, d, 4, cx), _c(xtn, d, 5, cx), _c(xtn, d, 6, cx)
+            phone = (f"+{cc}" if cc else "") + (area or "") + local
         birth = patient.get("birth_date")
         facts["phi_patient"] = [(pkey, facility, patient["id"], patient.get("id_authority"), patient.get("family_name"),
                                  patient.get("given_name"), birth, patient.get("sex"), address, district, phone,
@@ -158,6 +180,8 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
             event_at = _ts(field(evn, 2), tz) if evn else None
             if event_at is None:
                 event_at = _ts(components(field(msg.first("MSH"), 7), d)[0], tz)
+            if event_at is None:
+                event_at = now  # no event time at all: order by arrival rather than first
             loc = components(field(pv1, 3), d)
             location = "/".join(p for p in loc[:3] if p) or None
             dx = [c for c in (_c(field(s, 3), d, 0, cx) for s in msg.all("DG1")) if c]
@@ -195,7 +219,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
             if sid == "ORC":
                 placer = _c(field(seg, 2), d, 0, cx) or placer
             elif sid == "OBR":
-                placer = _c(field(seg, 2), d, 0, cx) or _c(field(seg, 3), d, 0, cx) or placer
+                placer = _c(field(seg, 2), d, 0, cx) or placer  # OBR-3 is the filler's number
             elif sid == "OBX" and k < len(obs):
                 o = obs[k]
                 k += 1
@@ -228,6 +252,8 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
     elif mtype == "VXU":
         rows = []
         for rxa in msg.all("RXA"):
+            if (_c(field(rxa, 20), d, 0, cx) or "CP") in ("RE", "NA") or _c(field(rxa, 21), d, 0, cx) == "D":
+                continue  # refused, not administered, or deleted: not a dose given
             code = _c(field(rxa, 5), d, 0, cx)
             at = _ts(components(field(rxa, 3), d)[0], tz)
             if code and at and pkey:
@@ -244,9 +270,10 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
             rows.append((message_id, n, facility, pkey, visit,
                          _c(field(ft1, 2), d, 0, cx), _c(field(ft1, 7), d, 0, cx),
                          _c(field(ft1, 7), d, 1, cx) or _c(field(ft1, 8), d, 0, cx), _num(_c(field(ft1, 10), d, 0, cx)),
-                         _num(_c(unit, d, 0, cx)), _num(_c(ext, d, 0, cx)),
+                         _money(_c(unit, d, 0, cx)), _money(_c(ext, d, 0, cx)),
                          _money_currency(ext, d) or _money_currency(unit, d) or "XOF",
-                         _ts(components(field(ft1, 4), d)[0], tz), ";".join(dx) or None))
+                         _ts(components(field(ft1, 4), d)[0], tz), ";".join(dx) or None,
+                         _c(field(ft1, 6), d, 0, cx)))
         if rows:
             facts["fact_charge"] = rows
     if pkey and mtype in ("DFT", "BAR", "ADT"):
@@ -256,7 +283,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
             member = _c(field(in1, 49), d, 0, cx) or _c(field(in1, 36), d, 0, cx)
             if insurer and member:
                 rows.append((pkey, facility, insurer, member, _c(field(in1, 4), d, 0, cx), _c(field(in1, 2), d, 0, cx),
-                             _date(field(in1, 12)), _date(field(in1, 13)), message_id, now))
+                             _date(_c(field(in1, 12), d)), _date(_c(field(in1, 13), d)), message_id, now))
         if rows:
             facts["fact_coverage"] = _dedupe(rows, (0, 1, 2, 3))
     return facts
@@ -269,11 +296,11 @@ def _money_currency(value: str, d: Delimiters) -> str | None:
     return subs[1] if len(subs) > 1 and subs[1] else None
 
 
-def _date(value: str) -> str | None:
+def _date(value: str | None) -> str | None:
     if not value:
         return None
     try:
-        return parse_dtm(value.split("^", 1)[0])[:10]
+        return parse_dtm(value)[:10]
     except InvalidDate:
         return None
 
@@ -298,7 +325,7 @@ def fold_encounter(events: list[tuple]) -> tuple | None:
     """
     if not events:
         return None
-    evs = sorted(events, key=lambda e: (e[4] or "", e[0]))
+    evs = sorted(events, key=lambda e: (e[4] is None, str(e[4] or ""), e[0]))
     st = {"patient_key": None, "patient_class": None, "location": None, "admit_at": None, "discharge_at": None,
           "disposition": None, "dx": None, "cancelled": 0}
     last_event = last_at = None

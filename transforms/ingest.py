@@ -30,6 +30,13 @@ from .sources import source_for_ref, sources_for
 from .warehouse import Writer, get_engine, utcnow
 
 BATCH_SIZE = 2000
+LEASE_SECONDS = 600
+
+
+def _later(seconds: int) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S")
 _UNSAFE = re.compile(r"[^\w.\- ]+", re.UNICODE)
 
 
@@ -37,7 +44,7 @@ _UNSAFE = re.compile(r"[^\w.\- ]+", re.UNICODE)
 class FileResult:
     name: str
     sha256: str
-    status: str  # done | quarantined | duplicate_file
+    status: str  # done | quarantined | duplicate_file | busy (another worker holds the file's lease)
     counts: Counts = field(default_factory=Counts)
     error: str | None = None
 
@@ -93,6 +100,8 @@ class Ingestor:
         self.facilities = {f.code: f for f in settings.facilities()}
         self.loader = Loader(self.facilities.values(), PatientKeyer.from_env(settings.home))
         self.run_id = run_id or f"manual__{utcnow().replace(' ', 'T')}"
+        # Retries of the same DAG run resume a file at once; any other worker waits for the lease.
+        self.lease_owner = self.run_id
 
     def sync_facilities(self) -> None:
         """dim_facility mirrors the configuration (upsert; facilities are never deleted)."""
@@ -115,17 +124,24 @@ class Ingestor:
             sha, size = file_sha256(path)
         except OSError as exc:
             raise SourceError(f"cannot read file from facility {facility_code}: {type(exc).__name__}") from None
+        now = utcnow()
         with self.engine.begin() as conn:
-            row = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).first()
-            if row is not None and row[0] != "processing":
+            conn.execute(text(
+                "INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
+                "run_id, first_seen_at) VALUES (:s, :f, :src, :n, :z, 'processing', :r, :t) "
+                "ON CONFLICT (sha256) DO NOTHING"),
+                {"s": sha, "f": facility_code or UNKNOWN_FACILITY, "src": source, "n": name, "z": size,
+                 "r": self.run_id, "t": now})
+            status = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).scalar_one()
+            if status != "processing":
                 return FileResult(name, sha, "duplicate_file")
-            if row is None:
-                conn.execute(text(
-                    "INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
-                    "run_id, first_seen_at) VALUES (:s, :f, :src, :n, :z, 'processing', :r, :t)"),
-                    {"s": sha, "f": facility_code or UNKNOWN_FACILITY, "src": source, "n": name, "z": size,
-                     "r": self.run_id,
-                     "t": utcnow()})
+            # A lease, not a lock held across the whole file: a worker that dies lets go when it expires.
+            got = conn.execute(text(
+                "UPDATE ingested_file SET lease_owner = :me, lease_until = :until WHERE sha256 = :s "
+                "AND status = 'processing' AND (lease_owner IS NULL OR lease_owner = :me OR lease_until < :now)"),
+                {"me": self.lease_owner, "until": _later(LEASE_SECONDS), "s": sha, "now": now}).rowcount
+            if not got:
+                return FileResult(name, sha, "busy")
             done = conn.execute(text("SELECT COUNT(*) FROM message_store WHERE file_sha256 = :s"),
                                 {"s": sha}).scalar_one()
         sniff = _sniff(path)
@@ -143,6 +159,7 @@ class Ingestor:
                         continue  # committed by an earlier, interrupted attempt
                     batch.append(Incoming(rm.raw, source, f"{sha}:{rm.index}", facility_code, sha, list(extra)))
                     if len(batch) >= BATCH_SIZE:
+                        self._renew(sha)
                         yield batch
                         batch = []
                 if batch:
@@ -155,9 +172,15 @@ class Ingestor:
         err = sniff.code if sniff else ("BATCH_ENVELOPE" if envelope_problem else None)
         with self.engine.begin() as conn:
             conn.execute(text(
-                "UPDATE ingested_file SET status = :st, messages = :m, error = :e, completed_at = :t WHERE sha256 = :s"),
+                "UPDATE ingested_file SET status = :st, messages = :m, error = :e, completed_at = :t, "
+                "lease_owner = NULL, lease_until = NULL WHERE sha256 = :s"),
                 {"st": status, "m": index + 1, "e": err, "t": utcnow(), "s": sha})
         return FileResult(name, sha, status, total, err)
+
+    def _renew(self, sha: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("UPDATE ingested_file SET lease_until = :until WHERE sha256 = :s AND lease_owner = :me"),
+                         {"until": _later(LEASE_SECONDS), "s": sha, "me": self.lease_owner})
 
     def _messages(self, fh, facility_code: str | None, sniff: ParseIssue | None):
         fac = self.facilities.get(facility_code or "")
@@ -182,6 +205,49 @@ class Ingestor:
             return None
         ref = {"source": source, "ref": str(path), "name": path.name}
         return source_for_ref(self.settings, self.facilities[facility_code], ref).finish(ref, sha)
+
+    # -- staging: what the DAG's pull -> load -> archive steps pass around is a content hash --------
+    def staging_dir(self, facility_code: str) -> Path:
+        d = self.settings.home / "staging" / facility_code
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def stage(self, facility_code: str) -> list[str]:
+        """Take the facility's ready files into ``$HL7ICS_HOME/staging/<facility>/<sha256>.hl7`` and
+        return every staged hash, oldest first (leftovers of an interrupted run included). Sender
+        file names stay out of XCom and logs: they are kept beside the file as metadata only."""
+        import shutil
+
+        fac = self.facilities[facility_code]
+        d = self.staging_dir(facility_code)
+        for src in sources_for(self.settings, fac):
+            for ref in src.ready():
+                path = src.local_path(ref)
+                try:
+                    sha, _ = file_sha256(path)
+                    dest = d / f"{sha}.hl7"
+                    if dest.exists():
+                        path.unlink()  # the same content is already waiting
+                        continue
+                    (d / f"{sha}.name").write_text(sanitize_name(ref.get("name") or path.name), encoding="utf-8")
+                    shutil.move(str(path), dest)
+                except OSError as exc:
+                    raise SourceError(f"cannot stage a file of facility {facility_code}: {type(exc).__name__}") from None
+        staged = sorted(d.glob("*.hl7"), key=lambda p: (p.stat().st_mtime, p.name))
+        return [p.stem for p in staged]
+
+    def ingest_staged(self, facility_code: str, sha: str) -> FileResult:
+        d = self.staging_dir(facility_code)
+        name_file = d / f"{sha}.name"
+        name = name_file.read_text(encoding="utf-8") if name_file.exists() else None
+        return self.ingest_file(d / f"{sha}.hl7", facility_code, original_name=name)
+
+    def archive_staged(self, facility_code: str, sha: str) -> str | None:
+        d = self.staging_dir(facility_code)
+        dest = self.archive(d / f"{sha}.hl7", facility_code)
+        if dest is not None:
+            (d / f"{sha}.name").unlink(missing_ok=True)
+        return dest
 
     def record_run(self, facility_codes: list[str] | None = None) -> list[dict]:
         """Per-facility counts of this run, recomputed from the store (so a re-run writes the same)."""

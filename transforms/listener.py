@@ -30,6 +30,7 @@ from sqlalchemy import text
 
 from .ack import ERROR_TEXT, AckPlan, accept_ack_wanted, ack_mode, build_ack
 from .extract import to_record
+from .load import MS_COLUMNS, content_sha256
 from .mllp import Framer
 from .parser import Message, parse
 from .warehouse import Writer, get_engine, utcnow
@@ -114,6 +115,7 @@ class Pending:
     reasons: list[tuple[str, str]]
     facility: str | None
     future: asyncio.Future | None = None
+    csha: str = ""
 
 
 class GroupCommitter:
@@ -160,14 +162,17 @@ class GroupCommitter:
         now = utcnow()
         with self.engine.begin() as conn:
             w = Writer(conn)
-            keys = {(p.rec.get("sending_facility"), p.rec.get("control_id"), p.rec.get("sha256"))
+            for p in group:
+                p.csha = content_sha256(p.raw)
+            keys = {(p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha)
                     for p in group if p.rec and p.status == "received"}
             existing: dict[tuple, bytes | None] = {}
             cids = sorted({k[1] for k in keys if k[1]})
             for i in range(0, len(cids), 500):
                 chunk = cids[i:i + 500]
                 for sf, cid, sha, ack in w.query(
-                        "SELECT m.sending_facility, m.control_id, m.sha256, a.ack FROM message_store m "
+                        "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), a.ack "
+                        "FROM message_store m "
                         "LEFT JOIN mllp_ack a ON a.message_id = m.id WHERE m.control_id IN ("
                         + ", ".join("?" * len(chunk)) + ") AND m.status <> 'quarantined'", chunk):
                     if (sf, cid, sha) in keys:
@@ -176,7 +181,7 @@ class GroupCommitter:
             to_store: list[Pending] = []
             seen: dict[tuple, Pending] = {}
             for p in group:
-                key = (p.rec.get("sending_facility"), p.rec.get("control_id"), p.rec.get("sha256")) if p.rec else None
+                key = (p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha) if p.rec else None
                 if key and p.status == "received" and (key in existing or key in seen):
                     stored = existing.get(key) or (seen[key].ack if key in seen else None)
                     out.append(("duplicate", stored or p.ack))
@@ -194,14 +199,12 @@ class GroupCommitter:
                              r.get("control_id"), r.get("message_type"), r.get("trigger_event"), r.get("version"),
                              None, now, "mllp", f"mllp:{self.instance}:{self.seq}", None,
                              r.get("sha256") or _sha(p.raw), p.raw, len(p.raw), r.get("charset"), p.status,
-                             "; ".join(f"{c}@{loc}" for c, loc in p.reasons) or None, None, now))
+                             "; ".join(f"{c}@{loc}" for c, loc in p.reasons) or None, None, now, p.csha))
                 if p.ack is not None:
                     acks.append((mid, p.plan.code or "", p.ack, now))
                 for code, loc in p.reasons:
                     if p.status == "quarantined":
                         quarantine.append((mid, "listener", code, f"{loc}: refused by the listener", now))
-            from .load import MS_COLUMNS
-
             w.insert("message_store", MS_COLUMNS, rows)
             w.insert("mllp_ack", ("message_id", "ack_code", "ack", "created_at"), acks)
             w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"), _uniq(quarantine))

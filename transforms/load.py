@@ -12,6 +12,7 @@ transaction, so a batch is either wholly committed or not at all (a crash re-run
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -28,7 +29,18 @@ from .warehouse import Writer, utcnow
 UNKNOWN_FACILITY = "UNKNOWN"
 MS_COLUMNS = ("id", "facility_code", "sending_facility", "sending_application", "control_id", "message_type",
               "trigger_event", "version", "message_datetime", "received_at", "source", "source_ref", "file_sha256",
-              "sha256", "raw", "size_bytes", "charset", "status", "error", "flags", "updated_at")
+              "sha256", "raw", "size_bytes", "charset", "status", "error", "flags", "updated_at", "content_sha256")
+
+
+def content_sha256(raw: bytes) -> str:
+    """Hash of what a message *is*: its bytes without a leading BOM or trailing line endings, with
+    one segment terminator. Duplicates are judged on this; ``sha256`` stays the exact-bytes hash."""
+    body = raw.lstrip(b" \t\r\n")
+    while body[:3] == b"\xef\xbb\xbf":
+        body = body[3:].lstrip(b" \t\r\n")
+    # CR, LF and CRLF are the same segment terminator to HL7.
+    body = body.rstrip(b" \t\r\n").replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    return hashlib.sha256(body).hexdigest()
 
 
 @dataclass
@@ -67,9 +79,10 @@ _SLIM_KEYS = ("status", "errors", "sha256", "sending_facility", "sending_applica
               "message_type", "trigger_event", "version", "message_datetime", "charset")
 
 
-def _slim(rec: dict) -> dict:
-    """What ``write`` needs of a record: keeps batches small in memory and cheap to pickle."""
+def _slim(rec: dict, raw: bytes) -> dict:
+    """What ``write`` needs of a record: keeps batches small in memory."""
     out = {k: rec.get(k) for k in _SLIM_KEYS}
+    out["content_sha256"] = content_sha256(raw)
     out["flag_codes"] = list(dict.fromkeys(list(rec.get("flags") or []) + [w["code"] for w in rec.get("warnings") or []]))
     return out
 
@@ -152,7 +165,7 @@ class Loader:
                     facts = extract_facts(msg, rec, facility, tz, _PLACEHOLDER, self.keyer, now)
                 except Exception as exc:
                     fact_error = type(exc).__name__
-            out.append(Prepared(it, _slim(rec), facility, tz, facts, fact_error))
+            out.append(Prepared(it, _slim(rec, it.raw), facility, tz, facts, fact_error))
         return out
 
     # -- database --------------------------------------------------------------------------------
@@ -184,14 +197,14 @@ class Loader:
                 for e in rec["errors"]:
                     quarantine_rows.append((mid, "parse", e["code"], f"{e['location']}: {e['message']}"[:500], now))
             else:
-                key = (rec.get("sending_facility"), rec.get("control_id"), rec["sha256"])
-                earlier = [x for x in existing.get(key[:2], []) if x[1] == key[2] and x[0] < mid]
-                if earlier or key in seen:
+                key = (rec.get("sending_facility"), rec.get("control_id"), rec["content_sha256"])
+                same_id = [x for x in existing.get(key[:2], []) if x[0] != mid and _counts_before(x, mid)]
+                if any(x[1] == key[2] for x in same_id) or key in seen:
                     status = "duplicate"
                 else:
                     seen[key] = mid
                     others = seen_ids.setdefault(key[:2], set())
-                    if others or any(x[1] != key[2] and x[0] < mid for x in existing.get(key[:2], [])):
+                    if others or same_id:
                         flags.append("CONTROL_ID_REUSE")
                     others.add(key[2])
                     if p.fact_error is not None or p.facts is None:
@@ -214,20 +227,21 @@ class Loader:
                             _utc(r.get("message_datetime"), p.tz), p.item.received_at or now, p.item.source,
                             p.item.source_ref, p.item.file_sha256, r["sha256"], p.item.raw, len(p.item.raw),
                             r.get("charset"), statuses[p.item.message_id], _issue_text(r.get("errors")),
-                            r["_flags"], now))
+                            r["_flags"], now, r["content_sha256"]))
         w.insert("message_store", MS_COLUMNS, ms_rows, on_conflict_nothing=("source", "source_ref"))
         old = [p for p in prepared if id(p) not in new_ids]
         if old:
             conn.execute(text(
                 "UPDATE message_store SET status = :status, error = :error, flags = :flags, facility_code = :fac, "
                 "sending_facility = :sf, sending_application = :sa, control_id = :cid, message_type = :mt, "
-                "trigger_event = :te, version = :v, message_datetime = :mdt, charset = :cs, updated_at = :now "
-                "WHERE id = :id"),
+                "trigger_event = :te, version = :v, message_datetime = :mdt, charset = :cs, updated_at = :now, "
+                "content_sha256 = :csha WHERE id = :id"),
                 [{"status": statuses[p.item.message_id], "error": _issue_text(p.rec.get("errors")),
                   "flags": p.rec["_flags"], "fac": p.facility, "sf": p.rec.get("sending_facility"),
                   "sa": p.rec.get("sending_application"), "cid": p.rec.get("control_id"),
                   "mt": p.rec.get("message_type"), "te": p.rec.get("trigger_event"), "v": p.rec.get("version"),
                   "mdt": _utc(p.rec.get("message_datetime"), p.tz), "cs": p.rec.get("charset"), "now": now,
+                  "csha": p.rec["content_sha256"],
                   "id": p.item.message_id} for p in old])
         w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"),
                  _dedupe(quarantine_rows, (0, 1, 2)), on_conflict_nothing=("message_id", "stage", "reason"))
@@ -241,15 +255,17 @@ class Loader:
                 counts.quarantined += 1
         return counts
 
-    def _existing_keys(self, w: Writer, prepared: list[Prepared]) -> dict[tuple, list[tuple[int, str]]]:
+    def _existing_keys(self, w: Writer, prepared: list[Prepared]) -> dict[tuple, list[tuple]]:
+        """(sending facility, control ID) -> [(id, content hash, status)] of stored, unquarantined rows."""
         cids = sorted({p.rec.get("control_id") for p in prepared if p.rec.get("control_id")})
         out: dict[tuple, list] = {}
         for i in range(0, len(cids), 900):
             chunk = cids[i:i + 900]
-            rows = w.query("SELECT id, sending_facility, control_id, sha256 FROM message_store WHERE control_id IN ("
-                           + ", ".join("?" * len(chunk)) + ") AND status <> 'quarantined'", chunk)
-            for mid, sf, cid, sha in rows:
-                out.setdefault((sf, cid), []).append((mid, sha))
+            rows = w.query("SELECT id, sending_facility, control_id, COALESCE(content_sha256, sha256), status "
+                           "FROM message_store WHERE control_id IN (" + ", ".join("?" * len(chunk))
+                           + ") AND status <> 'quarantined'", chunk)
+            for mid, sf, cid, sha, status in rows:
+                out.setdefault((sf, cid), []).append((mid, sha, status))
         return out
 
     def _write_facts(self, conn: Connection, w: Writer, facts: dict[str, list], now: str) -> None:
@@ -258,15 +274,6 @@ class Loader:
                      where="excluded.last_message_id >= phi_patient.last_message_id")
             w.upsert("dim_patient", COLUMNS["dim_patient"], _dedupe(facts["dim_patient"], (0,)), key=("patient_key",),
                      update=("sex", "birth_year", "district", "updated_at"))
-        if "patient_merge" in facts:
-            merges = _dedupe(facts["patient_merge"], (0,))
-            w.upsert("patient_merge", COLUMNS["patient_merge"], merges, key=("old_key",))
-            for old_key, new_key, _mid, _at in merges:
-                params = {"o": old_key, "n": new_key}
-                for t in ("fact_encounter", "encounter_event", "fact_lab_order", "fact_lab_result", "fact_medication",
-                          "fact_charge"):
-                    conn.execute(text(f"UPDATE {t} SET patient_key = :n WHERE patient_key = :o"), params)
-                conn.execute(text("UPDATE dim_patient SET merged_into = :n WHERE patient_key = :o"), params)
         if "encounter_event" in facts:
             ev = facts["encounter_event"]
             w.insert("encounter_event", COLUMNS["encounter_event"], ev, on_conflict_nothing=("message_id",))
@@ -295,6 +302,12 @@ class Loader:
             w.upsert("fact_coverage", COLUMNS["fact_coverage"], _dedupe(facts["fact_coverage"], (0, 1, 2, 3)),
                      key=("patient_key", "facility_code", "insurer_code", "member_id"),
                      where="excluded.message_id >= fact_coverage.message_id")
+        if "patient_merge" in facts:
+            # Last, so facts written in this same batch for the retired key move too.
+            merges = _dedupe(facts["patient_merge"], (0,))
+            w.upsert("patient_merge", COLUMNS["patient_merge"], merges, key=("old_key",))
+            for old_key, new_key, _mid, _at in merges:
+                merge_patient(conn, old_key, new_key)
 
     def _refold(self, conn: Connection, w: Writer, visits: set[tuple[str, str]], now: str) -> None:
         by_fac: dict[str, list[str]] = {}
@@ -307,13 +320,47 @@ class Loader:
                 chunk = vs[i:i + 900]
                 for r in w.query(f"SELECT {cols} FROM encounter_event WHERE facility_code = ? AND visit_number IN ("
                                  + ", ".join("?" * len(chunk)) + ")", [fac, *chunk]):
-                    grouped.setdefault((r[1], r[2]), []).append(tuple(r))
+                    # PostgreSQL returns datetimes, SQLite strings: fold on one representation.
+                    grouped.setdefault((r[1], r[2]), []).append(
+                        tuple(_ts_text(v) if i in (4, 8, 9) else v for i, v in enumerate(r)))
         rows = []
         for evs in grouped.values():
             state = fold_encounter(evs)
             if state:
                 rows.append(state + (now,))
         w.upsert("fact_encounter", ENCOUNTER_COLUMNS, rows, key=("facility_code", "visit_number"))
+
+
+_MERGE_TABLES = ("fact_encounter", "encounter_event", "fact_lab_order", "fact_lab_result", "fact_medication",
+                 "fact_charge")
+# Tables whose primary key contains patient_key: a row moves unless the survivor already has it.
+_MERGE_KEYED = {"fact_immunization": ("facility_code", "vaccine_code", "administered_at"),
+                "fact_coverage": ("facility_code", "insurer_code", "member_id")}
+
+
+def merge_patient(conn: Connection, old_key: str, new_key: str) -> None:
+    """Move the retired patient's history to the surviving key (A40/A41/A42)."""
+    params = {"o": old_key, "n": new_key}
+    for t in _MERGE_TABLES:
+        conn.execute(text(f"UPDATE {t} SET patient_key = :n WHERE patient_key = :o"), params)
+    for t, cols in _MERGE_KEYED.items():
+        same = " AND ".join(f"x.{c} = {t}.{c}" for c in cols)
+        conn.execute(text(f"UPDATE {t} SET patient_key = :n WHERE patient_key = :o AND NOT EXISTS "
+                          f"(SELECT 1 FROM {t} x WHERE x.patient_key = :n AND {same})"), params)
+    conn.execute(text("UPDATE dim_patient SET merged_into = :n WHERE patient_key = :o"), params)
+
+
+def _ts_text(v) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    return v.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _counts_before(row: tuple, mid: int) -> bool:
+    """Whether a stored row with the same key is the earlier copy of message ``mid``: anything
+    already loaded (whatever its id: a replayed message keeps its old id), or a row the listener
+    stored before it that is still waiting."""
+    return row[2] in ("loaded", "duplicate") or row[0] < mid
 
 
 def _utc(iso: str | None, tz: str) -> str | None:

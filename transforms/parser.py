@@ -131,7 +131,12 @@ def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS, codec: str = "utf-8
         if len(seq) == 1 and seq in _SIMPLE_ESC:
             out.append((d.field, d.component, d.repetition, d.escape, d.subcomponent, d.truncation)[_SIMPLE_ESC[seq]])
         elif seq[:1] == "X" and len(seq) > 1 and len(seq) % 2 == 1 and _is_hex(seq[1:]):
-            out.append(bytes.fromhex(seq[1:]).decode(codec, errors="replace"))
+            decoded = bytes.fromhex(seq[1:]).decode(codec, errors="replace")
+            if "\x00" in decoded:
+                decoded = decoded.replace("\x00", "")  # PostgreSQL text cannot hold NUL
+                if flags is not None:
+                    flags.append("NUL_BYTES_REMOVED")
+            out.append(decoded)
         elif seq in (".br", ".sp"):
             out.append("\n")
         elif seq in ("H", "N") or seq[:3] in (".fi", ".nf", ".in", ".ti", ".sk", ".ce"):
@@ -168,6 +173,11 @@ def escape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Segments
+# A three-letter line with no field separator is a segment only if it is a known ID: free text
+# wrapped onto its own line ("NEG", "POS") must stay in the field it belongs to.
+BARE_SEGMENT_IDS = frozenset(
+    "MSH EVN PID PD1 NK1 PV1 PV2 DG1 PR1 GT1 IN1 IN2 IN3 OBR OBX NTE ORC RXE RXD RXR RXC RXA TQ1 TQ2 SPM "
+    "FT1 MRG TXA SCH RGS AIS AIG AIL AIP AL1 ROL MSA ERR QRD QPD RCP QAK BHS BTS FHS FTS".split())
 _LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 
 
@@ -194,8 +204,10 @@ def split_segments(text: str, fs: str = "|") -> tuple[list[str], list[str]]:
     for line in lines:
         if not line:
             continue
-        if len(line) >= 3 and line[:3].isalnum() and (len(line) == 3 or line[3] == fs):
+        if len(line) > 3 and line[3] == fs and line[:3].isalnum():
             segs.append(line)
+        elif len(line) == 3 and (line in BARE_SEGMENT_IDS or line[0] == "Z") and line.isupper():
+            segs.append(line)  # a segment with no fields at all
         elif segs and line.strip() and not (0 < line.find(fs) < 3):
             cont.setdefault(len(segs) - 1, [segs[-1]]).append(line)
         elif line.strip():

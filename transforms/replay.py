@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from .load import Counts, Incoming, Loader
+from .parser import ParseIssue
 from .warehouse import utcnow
 
 EXPLICIT_ONLY = ("BATCH_COUNT_MISMATCH", "BATCH_STRUCTURE", "BATCH_ENVELOPE")
@@ -44,8 +45,17 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
             rows = conn.execute(text(
                 f"SELECT id, raw, source, source_ref, facility_code, file_sha256, received_at FROM message_store "
                 f"WHERE id IN ({marks}) ORDER BY id"), p).all()
-        items = [Incoming(bytes(r[1]), r[2], r[3], r[4] if r[4] != "UNKNOWN" else None, r[5], [], r[0],
-                          str(r[6]) if r[6] is not None else None) for r in rows]
+            holds = conn.execute(text(
+                f"SELECT message_id, reason, detail FROM quarantine WHERE resolved_at IS NULL AND message_id IN "
+                f"({marks}) AND reason IN ({', '.join(repr(r) for r in EXPLICIT_ONLY)})"), p).all()
+        # A batch-envelope hold survives a replay for another reason: only naming it releases it.
+        kept: dict[int, list[ParseIssue]] = {}
+        for mid, rsn, detail in holds:
+            if rsn != reason:
+                loc = (detail or "").split(":", 1)[0] or "batch"
+                kept.setdefault(mid, []).append(ParseIssue(rsn, loc, "batch envelope problem (held until released)", 207))
+        items = [Incoming(bytes(r[1]), r[2], r[3], r[4] if r[4] != "UNKNOWN" else None, r[5], kept.get(r[0], []),
+                          r[0], str(r[6]) if r[6] is not None else None) for r in rows]
         prepared = loader.prepare(items)
         with engine.begin() as conn:
             counts = loader.write(conn, prepared)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 
-_NAMES = re.compile(r"\b[A-Z][A-Z0-9]{2}(?:_[A-Z0-9]+)*(?:\.[A-Z0-9_]+)*\b")
+# Structure names only (ADT_A01, DG1.DG1_6, PID_5): a bare three-letter word could be a name.
+_NAMES = re.compile(r"\b[A-Z][A-Z0-9]{2}(?:_[A-Z0-9]+|\.[A-Z0-9_]+)+\b")
 
 
 def _safe(exc: Exception) -> str:

@@ -1,12 +1,12 @@
 """Task bodies of the ``facility_batch_ingest`` DAG (see dags/facility_batch_ingest.py).
 
-Each function takes and returns small JSON-able values (facility codes, file paths, counts) so no
-patient data ever travels through XCom; the messages themselves go straight from the file to the
-warehouse inside ``transforms.ingest``.
+Each function takes and returns small JSON-able values (facility codes, content hashes, counts), so
+neither patient data nor senders' file names travel through XCom; the messages go straight from
+the staged file to the warehouse inside ``transforms.ingest``.
 """
 from __future__ import annotations
 
-from transforms.ingest import Ingestor, discover
+from transforms.ingest import Ingestor
 
 from hl7ics_airflow.runtime import settings
 
@@ -18,28 +18,23 @@ def facility_codes() -> list[str]:
     return [f.code for f in s.facilities() if any(src.type == "folder" for src in f.sources)]
 
 
-def pull(facility: str) -> dict:
-    s = settings()
-    fac = {f.code: f for f in s.facilities()}[facility]
-    return {"facility": facility, "files": discover(s, fac)}
+def pull(facility: str, run_id: str) -> dict:
+    return {"facility": facility, "files": Ingestor(settings(), run_id=run_id).stage(facility)}
 
 
 def load(pulled: dict, run_id: str) -> dict:
     ing = Ingestor(settings(), run_id=run_id)
     facility = pulled["facility"]
     results = []
-    for path in pulled["files"]:
-        r = ing.ingest_file(path, facility)
-        results.append({"file": path, "sha256": r.sha256, "status": r.status, **r.counts.as_dict()})
+    for sha in pulled["files"]:
+        r = ing.ingest_staged(facility, sha)
+        results.append({"sha256": sha, "status": r.status, **r.counts.as_dict()})
     return {"facility": facility, "files": results}
 
 
 def archive(loaded: dict, run_id: str) -> dict:
     ing = Ingestor(settings(), run_id=run_id)
-    moved = 0
-    for f in loaded["files"]:
-        if ing.archive(f["file"], loaded["facility"]):
-            moved += 1
+    moved = sum(1 for f in loaded["files"] if ing.archive_staged(loaded["facility"], f["sha256"]))
     return {"facility": loaded["facility"], "archived": moved}
 
 

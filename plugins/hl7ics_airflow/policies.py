@@ -9,7 +9,10 @@ import os
 from datetime import timedelta
 
 from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
-from sqlalchemy.exc import OperationalError
+import sqlite3
+
+import psycopg
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from transforms.config import ConfigError
 from transforms.errors import BadDataError, SourceError
@@ -17,7 +20,9 @@ from transforms.errors import BadDataError, SourceError
 RETRY_DELAY = timedelta(seconds=int(os.environ.get("HL7ICS_RETRY_DELAY_SECONDS", "60")))
 
 # Order matters: the first matching rule wins, and SourceError is both an OSError and ours.
-DATA_ERRORS = (ConfigError, BadDataError, ValueError, KeyError, TypeError)
+# Driver errors surface raw where the loader uses the DBAPI cursor directly (COPY, executemany).
+DATA_ERRORS = (ConfigError, BadDataError, ValueError, KeyError, TypeError, DataError, IntegrityError,
+               psycopg.DataError, psycopg.IntegrityError, sqlite3.IntegrityError, sqlite3.DataError)
 
 IO_RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
@@ -25,6 +30,8 @@ IO_RETRY_POLICY = ExceptionRetryPolicy(
         *(RetryRule(exception=e, action=RetryAction.FAIL, reason="bad data or configuration: not retryable")
           for e in DATA_ERRORS),
         RetryRule(exception=OSError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
+        RetryRule(exception=psycopg.OperationalError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
+        RetryRule(exception=sqlite3.OperationalError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
         RetryRule(exception=OperationalError, action=RetryAction.RETRY,
                   retry_delay=RETRY_DELAY, reason="database unavailable"),
     ],

@@ -26,7 +26,7 @@ class ReceivedMessagesSensor(BaseOperator):
         n = count_received(get_engine(url))
         if n:
             return n
-        self.defer(trigger=ReceivedMessagesTrigger(url, self.poll_seconds, self.max_wait_seconds),
+        self.defer(trigger=ReceivedMessagesTrigger(self.poll_seconds, self.max_wait_seconds),
                    method_name="execute_complete", timeout=timedelta(seconds=self.max_wait_seconds * 2 + 60))
 
     def execute_complete(self, context, event=None):
