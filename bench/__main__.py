@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-SECTIONS = ("parser", "ingest")
+SECTIONS = ("parser", "ingest", "listener")
 
 
 def main() -> None:

@@ -27,6 +27,18 @@ def _commands(svc: dict) -> list[list[str]]:
     return [cmd]
 
 
+def test_listener_is_its_own_always_on_service():
+    svc = SERVICES["hl7ics-listener"]
+    assert svc["command"][:2] == ["hl7ics", "listen"] and svc["restart"] == "always" and "healthcheck" in svc
+    flags = svc["command"][2:]
+    from transforms.cli import build_parser
+
+    args = build_parser().parse_args(svc["command"][1:])
+    assert args.port == 2575 and args.tls_client_ca and "--metrics-port" in flags
+    for secret in COMPOSE["secrets"].values():
+        assert secret["file"].startswith("./secrets/")  # provided by the deployment, never committed
+
+
 def test_production_shape():
     for name in ("postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
                  "airflow-worker"):
@@ -48,6 +60,8 @@ def test_service_commands_exist(name):
             assert cmd[1] in hl7ics_subcommands, f"{name}: hl7ics {cmd[1]} does not exist"
         elif cmd[0] == "airflow":
             assert cmd[1] in airflow_subcommands, f"{name}: airflow {cmd[1]}"
+        elif cmd[0] == "python":
+            assert cmd[1] == "-c"
         else:
             assert cmd[0] in ("postgres",), f"{name}: unexpected program {cmd[0]}"
 

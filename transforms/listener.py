@@ -205,8 +205,8 @@ class GroupCommitter:
                 for code, loc in p.reasons:
                     if p.status == "quarantined":
                         quarantine.append((mid, "listener", code, f"{loc}: refused by the listener", now))
-            w.insert("message_store", MS_COLUMNS, rows)
-            w.insert("mllp_ack", ("message_id", "ack_code", "ack", "created_at"), acks)
+            w.copy("message_store", MS_COLUMNS, rows)
+            w.copy("mllp_ack", ("message_id", "ack_code", "ack", "created_at"), acks)
             w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"), _uniq(quarantine))
         return out
 

@@ -228,7 +228,9 @@ class Loader:
                             p.item.source_ref, p.item.file_sha256, r["sha256"], p.item.raw, len(p.item.raw),
                             r.get("charset"), statuses[p.item.message_id], _issue_text(r.get("errors")),
                             r["_flags"], now, r["content_sha256"]))
-        w.insert("message_store", MS_COLUMNS, ms_rows, on_conflict_nothing=("source", "source_ref"))
+        # New rows have ids allocated in this transaction and a source_ref no other row has (file
+        # leases, unique listener refs): a straight COPY.
+        w.copy("message_store", MS_COLUMNS, ms_rows)
         old = [p for p in prepared if id(p) not in new_ids]
         if old:
             conn.execute(text(
@@ -276,15 +278,14 @@ class Loader:
                      update=("sex", "birth_year", "district", "updated_at"))
         if "encounter_event" in facts:
             ev = facts["encounter_event"]
-            w.insert("encounter_event", COLUMNS["encounter_event"], ev, on_conflict_nothing=("message_id",))
+            w.copy("encounter_event", COLUMNS["encounter_event"], ev)
             self._refold(conn, w, {(r[1], r[2]) for r in ev}, now)
         if "fact_lab_order" in facts:
             w.upsert("fact_lab_order", COLUMNS["fact_lab_order"], _dedupe(facts["fact_lab_order"], (0, 1, 2)),
                      key=("facility_code", "placer_order_number", "test_code"),
                      where="excluded.message_id >= fact_lab_order.message_id")
         if "fact_lab_result" in facts:
-            w.insert("fact_lab_result", COLUMNS["fact_lab_result"], facts["fact_lab_result"],
-                     on_conflict_nothing=("message_id", "obx_seq"))
+            w.copy("fact_lab_result", COLUMNS["fact_lab_result"], facts["fact_lab_result"])
         if "fact_medication" in facts:
             rows = _merge_medication(facts["fact_medication"])
             cols = COLUMNS["fact_medication"]
@@ -296,8 +297,7 @@ class Loader:
             w.insert("fact_immunization", COLUMNS["fact_immunization"], facts["fact_immunization"],
                      on_conflict_nothing=("facility_code", "patient_key", "vaccine_code", "administered_at"))
         if "fact_charge" in facts:
-            w.insert("fact_charge", COLUMNS["fact_charge"], facts["fact_charge"],
-                     on_conflict_nothing=("message_id", "ft1_seq"))
+            w.copy("fact_charge", COLUMNS["fact_charge"], facts["fact_charge"])
         if "fact_coverage" in facts:
             w.upsert("fact_coverage", COLUMNS["fact_coverage"], _dedupe(facts["fact_coverage"], (0, 1, 2, 3)),
                      key=("patient_key", "facility_code", "insurer_code", "member_id"),

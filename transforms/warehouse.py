@@ -174,6 +174,21 @@ class Writer:
         cur.execute(sql, tuple(params))
         return cur.fetchall()
 
+    def copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+        """Plain bulk INSERT for rows that cannot conflict (new ids): COPY straight into the table on
+        PostgreSQL, executemany on SQLite. A conflict would fail the batch, never skip rows."""
+        rows = list(rows)
+        if not rows:
+            return
+        cols = ", ".join(columns)
+        if self.dialect == "postgresql":
+            with self.dbapi.cursor().copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+        else:
+            marks = ", ".join("?" for _ in columns)
+            self.dbapi.cursor().executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+
     def insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], on_conflict_nothing: Sequence[str] = ()):
         self.upsert(table, columns, rows, key=on_conflict_nothing, update=())
 
@@ -206,15 +221,17 @@ class Writer:
         if self.dialect == "postgresql":
             stg = f"stg_{table}"
             if stg not in self._staged:
+                # Created once per database session and emptied at each commit: creating and
+                # dropping it in every transaction would churn the catalog on every batch.
                 self.conn.exec_driver_sql(
-                    f"CREATE TEMP TABLE IF NOT EXISTS {stg} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+                    f"CREATE TEMP TABLE IF NOT EXISTS {stg} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
                 self._staged.add(stg)
             cur = self.dbapi.cursor()
+            cur.execute(f"TRUNCATE {stg}")
             with cur.copy(f"COPY {stg} ({cols}) FROM STDIN") as cp:
                 for r in rows:
                     cp.write_row(r)
             cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stg}{conflict}")
-            cur.execute(f"DELETE FROM {stg}")
         else:
             marks = ", ".join("?" for _ in columns)
             self.dbapi.cursor().executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks}){conflict}", rows)
