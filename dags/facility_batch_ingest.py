@@ -20,16 +20,10 @@ from datetime import datetime
 
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 from hl7ics_airflow import ingest_tasks
-from hl7ics_airflow.alerts import on_dag_failure, on_task_failure
-from hl7ics_airflow.policies import IO_RETRY_POLICY, RETRY_DELAY
+from hl7ics_airflow.alerts import on_dag_failure
+from hl7ics_airflow.policies import default_args
 
-DEFAULT_ARGS = {
-    "owner": "data-engineering",
-    "retries": 3,
-    "retry_delay": RETRY_DELAY,
-    "retry_policy": IO_RETRY_POLICY,
-    "on_failure_callback": on_task_failure,
-}
+DEFAULT_ARGS = default_args()
 
 
 @dag(

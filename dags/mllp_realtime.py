@@ -18,17 +18,11 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 from hl7ics_airflow import ingest_tasks
-from hl7ics_airflow.alerts import on_dag_failure, on_task_failure
-from hl7ics_airflow.policies import IO_RETRY_POLICY, RETRY_DELAY
+from hl7ics_airflow.alerts import on_dag_failure
+from hl7ics_airflow.policies import default_args
 from hl7ics_airflow.sensors import ReceivedMessagesSensor
 
-DEFAULT_ARGS = {
-    "owner": "data-engineering",
-    "retries": 3,
-    "retry_delay": RETRY_DELAY,
-    "retry_policy": IO_RETRY_POLICY,
-    "on_failure_callback": on_task_failure,
-}
+DEFAULT_ARGS = default_args()
 
 
 @dag(

@@ -356,3 +356,59 @@ def test_logs_never_contain_patient_data(listener, tmp_path):
     log = lp.log.read_text(encoding="utf-8")
     assert "listening" in log
     assert "Ɖogbé" not in log and "PATIENT-777" not in log and "19900101" not in log
+
+
+def test_case_16_disk_full_is_never_aa(tmp_path, hl7ics_home):
+    """16: Disk full / insert fails -> AR 207 (never AA), and it resumes when space is back.
+    SQLite's page cap raises exactly the error a full disk does (SQLITE_FULL)."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    from transforms.listener import Listener, ListenerConfig
+
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    eng = get_engine(url)
+    with eng.connect() as c:
+        pages = c.exec_driver_sql("PRAGMA page_count").scalar()
+    cap = {"pages": pages + 2}
+
+    @event.listens_for(eng, "connect")
+    def _cap(dbapi_conn, _rec):
+        dbapi_conn.execute(f"PRAGMA max_page_count = {cap['pages']}")
+
+    eng.dispose()
+    port = free_port()
+    cfg = ListenerConfig(host="127.0.0.1", port=port, metrics_port=0)
+    loop = asyncio.new_event_loop()
+    from transforms.config import Settings
+
+    listener = Listener(cfg, url, Settings.load().facilities())
+    ready = threading.Event()
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(listener.start())
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        big = "X" * 3000
+        acks = [exchange(port, hl7(f"F-{i}", family=f"Kodjo{big}{i}")) for i in range(12)]
+        codes = [msa(a)[0] for a in acks]
+        assert "AR" in codes and codes[0] == "AA", codes
+        first_ar = codes.index("AR")
+        assert err_code(acks[first_ar]) == "207"
+        assert all(c == "AR" for c in codes[first_ar:])  # once full, never a false AA
+        stored = {r[0] for r in rows(url, "SELECT control_id FROM message_store")}
+        assert stored == {f"F-{i}" for i in range(first_ar)}  # exactly the AA'd ones
+        cap["pages"] = 1_000_000
+        eng.dispose()  # new connections get the raised cap
+        assert msa(exchange(port, hl7(f"F-{first_ar}")))[0] == "AA"  # space is back: it resumes
+    finally:
+        asyncio.run_coroutine_threadsafe(listener.stop(grace=1), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)

@@ -192,21 +192,16 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
                                          _c(field(pv1, 36), d, 0, cx), ";".join(dx) or None)]
     elif mtype in ("ORM", "OML"):
         rows = []
-        orc = None
-        for seg in msg.segments:
-            sid = seg[0]
-            if sid == "ORC":
-                orc = seg
-            elif sid == "OBR":
-                placer = _c(field(orc, 2), d, 0, cx) or _c(field(seg, 2), d, 0, cx)
-                filler = _c(field(orc, 3), d, 0, cx) or _c(field(seg, 3), d, 0, cx)
-                code = _c(field(seg, 4), d, 0, cx) or ""
-                ordered = _ts(components(field(orc, 9), d)[0], tz) or _ts(components(field(seg, 6), d)[0], tz) \
-                    or _ts(components(field(seg, 7), d)[0], tz)
-                status = _c(field(orc, 5), d, 0, cx) or _c(field(orc, 1), d, 0, cx)
-                rows.append((facility, placer or filler or f"{rec.get('control_id')}-{field(seg, 1) or len(rows) + 1}",
-                             code, pkey, visit, filler, _c(field(seg, 4), d, 2, cx), _c(field(seg, 4), d, 1, cx),
-                             ordered, status, message_id, now))
+        for orc, seg in _under_orc(msg, ("OBR",)):
+            placer = _c(field(orc, 2), d, 0, cx) or _c(field(seg, 2), d, 0, cx)
+            filler = _c(field(orc, 3), d, 0, cx) or _c(field(seg, 3), d, 0, cx)
+            code = _c(field(seg, 4), d, 0, cx) or ""
+            ordered = _ts(components(field(orc, 9), d)[0], tz) or _ts(components(field(seg, 6), d)[0], tz) \
+                or _ts(components(field(seg, 7), d)[0], tz)
+            status = _c(field(orc, 5), d, 0, cx) or _c(field(orc, 1), d, 0, cx)
+            rows.append((facility, placer or filler or f"{rec.get('control_id')}-{field(seg, 1) or len(rows) + 1}",
+                         code, pkey, visit, filler, _c(field(seg, 4), d, 2, cx), _c(field(seg, 4), d, 1, cx),
+                         ordered, status, message_id, now))
         if rows:
             facts["fact_lab_order"] = _dedupe(rows, (0, 1, 2))
     elif mtype in ("ORU", "OUL"):
@@ -230,23 +225,19 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
             facts["fact_lab_result"] = rows
     elif mtype in ("RDE", "RDS"):
         rows = []
-        orc = None
-        for seg in msg.segments:
+        for orc, seg in _under_orc(msg, ("RXE", "RXD")):
             sid = seg[0]
-            if sid == "ORC":
-                orc = seg
-            elif sid in ("RXE", "RXD"):
-                order = _c(field(orc, 2), d, 0, cx) or _c(field(orc, 3), d, 0, cx) or rec.get("control_id")
-                if sid == "RXE":
-                    code_f, qty, units = field(seg, 2), _c(field(seg, 3), d, 0, cx), _c(field(seg, 5), d, 0, cx)
-                    ordered = _ts(components(field(orc, 9), d)[0], tz)
-                    dispensed = None
-                else:
-                    code_f, qty, units = field(seg, 2), _c(field(seg, 4), d, 0, cx), _c(field(seg, 5), d, 0, cx)
-                    ordered = None
-                    dispensed = _ts(components(field(seg, 3), d)[0], tz)
-                rows.append((facility, order, _c(code_f, d, 0, cx) or "", pkey, _c(code_f, d, 1, cx), _num(qty), units,
-                             ordered, dispensed, message_id, now))
+            order = _c(field(orc, 2), d, 0, cx) or _c(field(orc, 3), d, 0, cx) or rec.get("control_id")
+            if sid == "RXE":
+                code_f, qty, units = field(seg, 2), _c(field(seg, 3), d, 0, cx), _c(field(seg, 5), d, 0, cx)
+                ordered = _ts(components(field(orc, 9), d)[0], tz)
+                dispensed = None
+            else:
+                code_f, qty, units = field(seg, 2), _c(field(seg, 4), d, 0, cx), _c(field(seg, 5), d, 0, cx)
+                ordered = None
+                dispensed = _ts(components(field(seg, 3), d)[0], tz)
+            rows.append((facility, order, _c(code_f, d, 0, cx) or "", pkey, _c(code_f, d, 1, cx), _num(qty), units,
+                         ordered, dispensed, message_id, now))
         if rows:
             facts["fact_medication"] = _dedupe(rows, (0, 1, 2))
     elif mtype == "VXU":
@@ -287,6 +278,16 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
         if rows:
             facts["fact_coverage"] = _dedupe(rows, (0, 1, 2, 3))
     return facts
+
+
+def _under_orc(msg: Message, detail_ids: tuple[str, ...]):
+    """(ORC, detail segment) pairs: each order detail (OBR, RXE, RXD) with the ORC before it."""
+    orc = None
+    for seg in msg.segments:
+        if seg[0] == "ORC":
+            orc = seg
+        elif seg[0] in detail_ids:
+            yield orc, seg
 
 
 def _money_currency(value: str, d: Delimiters) -> str | None:

@@ -294,21 +294,24 @@ class Listener:
 
     # -- connections --------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer_addr = writer.get_extra_info("peername")
-        peer_ip = peer_addr[0] if peer_addr else "?"
-        if self.stopping or self.active >= self.cfg.max_connections:
-            _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections")
-            writer.close()
-            return
-        await self._serve(reader, writer, peer_ip, peer_ip, None)
+        peer_ip = self._admit(writer)
+        if peer_ip is not None:
+            await self._serve(reader, writer, peer_ip, peer_ip, None)
 
-    async def _tls_accept(self, transport: asyncio.BaseTransport) -> None:
-        loop = asyncio.get_running_loop()
+    def _admit(self, transport) -> str | None:
+        """The peer's IP if a new connection may proceed; otherwise closes it and returns None."""
         peer_addr = transport.get_extra_info("peername")
         peer_ip = peer_addr[0] if peer_addr else "?"
         if self.stopping or self.active >= self.cfg.max_connections:
             _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections")
             transport.close()
+            return None
+        return peer_ip
+
+    async def _tls_accept(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        peer_ip = self._admit(transport)
+        if peer_ip is None:
             return
         reader = asyncio.StreamReader(limit=1 << 20)
         proto = asyncio.StreamReaderProtocol(reader)

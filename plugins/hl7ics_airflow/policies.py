@@ -36,3 +36,17 @@ IO_RETRY_POLICY = ExceptionRetryPolicy(
                   retry_delay=RETRY_DELAY, reason="database unavailable"),
     ],
 )
+
+
+def default_args() -> dict:
+    """Operational defaults every hl7ics DAG uses: an owner, retries under the policy above, and the
+    failure callback that records an ``ops_alert``."""
+    from hl7ics_airflow.alerts import on_task_failure
+
+    return {
+        "owner": "data-engineering",
+        "retries": 3,
+        "retry_delay": RETRY_DELAY,
+        "retry_policy": IO_RETRY_POLICY,
+        "on_failure_callback": on_task_failure,
+    }
