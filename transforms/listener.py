@@ -171,9 +171,11 @@ class GroupCommitter:
             for i in range(0, len(cids), 500):
                 chunk = cids[i:i + 500]
                 for sf, cid, sha, ack in w.query(
-                        "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), a.ack "
-                        "FROM message_store m "
-                        "LEFT JOIN mllp_ack a ON a.message_id = m.id WHERE m.control_id IN ("
+                        # A scalar subquery, not a join: with stale statistics PostgreSQL chose
+                        # to hash-join the whole mllp_ack table on every group commit.
+                        "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), "
+                        "(SELECT a.ack FROM mllp_ack a WHERE a.message_id = m.id) "
+                        "FROM message_store m WHERE m.control_id IN ("
                         + ", ".join("?" * len(chunk)) + ") AND m.status <> 'quarantined'", chunk):
                     if (sf, cid, sha) in keys:
                         existing[(sf, cid, sha)] = bytes(ack) if ack is not None else existing.get((sf, cid, sha))
