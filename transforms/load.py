@@ -146,8 +146,8 @@ class Loader:
                 # Real-time traffic: the facility is named in MSH-4; retry with its charset.
                 code = (msg.segments[0][3] if len(msg.segments[0]) > 3 else "").split(msg.delims.component, 1)[0]
                 fac = self.facilities.get(code)
-                if fac is not None and fac.charset:
-                    msg = parse(it.raw, fac.charset)
+                if fac is not None and fac.charset and not it.raw.isascii():
+                    msg = parse(it.raw, fac.charset)  # only 8-bit text can decode differently
             try:
                 rec = to_record(msg, None, it.extra_issues)
             except Exception as exc:  # never lose a message to a parser bug
