@@ -90,6 +90,16 @@ def test_demo_twice_duplicates_nothing(dagbag, hl7ics_home):
 
     a, b = table_rows(first.getvalue()), table_rows(second.getvalue())
     assert a["message_store"] >= 50 and a == b
+    # the two queries the demo prints for statisticians run and find data
+    from transforms.config import Settings
+    from transforms.demo import EXAMPLE_QUERIES
+    from transforms.warehouse import get_engine
+
+    with get_engine(Settings.load().warehouse_url).connect() as c:
+        admissions = c.exec_driver_sql(EXAMPLE_QUERIES[0][1]).all()
+        malaria = c.exec_driver_sql(EXAMPLE_QUERIES[1][1]).all()
+    assert admissions and all(r[2] > 0 for r in admissions)
+    assert malaria and sum(r[2] for r in malaria) > 0 and all(r[2] <= r[1] for r in malaria)
     assert "TOTAL" in second.getvalue() and "sqlite" in second.getvalue()
 
 

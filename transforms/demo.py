@@ -17,12 +17,12 @@ from .config import PROJECT_ROOT, Settings
 
 EXAMPLE_QUERIES = [
     ("Admissions per region and week / Admissions par région et semaine",
-     "SELECT f.region, strftime('%Y-W%W', e.admit_at) AS week, COUNT(*) AS admissions\n"
+     "SELECT f.region, date(e.admit_at, 'weekday 0', '-6 days') AS week_starting, COUNT(*) AS admissions\n"
      "  FROM fact_encounter e JOIN dim_facility f USING (facility_code)\n"
      " WHERE e.cancelled = 0 GROUP BY 1, 2 ORDER BY 1, 2;"),
     ("Malaria rapid tests and positives per facility / TDR paludisme et positifs par formation",
      "SELECT facility_code, COUNT(*) AS tests,\n"
-     "       SUM(CASE WHEN value IN ('260373001', 'Positive', 'Positif', 'Detected') THEN 1 ELSE 0 END) AS positives\n"
+     "       SUM(CASE WHEN value IN ('10828004', '260373001', 'Positive', 'Positif') THEN 1 ELSE 0 END) AS positives\n"
      "  FROM fact_lab_result WHERE test_code = '70569-9' GROUP BY facility_code ORDER BY facility_code;"),
 ]
 
