@@ -149,4 +149,5 @@ def _to_utc(iso: str, tz: str) -> str:
     elif tz not in ("UTC", "Africa/Lome", "Africa/Abidjan", "Africa/Accra"):
         zone = _ZONES.get(tz) or _ZONES.setdefault(tz, ZoneInfo(tz))
         dt = dt.replace(tzinfo=zone).astimezone(_UTC).replace(tzinfo=None)
-    return dt.strftime("%Y-%m-%d %H:%M:%S")
+    # isoformat, not strftime: the same text, several times faster on the load path.
+    return dt.replace(microsecond=0).isoformat(" ")
