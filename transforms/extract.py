@@ -360,7 +360,7 @@ def envelope_issues(stream) -> dict:
     return out
 
 
-def iter_parsed(stream, name: str, facility_charset: str | None = None, parse_messages: bool = True):
+def iter_parsed(stream, facility_charset: str | None = None, parse_messages: bool = True):
     """Yield (RawMessage, Message | None, batch_issues) for every message of a seekable binary stream.
 
     ``parse_messages=False`` skips tokenizing (the loader parses later, once).
@@ -386,7 +386,7 @@ def iter_parsed(stream, name: str, facility_charset: str | None = None, parse_me
 def iter_file_records(path: str, facility_charset: str | None = None):
     """Canonical records for every message in a file; never raises for content problems."""
     with open(path, "rb") as fh:
-        for rm, msg, extra in iter_parsed(fh, path, facility_charset):
+        for rm, msg, extra in iter_parsed(fh, facility_charset):
             source = {"file": path, "index": rm.index, "offset": rm.offset}
             if rm.batch is not None:
                 source["batch"] = rm.batch

@@ -203,7 +203,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
                          code, pkey, visit, filler, _c(field(seg, 4), d, 2, cx), _c(field(seg, 4), d, 1, cx),
                          ordered, status, message_id, now))
         if rows:
-            facts["fact_lab_order"] = _dedupe(rows, (0, 1, 2))
+            facts["fact_lab_order"] = dedupe(rows, (0, 1, 2))
     elif mtype in ("ORU", "OUL"):
         rows = []
         placer = None
@@ -239,7 +239,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
             rows.append((facility, order, _c(code_f, d, 0, cx) or "", pkey, _c(code_f, d, 1, cx), _num(qty), units,
                          ordered, dispensed, message_id, now))
         if rows:
-            facts["fact_medication"] = _dedupe(rows, (0, 1, 2))
+            facts["fact_medication"] = dedupe(rows, (0, 1, 2))
     elif mtype == "VXU":
         rows = []
         for rxa in msg.all("RXA"):
@@ -251,7 +251,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
                 rows.append((facility, pkey, code, at, _c(field(rxa, 5), d, 2, cx), _c(field(rxa, 5), d, 1, cx),
                              _c(field(rxa, 2), d, 0, cx), _c(field(rxa, 15), d, 0, cx), message_id))
         if rows:
-            facts["fact_immunization"] = _dedupe(rows, (0, 1, 2, 3))
+            facts["fact_immunization"] = dedupe(rows, (0, 1, 2, 3))
     elif mtype in ("DFT", "BAR"):
         rows = []
         for n, ft1 in enumerate(msg.all("FT1"), 1):
@@ -276,7 +276,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
                 rows.append((pkey, facility, insurer, member, _c(field(in1, 4), d, 0, cx), _c(field(in1, 2), d, 0, cx),
                              _date(_c(field(in1, 12), d)), _date(_c(field(in1, 13), d)), message_id, now))
         if rows:
-            facts["fact_coverage"] = _dedupe(rows, (0, 1, 2, 3))
+            facts["fact_coverage"] = dedupe(rows, (0, 1, 2, 3))
     return facts
 
 
@@ -306,10 +306,11 @@ def _date(value: str | None) -> str | None:
         return None
 
 
-def _dedupe(rows: list[tuple], key: tuple[int, ...]) -> list[tuple]:
+def dedupe(rows: list[tuple], key: tuple[int, ...]) -> list[tuple]:
+    """One row per key (positions in the tuple); the last one wins, as later segments or messages do."""
     seen: dict = {}
     for r in rows:
-        seen[tuple(r[i] for i in key)] = r  # last one in the message wins
+        seen[tuple(r[i] for i in key)] = r
     return list(seen.values())
 
 

@@ -184,7 +184,7 @@ class Ingestor:
 
     def _messages(self, fh, facility_code: str | None, sniff: ParseIssue | None):
         fac = self.facilities.get(facility_code or "")
-        for rm, msg, extra in iter_parsed(fh, "", fac.charset if fac else None, parse_messages=False):
+        for rm, msg, extra in iter_parsed(fh, fac.charset if fac else None, parse_messages=False):
             if sniff is not None:
                 extra = extra + [sniff]
             yield rm, msg, extra
@@ -193,12 +193,14 @@ class Ingestor:
         with self.engine.begin() as conn:
             return self.loader.write(conn, prepared)
 
-    def archive(self, path: str | Path, facility_code: str, source: str = "folder") -> str | None:
+    def archive(self, path: str | Path, facility_code: str, source: str = "folder",
+                sha: str | None = None) -> str | None:
         """Hand a committed file back to its source to archive; never one that is not committed."""
         path = Path(path)
         if not path.exists():
             return None
-        sha, _ = file_sha256(path)
+        if sha is None:
+            sha, _ = file_sha256(path)
         with self.engine.connect() as conn:
             st = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).scalar()
         if st not in ("done", "quarantined"):
@@ -244,7 +246,7 @@ class Ingestor:
 
     def archive_staged(self, facility_code: str, sha: str) -> str | None:
         d = self.staging_dir(facility_code)
-        dest = self.archive(d / f"{sha}.hl7", facility_code)
+        dest = self.archive(d / f"{sha}.hl7", facility_code, sha=sha)  # staged files are named by their hash
         if dest is not None:
             (d / f"{sha}.name").unlink(missing_ok=True)
         return dest

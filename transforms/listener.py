@@ -30,6 +30,7 @@ from sqlalchemy import text
 
 from .ack import ERROR_TEXT, AckPlan, accept_ack_wanted, ack_mode, build_ack
 from .extract import to_record
+from .facts import dedupe
 from .load import MS_COLUMNS, content_sha256
 from .mllp import Framer
 from .parser import Message, parse
@@ -209,15 +210,8 @@ class GroupCommitter:
                         quarantine.append((mid, "listener", code, f"{loc}: refused by the listener", now))
             w.copy("message_store", MS_COLUMNS, rows)
             w.copy("mllp_ack", ("message_id", "ack_code", "ack", "created_at"), acks)
-            w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"), _uniq(quarantine))
+            w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"), dedupe(quarantine, (0, 1, 2)))
         return out
-
-
-def _uniq(rows):
-    seen = {}
-    for r in rows:
-        seen[(r[0], r[1], r[2])] = r
-    return list(seen.values())
 
 
 def _sha(raw: bytes) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from .config import Facility
 from .datetimes import to_utc
 from .extract import internal_error_record, to_record
-from .facts import COLUMNS, ENCOUNTER_COLUMNS, PatientKeyer, extract_facts, fold_encounter
+from .facts import COLUMNS, ENCOUNTER_COLUMNS, PatientKeyer, dedupe, extract_facts, fold_encounter
 from .parser import ParseIssue, parse
 from .warehouse import Writer, utcnow
 
@@ -246,7 +246,7 @@ class Loader:
                   "csha": p.rec["content_sha256"],
                   "id": p.item.message_id} for p in old])
         w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"),
-                 _dedupe(quarantine_rows, (0, 1, 2)), on_conflict_nothing=("message_id", "stage", "reason"))
+                 dedupe(quarantine_rows, (0, 1, 2)), on_conflict_nothing=("message_id", "stage", "reason"))
         self._write_facts(conn, w, facts_by_table, now)
         for s in statuses.values():
             if s == "loaded":
@@ -272,16 +272,16 @@ class Loader:
 
     def _write_facts(self, conn: Connection, w: Writer, facts: dict[str, list], now: str) -> None:
         if "phi_patient" in facts:
-            w.upsert("phi_patient", COLUMNS["phi_patient"], _dedupe(facts["phi_patient"], (0,)), key=("patient_key",),
+            w.upsert("phi_patient", COLUMNS["phi_patient"], dedupe(facts["phi_patient"], (0,)), key=("patient_key",),
                      where="excluded.last_message_id >= phi_patient.last_message_id")
-            w.upsert("dim_patient", COLUMNS["dim_patient"], _dedupe(facts["dim_patient"], (0,)), key=("patient_key",),
+            w.upsert("dim_patient", COLUMNS["dim_patient"], dedupe(facts["dim_patient"], (0,)), key=("patient_key",),
                      update=("sex", "birth_year", "district", "updated_at"))
         if "encounter_event" in facts:
             ev = facts["encounter_event"]
             w.copy("encounter_event", COLUMNS["encounter_event"], ev)
             self._refold(conn, w, {(r[1], r[2]) for r in ev}, now)
         if "fact_lab_order" in facts:
-            w.upsert("fact_lab_order", COLUMNS["fact_lab_order"], _dedupe(facts["fact_lab_order"], (0, 1, 2)),
+            w.upsert("fact_lab_order", COLUMNS["fact_lab_order"], dedupe(facts["fact_lab_order"], (0, 1, 2)),
                      key=("facility_code", "placer_order_number", "test_code"),
                      where="excluded.message_id >= fact_lab_order.message_id")
         if "fact_lab_result" in facts:
@@ -299,12 +299,12 @@ class Loader:
         if "fact_charge" in facts:
             w.copy("fact_charge", COLUMNS["fact_charge"], facts["fact_charge"])
         if "fact_coverage" in facts:
-            w.upsert("fact_coverage", COLUMNS["fact_coverage"], _dedupe(facts["fact_coverage"], (0, 1, 2, 3)),
+            w.upsert("fact_coverage", COLUMNS["fact_coverage"], dedupe(facts["fact_coverage"], (0, 1, 2, 3)),
                      key=("patient_key", "facility_code", "insurer_code", "member_id"),
                      where="excluded.message_id >= fact_coverage.message_id")
         if "patient_merge" in facts:
             # Last, so facts written in this same batch for the retired key move too.
-            merges = _dedupe(facts["patient_merge"], (0,))
+            merges = dedupe(facts["patient_merge"], (0,))
             w.upsert("patient_merge", COLUMNS["patient_merge"], merges, key=("old_key",))
             for old_key, new_key, _mid, _at in merges:
                 merge_patient(conn, old_key, new_key)
@@ -368,13 +368,6 @@ def _utc(iso: str | None, tz: str) -> str | None:
         return to_utc(iso, tz) if iso else None
     except ValueError:
         return None
-
-
-def _dedupe(rows: list[tuple], key: tuple[int, ...]) -> list[tuple]:
-    seen: dict = {}
-    for r in rows:
-        seen[tuple(r[i] for i in key)] = r
-    return list(seen.values())
 
 
 def _merge_medication(rows: list[tuple]) -> list[tuple]:
