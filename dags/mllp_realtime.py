@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag, get_current_context, task
 from hl7ics_airflow import ingest_tasks
 from hl7ics_airflow.alerts import on_dag_failure
 from hl7ics_airflow.policies import default_args
@@ -41,7 +41,7 @@ def mllp_realtime():
 
     @task
     def load_received() -> dict:
-        return ingest_tasks.process_received()
+        return ingest_tasks.process_received(get_current_context()["run_id"])
 
     waiting >> load_received()
 

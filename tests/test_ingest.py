@@ -266,7 +266,7 @@ def test_replay_after_a_fix_is_idempotent(ingestor, tmp_path, monkeypatch):
     from transforms import extract
     from transforms.replay import replay
 
-    no_pv1 = adt("R-1", "A01", "20261102080000").split("PV1|")[0]
+    no_pv1 = adt("R-1", "A04", "20261102080000").split("PV1|")[0]
     write(tmp_path / "1.hl7", no_pv1)
     ingestor.ingest_file(tmp_path / "1.hl7", "CHU-SO")
     eng = ingestor.engine

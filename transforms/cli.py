@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .config import ConfigError, Settings
 
@@ -178,21 +179,61 @@ def cmd_ingest(args) -> int:
     ing.record_run(sorted(results))
     _print_counts(results)
     print(f"warehouse: {settings.warehouse_url}")
+    _print_breaches(ing.loader.dq_breaches)
     return 0
+
+
+def _print_breaches(breaches: list[dict]) -> None:
+    for b in breaches:
+        print(f"hl7ics: data quality: a batch of {b['validated']} messages from {', '.join(b['facilities'])} was held "
+              f"in quarantine ({b['failed']} failed error checks, above HL7ICS_DQ_MAX_FAILURE_RATE); after the fix run "
+              "`hl7ics replay --reason DQ_THRESHOLD`", file=sys.stderr)
 
 
 def cmd_replay(args) -> int:
     from .facts import PatientKeyer
     from .load import Loader
     from .replay import replay
-    from .warehouse import get_engine
+    from .warehouse import get_engine, utcnow
 
     settings = _settings(args)
-    loader = Loader(settings.facilities(), PatientKeyer.from_env(settings.home))
+    loader = Loader(settings.facilities(), PatientKeyer.from_env(settings.home),
+                    run_id=f"replay__{utcnow().replace(' ', 'T')}")
     counts = replay(get_engine(settings.warehouse_url), loader, args.reason, args.facility)
     c = counts.as_dict()
     print(f"replayed {c['messages']} quarantined messages: {c['loaded']} loaded, {c['duplicates']} duplicates, "
           f"{c['quarantined']} still quarantined")
+    _print_breaches(loader.dq_breaches)
+    return 0
+
+
+def cmd_dq_report(args) -> int:
+    from datetime import date
+
+    from .dq_report import cli_report
+    from .warehouse import get_engine
+
+    try:
+        since = date.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise ConfigError(f"--since must be a date (YYYY-MM-DD), not {args.since!r}") from None
+    return cli_report(get_engine(_settings(args).warehouse_url), args.facility, since)
+
+
+def cmd_dq_check(args) -> int:
+    """Check suite files after an edit: JSON shape, names, columns, and that GX accepts them."""
+    from .quality import QualityOptions, Validator
+
+    opts = QualityOptions.from_env()
+    if args.suites:
+        opts = QualityOptions(True, Path(args.suites), opts.max_failure_rate, opts.min_batch)
+    v = Validator(opts, [f.code for f in _settings(args).facilities()])
+    v.engine  # builds every GX suite: raises QualityConfigError on a bad expectation
+    for table, suite in sorted(v.suites.items()):
+        errors = sum(c.severity == "error" for c in suite.checks)
+        print(f"{suite.path.name:<26} {table:<18} {len(suite.checks):>3} expectations ({errors} error, "
+              f"{len(suite.checks) - errors} warning)")
+    print("suites OK")
     return 0
 
 
@@ -270,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--facility", metavar="F")
     sp.add_argument("--warehouse", metavar="URL")
     sp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser("dq", help="data quality: report results, check suite files")
+    dsub = sp.add_subparsers(dest="dq_command", required=True)
+    rp = dsub.add_parser("report", help="failed and checked rows per facility, table and expectation")
+    rp.add_argument("--facility", metavar="F")
+    rp.add_argument("--since", metavar="YYYY-MM-DD")
+    rp.add_argument("--warehouse", metavar="URL")
+    rp.set_defaults(func=cmd_dq_report)
+    ck = dsub.add_parser("check", help="validate the expectation suite files (after editing them)")
+    ck.add_argument("--suites", metavar="DIR", help="default: expectations/ or $HL7ICS_EXPECTATIONS_DIR")
+    ck.set_defaults(func=cmd_dq_check)
 
     sp = sub.add_parser("db", help="warehouse schema")
     dsub = sp.add_subparsers(dest="db_command", required=True)

@@ -14,3 +14,8 @@ class BadDataError(HL7ICSError, ValueError):
 
 class SourceError(HL7ICSError, OSError):
     """A source or destination could not be read or written; usually transient (retried)."""
+
+
+class DataQualityError(BadDataError):
+    """A batch's share of messages failing data-quality errors passed the threshold: the batch was
+    stored and held in quarantine (reason DQ_THRESHOLD) instead of loaded."""

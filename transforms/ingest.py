@@ -26,6 +26,7 @@ from .extract import iter_parsed
 from .facts import PatientKeyer
 from .load import UNKNOWN_FACILITY, Counts, Incoming, Loader
 from .parser import ParseIssue
+from .quality import VALIDATION_CHUNK
 from .sources import source_for_ref, sources_for
 from .warehouse import Writer, get_engine, utcnow
 
@@ -98,8 +99,8 @@ class Ingestor:
         self.settings = settings
         self.engine = engine or get_engine(settings.warehouse_url)
         self.facilities = {f.code: f for f in settings.facilities()}
-        self.loader = Loader(self.facilities.values(), PatientKeyer.from_env(settings.home))
         self.run_id = run_id or f"manual__{utcnow().replace(' ', 'T')}"
+        self.loader = Loader(self.facilities.values(), PatientKeyer.from_env(settings.home), run_id=self.run_id)
         # Retries of the same DAG run resume a file at once; any other worker waits for the lease.
         self.lease_owner = self.run_id
 
@@ -165,8 +166,14 @@ class Ingestor:
                 if batch:
                     yield batch
 
+        # Validation costs mostly per expectation, not per row: check several write batches at once,
+        # then commit them one transaction each (the resume point stays per batch).
+        pending: list = []
         for batch in batches():
-            total.add(self._write(self.loader.prepare(batch)))
+            pending.append(self.loader.prepare(batch))
+            if sum(map(len, pending)) >= VALIDATION_CHUNK:
+                self._flush(pending, total)
+        self._flush(pending, total)
         index, envelope_problem = state["index"], state["envelope"]
         status = "quarantined" if (envelope_problem or sniff is not None) else "done"
         err = sniff.code if sniff else ("BATCH_ENVELOPE" if envelope_problem else None)
@@ -189,9 +196,12 @@ class Ingestor:
                 extra = extra + [sniff]
             yield rm, msg, extra
 
-    def _write(self, prepared) -> Counts:
-        with self.engine.begin() as conn:
-            return self.loader.write(conn, prepared)
+    def _flush(self, pending: list, total: Counts) -> None:
+        self.loader.validate([p for b in pending for p in b])
+        for b in pending:
+            with self.engine.begin() as conn:
+                total.add(self.loader.write(conn, b))
+        pending.clear()
 
     def archive(self, path: str | Path, facility_code: str, source: str = "folder",
                 sha: str | None = None) -> str | None:

@@ -13,6 +13,7 @@ transaction, so a batch is either wholly committed or not at all (a crash re-run
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -24,9 +25,12 @@ from .datetimes import to_utc
 from .extract import internal_error_record, to_record
 from .facts import COLUMNS, ENCOUNTER_COLUMNS, PatientKeyer, dedupe, extract_facts, fold_encounter
 from .parser import ParseIssue, parse
+from .quality import (STAGE as DQ_STAGE, THRESHOLD_REASON, UNKNOWN_FACILITY_CHECK, QualityOptions, Validator, Verdict,
+                      message_row)
 from .warehouse import Writer, utcnow
 
 UNKNOWN_FACILITY = "UNKNOWN"
+_SAFE_CODE = re.compile(r"[^A-Za-z0-9_.-]")
 MS_COLUMNS = ("id", "facility_code", "sending_facility", "sending_application", "control_id", "message_type",
               "trigger_event", "version", "message_datetime", "received_at", "source", "source_ref", "file_sha256",
               "sha256", "raw", "size_bytes", "charset", "status", "error", "flags", "updated_at", "content_sha256")
@@ -66,6 +70,9 @@ class Prepared:
     tz: str
     facts: dict | None = None
     fact_error: str | None = None
+    check: tuple | None = None  # the message_store row data-quality suites see (quality.MESSAGE_COLUMNS)
+    check_context: tuple | None = None  # (message type, trigger event, message time UTC)
+    dq: "Verdict | None" = None  # set by quality.Validator
 
 
 # Facts are extracted before the message has its message_store id; this sentinel marks the id
@@ -130,9 +137,34 @@ def _issue_text(errors: list[dict]) -> str | None:
 
 
 class Loader:
-    def __init__(self, facilities: Iterable[Facility], keyer: PatientKeyer):
+    """``quality``: the data-quality options (default: from the environment; ``enabled=False`` loads
+    without validation). ``run_id`` labels ``dq_result`` rows."""
+
+    def __init__(self, facilities: Iterable[Facility], keyer: PatientKeyer, quality: QualityOptions | None = None,
+                 run_id: str = "manual"):
         self.facilities = {f.code: f for f in facilities}
         self.keyer = keyer
+        self.quality = quality or QualityOptions.from_env()
+        self.run_id = run_id
+        self._validator: Validator | None = None
+        self.dq_breaches: list[dict] = []  # batches held by the failure-rate threshold (no patient data)
+
+    @property
+    def validator(self) -> Validator | None:
+        if self.quality.enabled and self._validator is None:
+            self._validator = Validator(self.quality, list(self.facilities))
+        return self._validator if self.quality.enabled else None
+
+    def validate(self, prepared: list[Prepared]) -> None:
+        """Run the data-quality suites on messages not yet validated (one GX run per table)."""
+        v = self.validator
+        if v is None:
+            return
+        res = v.validate(prepared, utcnow())
+        if res.held:
+            facs = sorted({p.facility for p in prepared if p.dq is not None})
+            self.dq_breaches.append({"facilities": facs, "validated": res.validated,
+                                     "failed": res.failed_messages})
 
     # -- parsing (no database) ------------------------------------------------------------------
     def prepare(self, items: list[Incoming]) -> list[Prepared]:
@@ -159,13 +191,15 @@ class Loader:
                                                   "MSH-4 differs from the facility that delivered the file", 0,
                                                   "warning").as_dict())
             tz = fac.timezone if fac else "Africa/Lome"
-            facts = fact_error = None
+            facts = fact_error = check = ctx = None
             if rec["status"] != "error":
                 try:
                     facts = extract_facts(msg, rec, facility, tz, _PLACEHOLDER, self.keyer, now)
+                    check = message_row(msg, rec, facility)
+                    ctx = (rec.get("message_type"), rec.get("trigger_event"), _utc(rec.get("message_datetime"), tz))
                 except Exception as exc:
                     fact_error = type(exc).__name__
-            out.append(Prepared(it, _slim(rec, it.raw), facility, tz, facts, fact_error))
+            out.append(Prepared(it, _slim(rec, it.raw), facility, tz, facts, fact_error, check, ctx))
         return out
 
     # -- database --------------------------------------------------------------------------------
@@ -187,6 +221,11 @@ class Loader:
         statuses: dict[int, str] = {}
         quarantine_rows = []
         facts_by_table: dict[str, list] = {}
+        if any(p.dq is None and p.facts is not None for p in prepared):
+            self.validate(prepared)  # callers may validate larger chunks beforehand; this catches the rest
+        checks = self._validator.checks if self._validator is not None else {}
+        dq_errors: dict[int, str] = {}
+        dq_counted: list[Prepared] = []
         for p in sorted(prepared, key=lambda p: p.item.message_id):
             rec = p.rec
             mid = p.item.message_id
@@ -211,10 +250,16 @@ class Loader:
                         status = "quarantined"
                         quarantine_rows.append((mid, "load", "LOAD_ERROR",
                                                 f"fact extraction failed ({p.fact_error})", now))
+                    elif checks and p.dq is not None and (p.dq.held or p.dq.errors(checks)):
+                        status = "quarantined"
+                        dq_errors[mid] = self._dq_quarantine(p.dq, checks, mid, now, quarantine_rows)
                     else:
                         status = "loaded"
                         for t, rows in _with_id(p.facts, mid).items():
                             facts_by_table.setdefault(t, []).extend(rows)
+                    if checks and p.dq is not None:
+                        flags.extend(f"dq:{n}" for n in p.dq.warnings(checks))
+                        dq_counted.append(p)
             statuses[mid] = status
             self.outcomes[mid] = (status, {(q[1], q[2]) for q in quarantine_rows[qstart:]})
             p.rec["_flags"] = ",".join(dict.fromkeys(flags)) or None
@@ -226,7 +271,8 @@ class Loader:
                             r.get("control_id"), r.get("message_type"), r.get("trigger_event"), r.get("version"),
                             _utc(r.get("message_datetime"), p.tz), p.item.received_at or now, p.item.source,
                             p.item.source_ref, p.item.file_sha256, r["sha256"], p.item.raw, len(p.item.raw),
-                            r.get("charset"), statuses[p.item.message_id], _issue_text(r.get("errors")),
+                            r.get("charset"), statuses[p.item.message_id],
+                            dq_errors.get(p.item.message_id) or _issue_text(r.get("errors")),
                             r["_flags"], now, r["content_sha256"]))
         # New rows have ids allocated in this transaction and a source_ref no other row has (file
         # leases, unique listener refs): a straight COPY.
@@ -238,7 +284,8 @@ class Loader:
                 "sending_facility = :sf, sending_application = :sa, control_id = :cid, message_type = :mt, "
                 "trigger_event = :te, version = :v, message_datetime = :mdt, charset = :cs, updated_at = :now, "
                 "content_sha256 = :csha WHERE id = :id"),
-                [{"status": statuses[p.item.message_id], "error": _issue_text(p.rec.get("errors")),
+                [{"status": statuses[p.item.message_id],
+                  "error": dq_errors.get(p.item.message_id) or _issue_text(p.rec.get("errors")),
                   "flags": p.rec["_flags"], "fac": p.facility, "sf": p.rec.get("sending_facility"),
                   "sa": p.rec.get("sending_application"), "cid": p.rec.get("control_id"),
                   "mt": p.rec.get("message_type"), "te": p.rec.get("trigger_event"), "v": p.rec.get("version"),
@@ -248,6 +295,8 @@ class Loader:
         w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"),
                  dedupe(quarantine_rows, (0, 1, 2)), on_conflict_nothing=("message_id", "stage", "reason"))
         self._write_facts(conn, w, facts_by_table, now)
+        if dq_counted:
+            self._write_dq(conn, dq_counted, checks, now)
         for s in statuses.values():
             if s == "loaded":
                 counts.loaded += 1
@@ -256,6 +305,58 @@ class Loader:
             else:
                 counts.quarantined += 1
         return counts
+
+    @staticmethod
+    def _dq_quarantine(dq: Verdict, checks: dict, mid: int, now: str, out: list) -> str:
+        """Quarantine rows for one message's failed ``error`` expectations; returns its error text."""
+        names = dq.errors(checks)
+        for n in names:
+            c = checks[n]
+            out.append((mid, DQ_STAGE, n, f"{c.table}: {dq.failed[n]} row(s) failed: {c.description}"[:500], now))
+        if dq.held:
+            out.append((mid, DQ_STAGE, THRESHOLD_REASON,
+                        "batch held: its share of messages failing data-quality errors passed the threshold", now))
+            names = names + [THRESHOLD_REASON]
+        return ("dq: " + ", ".join(names))[:1000]
+
+    def _write_dq(self, conn: Connection, counted: list[Prepared], checks: dict, now: str) -> None:
+        """Add this batch's rows checked and failed to ``dq_result`` (same transaction as the load)."""
+        agg: dict[tuple, list] = {}
+        for p in counted:
+            for name, c in checks.items():
+                n = p.dq.rows.get(c.table, 0)
+                if not n:
+                    continue
+                a = agg.setdefault((p.facility, c.table, name), [c.severity, 0, 0])
+                a[1] += n
+                a[2] += p.dq.failed.get(name, 0)
+        if not agg:
+            return
+        conn.execute(text(
+            "INSERT INTO dq_result (run_id, facility_code, table_name, expectation, severity, evaluated, failed, "
+            "created_at, updated_at) VALUES (:r, :f, :t, :e, :s, :n, :x, :now, :now) "
+            "ON CONFLICT (run_id, facility_code, table_name, expectation) DO UPDATE SET "
+            "evaluated = dq_result.evaluated + excluded.evaluated, failed = dq_result.failed + excluded.failed, "
+            "updated_at = excluded.updated_at"),
+            [{"r": self.run_id, "f": f, "t": t, "e": e, "s": a[0], "n": a[1], "x": a[2], "now": now}
+             for (f, t, e), a in sorted(agg.items())])
+        unknown = {_SAFE_CODE.sub("?", p.rec.get("sending_facility") or "")[:64] or UNKNOWN_FACILITY
+                   for p in counted if p.dq.failed.get(UNKNOWN_FACILITY_CHECK)}
+        for fac in sorted(unknown):
+            self._alert_unknown_facility(conn, fac, now)
+
+    def _alert_unknown_facility(self, conn: Connection, facility: str, now: str) -> None:
+        """One open ``ops_alert`` per unconfigured sender: loaded and flagged, never lost."""
+        cls = "transforms.quality.UnknownFacility"
+        if conn.execute(text("SELECT 1 FROM ops_alert WHERE error_class = :c AND facility_code = :f "
+                             "AND resolved_at IS NULL"), {"c": cls, "f": facility[:64]}).first():
+            return
+        conn.execute(text(
+            "INSERT INTO ops_alert (created_at, dag_id, task_id, run_id, facility_code, severity, error_class, message) "
+            "VALUES (:t, NULL, NULL, :r, :f, 'warning', :c, :m)"),
+            {"t": now, "r": self.run_id, "f": facility[:64], "c": cls,
+             "m": "messages whose MSH-4 sending facility is not in config/facilities.yaml were loaded and flagged "
+                  f"(dq:{UNKNOWN_FACILITY_CHECK}); add the facility or correct the sender"})
 
     def _existing_keys(self, w: Writer, prepared: list[Prepared]) -> dict[tuple, list[tuple]]:
         """(sending facility, control ID) -> [(id, content hash, status)] of stored, unquarantined rows."""

@@ -29,7 +29,20 @@ def load(pulled: dict, run_id: str) -> dict:
     for sha in pulled["files"]:
         r = ing.ingest_staged(facility, sha)
         results.append({"sha256": sha, "status": r.status, **r.counts.as_dict()})
+    raise_on_breach(ing.loader.dq_breaches)
     return {"facility": facility, "files": results}
+
+
+def raise_on_breach(breaches: list[dict]) -> None:
+    """Fail the task (no retry: bad data) once every message is stored, when a batch was held."""
+    if breaches:
+        from transforms.errors import DataQualityError
+
+        held = sum(b["validated"] for b in breaches)
+        failed = sum(b["failed"] for b in breaches)
+        raise DataQualityError(f"{len(breaches)} batch(es) held in quarantine by the data-quality threshold: "
+                               f"{failed} of {held} messages failed error checks (reason DQ_THRESHOLD; "
+                               "see dq_result, fix, then hl7ics replay --reason DQ_THRESHOLD)")
 
 
 def archive(loaded: dict, run_id: str) -> dict:
@@ -42,7 +55,7 @@ def summarize(run_id: str, facilities: list[str]) -> list[dict]:
     return Ingestor(settings(), run_id=run_id).record_run(facilities)
 
 
-def process_received() -> dict:
+def process_received(run_id: str = "mllp_realtime") -> dict:
     """Load what the MLLP listener stored (the ``mllp_realtime`` DAG's work step)."""
     from transforms.facts import PatientKeyer
     from transforms.load import Loader
@@ -50,5 +63,7 @@ def process_received() -> dict:
     from transforms.warehouse import get_engine
 
     s = settings()
-    loader = Loader(s.facilities(), PatientKeyer.from_env(s.home))
-    return run(get_engine(s.warehouse_url), loader).as_dict()
+    loader = Loader(s.facilities(), PatientKeyer.from_env(s.home), run_id=run_id)
+    counts = run(get_engine(s.warehouse_url), loader).as_dict()
+    raise_on_breach(loader.dq_breaches)
+    return counts

@@ -1,0 +1,309 @@
+"""Data quality: check each batch's warehouse rows against the Great Expectations suites in
+``expectations/`` before they are loaded.
+
+Inputs: the ``Prepared`` messages of a batch (``load.Loader.prepare``), the suites (one JSON file
+per warehouse table, editable without Python; each expectation carries ``meta.name`` and
+``meta.severity``) and ``QualityOptions`` (environment: ``HL7ICS_DQ`` on/off,
+``HL7ICS_EXPECTATIONS_DIR``, ``HL7ICS_DQ_MAX_FAILURE_RATE``, ``HL7ICS_DQ_MIN_BATCH``).
+Output: a ``Verdict`` on every validated message (``p.dq``): the rows it has per table, the rows
+that failed each expectation, and whether its batch was held because too many messages failed.
+``load.Loader.write`` turns verdicts into message states (an ``error`` failure quarantines the
+message with the expectation's name as reason; a ``warning`` is loaded, flagged and counted) and
+``dq_result`` rows.
+
+GX runs in an ephemeral context (nothing on disk) built once per process and suite directory; the
+cost of a validation is mostly per expectation, not per row, so callers validate large chunks
+(``ingest`` validates up to ``VALIDATION_CHUNK`` messages at a time). Values never leave this
+module: only expectation names and row counts do, so nothing here can leak patient data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from operator import itemgetter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import PROJECT_ROOT, ConfigError
+from .facts import COLUMNS
+from .parser import Message, components, field as hl7_field
+
+SEVERITIES = ("error", "warning")
+THRESHOLD_REASON = "DQ_THRESHOLD"
+STAGE = "dq"
+# The check whose failures also raise an ops_alert (an onboarding gap, not bad data).
+UNKNOWN_FACILITY_CHECK = "facility_known"
+VALIDATION_CHUNK = 20_000
+# Columns every frame carries besides its table's own, so suites can compare a row with its message.
+CONTEXT_COLUMNS = ("_message_type", "_trigger_event", "_message_at", "_now")
+MESSAGE_COLUMNS = ("facility_code", "sending_facility", "message_type", "trigger_event", "version",
+                   "visit_number", "patient_class", "has_pid")
+# The suite for ``message_store`` checks one row per message; the others check the rows a message
+# adds to that table.
+TABLES = {"message_store": MESSAGE_COLUMNS,
+          **{t: COLUMNS[t] for t in ("phi_patient", "encounter_event", "fact_lab_order", "fact_lab_result",
+                                     "fact_medication", "fact_immunization", "fact_charge", "fact_coverage")}}
+_NAME = re.compile(r"^[a-z][a-z0-9_]{2,63}$")
+_COLUMN_KWARGS = ("column", "column_A", "column_B")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class QualityConfigError(ConfigError):
+    """A suite file is invalid; the message names the file, the expectation and the problem."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    table: str
+    severity: str
+    description: str
+
+
+@dataclass
+class Suite:
+    table: str
+    path: Path
+    document: dict
+    checks: list[Check]
+    columns: tuple[str, ...] = ()  # the columns its expectations read: only these go into the frame
+
+
+@dataclass
+class Verdict:
+    """What validation found for one message (counts only, never values)."""
+
+    rows: dict = field(default_factory=dict)      # table -> rows this message has in it
+    failed: dict = field(default_factory=dict)    # expectation name -> rows that failed
+    held: bool = False                            # its batch passed the failure-rate threshold
+
+    def errors(self, checks: dict[str, Check]) -> list[str]:
+        return [n for n in self.failed if checks[n].severity == "error"]
+
+    def warnings(self, checks: dict[str, Check]) -> list[str]:
+        return [n for n in self.failed if checks[n].severity == "warning"]
+
+
+@dataclass(frozen=True)
+class QualityOptions:
+    enabled: bool = True
+    directory: Path = PROJECT_ROOT / "expectations"
+    max_failure_rate: float = 0.5
+    min_batch: int = 20
+
+    @classmethod
+    def from_env(cls) -> "QualityOptions":
+        flag = os.environ.get("HL7ICS_DQ", "on").strip().lower()
+        if flag not in ("on", "off", "true", "false", "1", "0"):
+            raise ConfigError("HL7ICS_DQ must be 'on' or 'off'")
+        try:
+            rate = float(os.environ.get("HL7ICS_DQ_MAX_FAILURE_RATE", "0.5"))
+            min_batch = int(os.environ.get("HL7ICS_DQ_MIN_BATCH", "20"))
+        except ValueError:
+            raise ConfigError("HL7ICS_DQ_MAX_FAILURE_RATE must be a number and HL7ICS_DQ_MIN_BATCH an integer") from None
+        if not 0.0 < rate <= 1.0:
+            raise ConfigError("HL7ICS_DQ_MAX_FAILURE_RATE must be in (0, 1]")
+        return cls(flag in ("on", "true", "1"),
+                   Path(os.environ.get("HL7ICS_EXPECTATIONS_DIR") or PROJECT_ROOT / "expectations"), rate, max(1, min_batch))
+
+
+def load_suites(directory: str | os.PathLike) -> dict[str, Suite]:
+    """Read and check every ``*.json`` suite; errors name the file and the expectation."""
+    directory = Path(directory)
+    suites: dict[str, Suite] = {}
+    names: dict[str, Path] = {}
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        raise QualityConfigError(f"{directory}: no expectation suites (*.json) found")
+    for path in files:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise QualityConfigError(f"{path.name}: not readable JSON ({type(exc).__name__}: {exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("expectations"), list):
+            raise QualityConfigError(f"{path.name}: expected an object with 'name' and an 'expectations' list")
+        table = (doc.get("meta") or {}).get("table") or doc.get("name")
+        if table not in TABLES:
+            raise QualityConfigError(f"{path.name}: meta.table '{table}' is not one of {', '.join(TABLES)}")
+        if table in suites:
+            raise QualityConfigError(f"{path.name}: a second suite for table '{table}' ({suites[table].path.name})")
+        columns = set(TABLES[table]) | set(CONTEXT_COLUMNS)
+        checks = []
+        needed: set[str] = set()
+        for i, exp in enumerate(doc["expectations"]):
+            where = f"{path.name}: expectation #{i + 1}"
+            if not isinstance(exp, dict) or not isinstance(exp.get("type"), str) or not isinstance(exp.get("kwargs"), dict):
+                raise QualityConfigError(f"{where}: needs 'type' and 'kwargs'")
+            meta = exp.get("meta") or {}
+            name = meta.get("name")
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise QualityConfigError(f"{where}: meta.name must be lower_snake_case (3-64 characters)")
+            where = f"{path.name}: expectation '{name}'"
+            if name in names:
+                raise QualityConfigError(f"{where}: name already used in {names[name].name} (names are replay reasons)")
+            names[name] = path
+            if meta.get("severity") not in SEVERITIES:
+                raise QualityConfigError(f"{where}: meta.severity must be 'error' or 'warning'")
+            used = [exp["kwargs"][k] for k in _COLUMN_KWARGS if k in exp["kwargs"]]
+            used += list(exp["kwargs"].get("column_list") or [])
+            for col in used:
+                if col not in columns:
+                    raise QualityConfigError(f"{where}: column '{col}' is not in {table} "
+                                             f"(known: {', '.join(sorted(columns))})")
+            cond = exp["kwargs"].get("row_condition") or ""
+            if not isinstance(cond, str):
+                raise QualityConfigError(f"{where}: row_condition must be a string (pandas query syntax)")
+            used += [c for c in _IDENT.findall(cond) if c in columns]
+            needed.update(used)
+            checks.append(Check(name, table, meta["severity"], str(meta.get("description") or name)))
+        suites[table] = Suite(table, path, doc, checks, tuple(c for c in (*TABLES[table], *CONTEXT_COLUMNS)
+                                                               if c in needed))
+    return suites
+
+
+def message_row(msg: Message, rec: dict, facility: str) -> tuple:
+    """The ``message_store`` row that suite sees (MESSAGE_COLUMNS order)."""
+    pv1 = msg.first("PV1")
+    d = msg.delims
+    visit = cls = None
+    if pv1 is not None:
+        visit = components(hl7_field(pv1, 19), d)[0] or None
+        cls = components(hl7_field(pv1, 2), d)[0] or None
+    return (facility, rec.get("sending_facility"), rec.get("message_type"), rec.get("trigger_event"),
+            rec.get("version"), visit, cls, msg.first("PID") is not None)
+
+
+class _Engine:
+    """The GX objects for one suite directory: context, one dataframe asset per table, suites."""
+
+    def __init__(self, suites: dict[str, Suite]):
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.expectations.expectation import (ColumnMapExpectation, ColumnPairMapExpectation,
+                                                                 MulticolumnMapExpectation)
+
+        self.context = gx.get_context(mode="ephemeral")
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        source = self.context.data_sources.add_pandas("hl7ics_dq")
+        self.batches = {}
+        self.suites = {}
+        for table, suite in suites.items():
+            asset = source.add_dataframe_asset(table)
+            self.batches[table] = asset.add_batch_definition_whole_dataframe(f"{table}_batch")
+            try:
+                gsuite = gx.ExpectationSuite(name=suite.document.get("name") or table,
+                                             expectations=suite.document["expectations"],
+                                             meta=suite.document.get("meta") or {})
+            except Exception as exc:
+                raise QualityConfigError(f"{suite.path.name}: {type(exc).__name__}: {exc}") from None
+            for exp, check in zip(gsuite.expectations, suite.checks):
+                # Only row-level expectations can send a row to quarantine.
+                if not isinstance(exp, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation)):
+                    raise QualityConfigError(f"{suite.path.name}: expectation '{check.name}' ({type(exp).__name__}) "
+                                             "is not row-level; only column map, column pair and multicolumn "
+                                             "expectations are supported")
+            self.suites[table] = gsuite
+
+    def run(self, table: str, frame, parameters: dict):
+        batch = self.batches[table].get_batch(batch_parameters={"dataframe": frame})
+        return batch.validate(self.suites[table], result_format="COMPLETE", expectation_parameters=parameters)
+
+
+_ENGINES: dict[tuple, _Engine] = {}
+
+
+def _engine_for(directory: Path, suites: dict[str, Suite]) -> _Engine:
+    key = (str(directory), tuple(sorted((s.path.name, s.path.stat().st_mtime_ns) for s in suites.values())))
+    eng = _ENGINES.get(key)
+    if eng is None:
+        eng = _ENGINES[key] = _Engine(suites)
+    return eng
+
+
+@dataclass
+class BatchResult:
+    validated: int = 0
+    failed_messages: int = 0
+    held: bool = False
+
+
+class Validator:
+    """Validates batches of ``Prepared`` messages; one per loader."""
+
+    def __init__(self, options: QualityOptions, known_facilities: list[str]):
+        self.options = options
+        self.suites = load_suites(options.directory)
+        self.checks = {c.name: c for s in self.suites.values() for c in s.checks}
+        self.parameters = {"known_facilities": sorted(known_facilities)}
+        self._engine: _Engine | None = None
+
+    @property
+    def engine(self) -> _Engine:
+        if self._engine is None:
+            self._engine = _engine_for(self.options.directory, self.suites)
+        return self._engine
+
+    def validate(self, prepared: list, now: str) -> BatchResult:
+        """Set ``p.dq`` on each message with facts; hold the whole batch past the threshold."""
+        import numpy as np
+        import pandas as pd
+
+        todo = [p for p in prepared if p.facts is not None and p.check is not None and p.dq is None]
+        result = BatchResult(validated=len(todo))
+        if not todo:
+            return result
+        for p in todo:
+            p.dq = Verdict()
+        # Context columns are gathered once per message and spread to rows by position (numpy
+        # take), which is several times cheaper than widening every row tuple.
+        context = [np.array([p.check_context[i] for p in todo], dtype=object) for i in range(3)]
+        for table, suite in self.suites.items():
+            cols = TABLES[table]
+            rows: list = []
+            owner: list[int] = []
+            if table == "message_store":
+                rows = [p.check for p in todo]
+                owner = list(range(len(todo)))
+                for p in todo:
+                    p.dq.rows[table] = 1
+            else:
+                for i, p in enumerate(todo):
+                    own = p.facts.get(table)
+                    if own:
+                        rows.extend(own)
+                        owner.extend([i] * len(own))
+                        p.dq.rows[table] = len(own)
+            if not rows:
+                continue
+            # Only the columns the suite reads: names, addresses and phone numbers never reach GX.
+            keep = [i for i, c in enumerate(cols) if c in suite.columns]
+            if len(keep) < len(cols):
+                pick = itemgetter(*keep)
+                rows = [pick(r) for r in rows] if len(keep) > 1 else [(pick(r),) for r in rows]
+            frame = pd.DataFrame.from_records(rows, columns=[cols[i] for i in keep])
+            pos = np.asarray(owner)
+            for name, values in zip(CONTEXT_COLUMNS, context):
+                if name in suite.columns:
+                    frame[name] = values[pos]
+            if "_now" in suite.columns:
+                frame["_now"] = now
+            owners = [todo[i] for i in owner]
+            res = self.engine.run(table, frame, self.parameters)
+            for r, check in zip(res.results, suite.checks):
+                info = r.exception_info or {}
+                if info.get("raised_exception"):
+                    # The exception text may quote data; the class name and the check are enough.
+                    raise QualityConfigError(f"{suite.path.name}: expectation '{check.name}' could not be evaluated "
+                                             f"({(info.get('exception_message') or '').split(':', 1)[0][:80]})")
+                for idx in (r.result or {}).get("unexpected_index_list") or ():
+                    p = owners[idx]
+                    p.dq.failed[check.name] = p.dq.failed.get(check.name, 0) + 1
+        result.failed_messages = sum(1 for p in todo if p.dq.errors(self.checks))
+        if result.validated >= self.options.min_batch \
+                and result.failed_messages / result.validated > self.options.max_failure_rate:
+            result.held = True
+            for p in todo:
+                p.dq.held = True
+        return result
