@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/hl7ics demo
 
 test: $(STAMP)
+	scripts/ensure-chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

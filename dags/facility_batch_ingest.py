@@ -10,7 +10,11 @@ l'entrepôt, archive les fichiers et enregistre un résumé par exécution.*
 
 - Schedule: every 15 minutes (``HL7ICS_INGEST_SCHEDULE`` to change), no catch-up, one run at a time.
 - One mapped task per facility at each step (map index = facility code).
-- Bad data fails at once (no retry); I/O errors retry. Failures write an ``ops_alert`` row.
+- Every batch is checked against the data-quality suites (``expectations/``): failing rows are
+  quarantined with the expectation's name, and a batch past ``HL7ICS_DQ_MAX_FAILURE_RATE`` is held
+  and fails its facility's ``load`` task.
+- Bad data fails at once (no retry); I/O errors retry. Failures write an ``ops_alert`` row, and
+  ``run_outcome`` marks the run failed when any facility's task failed.
 - Idempotent: files are tracked by content SHA-256, messages by (source, position).
 """
 from __future__ import annotations
@@ -64,9 +68,13 @@ def facility_batch_ingest():
     def summarize(archived: list[dict], codes: list[str]) -> list[dict]:
         return ingest_tasks.summarize(get_current_context()["run_id"], codes)
 
+    @task(trigger_rule=TriggerRule.ONE_FAILED)  # summarize always succeeds; this keeps a failure visible
+    def run_outcome() -> None:
+        ingest_tasks.fail_run()
+
     codes = facilities()
     archived = archive.expand(loaded=load.expand(pulled=pull.expand(facility=codes)))
-    summarize(archived, codes)
+    [archived, summarize(archived, codes)] >> run_outcome()
 
 
 facility_batch_ingest()

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
-DAG_IDS = {"facility_batch_ingest", "mllp_realtime"}
+DAG_IDS = {"facility_batch_ingest", "mllp_realtime", "data_quality_report"}
 
 
 @pytest.fixture(scope="session")
@@ -153,3 +153,54 @@ def test_received_trigger_fires_when_messages_wait(sqlite_url, monkeypatch):
     assert asyncio.run(first_event(t)) == {"received": 1}
     classpath, kwargs = t.serialize()
     assert classpath == "hl7ics_airflow.triggers.ReceivedMessagesTrigger" and "sqlite" not in repr(kwargs)
+
+
+def _faulty_drop(hl7ics_home: Path, n: int, share: float, seed: int) -> dict[int, str]:
+    from transforms import faults, generator
+
+    msgs, planted = faults.inject(generator.generate_mix(n, seed=seed), share, seed=seed)
+    inbox = hl7ics_home / "data" / "inbound" / "CHU-SO"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / "day.hl7").write_bytes(b"".join(m if m.endswith((b"\r", b"\n")) else m + b"\r" for m in msgs))
+    return planted
+
+
+def test_facility_batch_ingest_quarantines_exactly_the_bad_rows(dagbag, hl7ics_home):
+    """A generated batch with a known share of bad rows: those rows, and only those, end in
+    quarantine with the expectation they break; the rest of the batch loads."""
+    from transforms.config import Settings
+    from transforms.warehouse import get_engine
+
+    planted = _faulty_drop(hl7ics_home, 300, 0.1, seed=21)
+    assert len(planted) >= 15
+    dr = dagbag.get_dag("facility_batch_ingest").test()
+    assert str(dr.state).endswith("success")
+    with get_engine(Settings.load().warehouse_url).connect() as c:
+        got = {int(ref.split(":")[1]): reason for ref, reason in c.execute(text(
+            "SELECT m.source_ref, q.reason FROM message_store m JOIN quarantine q ON q.message_id = m.id "
+            "WHERE m.status = 'quarantined'"))}
+        loaded = c.execute(text("SELECT COUNT(*) FROM message_store WHERE status = 'loaded'")).scalar()
+        dq_runs = c.execute(text("SELECT DISTINCT run_id FROM dq_result")).scalars().all()
+    assert got == planted
+    assert loaded == 300 - len(planted)
+    assert dq_runs == [dr.run_id]
+
+
+def test_data_quality_threshold_fails_the_load_task(dagbag, hl7ics_home, monkeypatch):
+    from transforms.config import Settings
+    from transforms.warehouse import get_engine
+
+    monkeypatch.setenv("HL7ICS_DQ_MAX_FAILURE_RATE", "0.1")
+    planted = _faulty_drop(hl7ics_home, 200, 0.4, seed=22)
+    dr = dagbag.get_dag("facility_batch_ingest").test()
+    assert str(dr.state).endswith("failed")
+    states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances() if ti.map_index in (-1, 0)}
+    assert states["load"].endswith("failed") and states["archive"].endswith("upstream_failed")
+    with get_engine(Settings.load().warehouse_url).connect() as c:
+        statuses = dict(c.execute(text("SELECT status, COUNT(*) FROM message_store GROUP BY status")).all())
+        held = c.execute(text("SELECT COUNT(DISTINCT message_id) FROM quarantine WHERE reason = 'DQ_THRESHOLD'")).scalar()
+        alerts = c.execute(text("SELECT task_id, facility_code, error_class FROM ops_alert "
+                                "WHERE task_id = 'load'")).all()
+    assert statuses == {"quarantined": 200} and held == 200  # stored and held, nothing lost, nothing loaded
+    assert len(planted) > 20
+    assert alerts and alerts[0][1] == "CHU-SO" and alerts[0][2] == "transforms.errors.DataQualityError"

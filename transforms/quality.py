@@ -198,6 +198,12 @@ class _Engine:
                                              meta=suite.document.get("meta") or {})
             except Exception as exc:
                 raise QualityConfigError(f"{suite.path.name}: {type(exc).__name__}: {exc}") from None
+            built = {e.meta.get("name") for e in gsuite.expectations}
+            for check, exp in zip(suite.checks, suite.document["expectations"]):
+                # GX logs and drops an expectation it cannot build instead of raising.
+                if check.name not in built:
+                    raise QualityConfigError(f"{suite.path.name}: expectation '{check.name}' of type "
+                                             f"'{exp['type']}' is unknown to Great Expectations or has invalid kwargs")
             for exp, check in zip(gsuite.expectations, suite.checks):
                 # Only row-level expectations can send a row to quarantine.
                 if not isinstance(exp, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation)):
@@ -245,6 +251,24 @@ class Validator:
             self._engine = _engine_for(self.options.directory, self.suites)
         return self._engine
 
+    def failures(self, table: str, frame) -> dict[str, list[int]]:
+        """Run ``table``'s suite on ``frame``: expectation name -> positions of the failing rows."""
+        suite = self.suites[table]
+        missing = [c for c in suite.columns if c not in frame.columns]
+        if missing:
+            raise QualityConfigError(f"{suite.path.name}: the frame lacks column(s) {', '.join(missing)}")
+        res = self.engine.run(table, frame.reset_index(drop=True), self.parameters)
+        out: dict[str, list[int]] = {}
+        for r in res.results:
+            name = r.expectation_config.meta["name"]
+            info = r.exception_info or {}
+            if info.get("raised_exception"):
+                # The exception text may quote data; the class name and the check are enough.
+                raise QualityConfigError(f"{suite.path.name}: expectation '{name}' could not be evaluated "
+                                         f"({(info.get('exception_message') or '').split(':', 1)[0][:80]})")
+            out[name] = list((r.result or {}).get("unexpected_index_list") or ())
+        return out
+
     def validate(self, prepared: list, now: str) -> BatchResult:
         """Set ``p.dq`` on each message with facts; hold the whole batch past the threshold."""
         import numpy as np
@@ -290,16 +314,10 @@ class Validator:
             if "_now" in suite.columns:
                 frame["_now"] = now
             owners = [todo[i] for i in owner]
-            res = self.engine.run(table, frame, self.parameters)
-            for r, check in zip(res.results, suite.checks):
-                info = r.exception_info or {}
-                if info.get("raised_exception"):
-                    # The exception text may quote data; the class name and the check are enough.
-                    raise QualityConfigError(f"{suite.path.name}: expectation '{check.name}' could not be evaluated "
-                                             f"({(info.get('exception_message') or '').split(':', 1)[0][:80]})")
-                for idx in (r.result or {}).get("unexpected_index_list") or ():
+            for name, indexes in self.failures(table, frame).items():
+                for idx in indexes:
                     p = owners[idx]
-                    p.dq.failed[check.name] = p.dq.failed.get(check.name, 0) + 1
+                    p.dq.failed[name] = p.dq.failed.get(name, 0) + 1
         result.failed_messages = sum(1 for p in todo if p.dq.errors(self.checks))
         if result.validated >= self.options.min_batch \
                 and result.failed_messages / result.validated > self.options.max_failure_rate:

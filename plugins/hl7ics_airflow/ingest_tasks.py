@@ -51,6 +51,12 @@ def archive(loaded: dict, run_id: str) -> dict:
     return {"facility": loaded["facility"], "archived": moved}
 
 
+def fail_run() -> None:
+    from transforms.errors import BadDataError
+
+    raise BadDataError("a facility's task failed in this run (see its ops_alert row and task log)")
+
+
 def summarize(run_id: str, facilities: list[str]) -> list[dict]:
     return Ingestor(settings(), run_id=run_id).record_run(facilities)
 
