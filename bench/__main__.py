@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-SECTIONS = ("parser", "ingest", "listener")
+SECTIONS = ("parser", "quality", "ingest", "listener")
 
 
 def main() -> None:

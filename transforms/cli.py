@@ -163,13 +163,13 @@ def cmd_ingest(args) -> int:
             print(f"hl7ics: cannot read {raw}", file=sys.stderr)
             return 2
     results: dict = {}
-    for f in files:
-        code = args.facility or _facility_for(str(f), settings, facilities)
-        try:
-            r = ing.ingest_file(f, code)
-        except SourceError as exc:
-            print(f"hl7ics: {exc}", file=sys.stderr)
-            return 2
+    codes = [args.facility or _facility_for(str(f), settings, facilities) for f in files]
+    try:
+        done = ing.ingest_files([(f, code) for f, code in zip(files, codes)])
+    except SourceError as exc:
+        print(f"hl7ics: {exc}", file=sys.stderr)
+        return 2
+    for code, r in zip(codes, done):
         row = results.setdefault(code or "UNKNOWN", {"files": 0, "duplicate_files": 0, "messages": 0, "loaded": 0,
                                                      "duplicates": 0, "quarantined": 0})
         row["files"] += 1

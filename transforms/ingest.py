@@ -50,6 +50,22 @@ class FileResult:
     error: str | None = None
 
 
+@dataclass
+class _FileJob:
+    """A file being ingested: where it resumes, and what its messages said about its envelope."""
+
+    path: Path
+    name: str
+    sha: str
+    facility_code: str | None
+    source: str
+    done: int  # messages already committed by an earlier attempt
+    sniff: ParseIssue | None
+    index: int = -1
+    envelope_problem: bool = False
+    counts: Counts = field(default_factory=Counts)
+
+
 def sanitize_name(name: str) -> str:
     """Metadata-only form of a sender's file name: basename, no control or path characters."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
@@ -119,6 +135,46 @@ class Ingestor:
     def ingest_file(self, path: str | Path, facility_code: str | None, source: str = "folder",
                     original_name: str | None = None) -> FileResult:
         """Store and load one file. ``facility_code`` None means "trust MSH-4" (hand-run ingest)."""
+        return self.ingest_files([(path, facility_code, source, original_name)])[0]
+
+    def ingest_files(self, specs: list[tuple]) -> list[FileResult]:
+        """Store and load files given as ``(path, facility_code[, source[, original_name]])``.
+
+        Messages are validated in chunks of up to ``VALIDATION_CHUNK`` across files (the cost of a
+        data-quality run is mostly per expectation, not per row), then committed one batch per
+        transaction in file order; a file's ledger entry is closed once all its batches are
+        committed, so an interrupted run resumes exactly where it stopped.
+        """
+        results: list[FileResult | None] = [None] * len(specs)
+        pending: list[tuple[_FileJob, list]] = []
+        waiting: list[tuple[int, _FileJob]] = []
+
+        def flush() -> None:
+            self.loader.validate([p for _, b in pending for p in b])
+            for job, b in pending:
+                with self.engine.begin() as conn:
+                    job.counts.add(self.loader.write(conn, b))
+            pending.clear()
+            for i, job in waiting:
+                results[i] = self._finish(job)
+            waiting.clear()
+
+        for i, spec in enumerate(specs):
+            job = self._open(*spec)
+            if isinstance(job, FileResult):
+                results[i] = job
+                continue
+            for batch in self._batches(job):
+                pending.append((job, self.loader.prepare(batch)))
+                if sum(len(b) for _, b in pending) >= VALIDATION_CHUNK:
+                    flush()
+            waiting.append((i, job))
+        flush()
+        return results
+
+    def _open(self, path: str | Path, facility_code: str | None, source: str = "folder",
+              original_name: str | None = None) -> "FileResult | _FileJob":
+        """Register the file in the ledger and take its lease; a FileResult when there is nothing to do."""
         path = Path(path)
         name = sanitize_name(original_name or path.name)
         try:
@@ -145,44 +201,35 @@ class Ingestor:
                 return FileResult(name, sha, "busy")
             done = conn.execute(text("SELECT COUNT(*) FROM message_store WHERE file_sha256 = :s"),
                                 {"s": sha}).scalar_one()
-        sniff = _sniff(path)
-        total = Counts()
-        state = {"index": -1, "envelope": False}
+        return _FileJob(path, name, sha, facility_code, source, done, _sniff(path))
 
-        def batches():
-            with open(path, "rb") as fh:
-                batch: list[Incoming] = []
-                for rm, _msg, extra in self._messages(fh, facility_code, sniff):
-                    state["index"] = rm.index
-                    if extra:
-                        state["envelope"] = True
-                    if rm.index < done:
-                        continue  # committed by an earlier, interrupted attempt
-                    batch.append(Incoming(rm.raw, source, f"{sha}:{rm.index}", facility_code, sha, list(extra)))
-                    if len(batch) >= BATCH_SIZE:
-                        self._renew(sha)
-                        yield batch
-                        batch = []
-                if batch:
+    def _batches(self, job: "_FileJob"):
+        with open(job.path, "rb") as fh:
+            batch: list[Incoming] = []
+            for rm, _msg, extra in self._messages(fh, job.facility_code, job.sniff):
+                job.index = rm.index
+                if extra:
+                    job.envelope_problem = True
+                if rm.index < job.done:
+                    continue  # committed by an earlier, interrupted attempt
+                batch.append(Incoming(rm.raw, job.source, f"{job.sha}:{rm.index}", job.facility_code, job.sha,
+                                      list(extra)))
+                if len(batch) >= BATCH_SIZE:
+                    self._renew(job.sha)
                     yield batch
+                    batch = []
+            if batch:
+                yield batch
 
-        # Validation costs mostly per expectation, not per row: check several write batches at once,
-        # then commit them one transaction each (the resume point stays per batch).
-        pending: list = []
-        for batch in batches():
-            pending.append(self.loader.prepare(batch))
-            if sum(map(len, pending)) >= VALIDATION_CHUNK:
-                self._flush(pending, total)
-        self._flush(pending, total)
-        index, envelope_problem = state["index"], state["envelope"]
-        status = "quarantined" if (envelope_problem or sniff is not None) else "done"
-        err = sniff.code if sniff else ("BATCH_ENVELOPE" if envelope_problem else None)
+    def _finish(self, job: "_FileJob") -> FileResult:
+        status = "quarantined" if (job.envelope_problem or job.sniff is not None) else "done"
+        err = job.sniff.code if job.sniff else ("BATCH_ENVELOPE" if job.envelope_problem else None)
         with self.engine.begin() as conn:
             conn.execute(text(
                 "UPDATE ingested_file SET status = :st, messages = :m, error = :e, completed_at = :t, "
                 "lease_owner = NULL, lease_until = NULL WHERE sha256 = :s"),
-                {"st": status, "m": index + 1, "e": err, "t": utcnow(), "s": sha})
-        return FileResult(name, sha, status, total, err)
+                {"st": status, "m": job.index + 1, "e": err, "t": utcnow(), "s": job.sha})
+        return FileResult(job.name, job.sha, status, job.counts, err)
 
     def _renew(self, sha: str) -> None:
         with self.engine.begin() as conn:
@@ -195,13 +242,6 @@ class Ingestor:
             if sniff is not None:
                 extra = extra + [sniff]
             yield rm, msg, extra
-
-    def _flush(self, pending: list, total: Counts) -> None:
-        self.loader.validate([p for b in pending for p in b])
-        for b in pending:
-            with self.engine.begin() as conn:
-                total.add(self.loader.write(conn, b))
-        pending.clear()
 
     def archive(self, path: str | Path, facility_code: str, source: str = "folder",
                 sha: str | None = None) -> str | None:
@@ -248,11 +288,15 @@ class Ingestor:
         staged = sorted(d.glob("*.hl7"), key=lambda p: (p.stat().st_mtime, p.name))
         return [p.stem for p in staged]
 
-    def ingest_staged(self, facility_code: str, sha: str) -> FileResult:
+    def ingest_staged(self, facility_code: str, shas: list[str]) -> list[FileResult]:
+        """Ingest staged files (named by content hash) of one facility, validated together."""
         d = self.staging_dir(facility_code)
-        name_file = d / f"{sha}.name"
-        name = name_file.read_text(encoding="utf-8") if name_file.exists() else None
-        return self.ingest_file(d / f"{sha}.hl7", facility_code, original_name=name)
+        specs = []
+        for sha in shas:
+            name_file = d / f"{sha}.name"
+            name = name_file.read_text(encoding="utf-8") if name_file.exists() else None
+            specs.append((d / f"{sha}.hl7", facility_code, "folder", name))
+        return self.ingest_files(specs)
 
     def archive_staged(self, facility_code: str, sha: str) -> str | None:
         d = self.staging_dir(facility_code)

@@ -321,15 +321,18 @@ class Loader:
 
     def _write_dq(self, conn: Connection, counted: list[Prepared], checks: dict, now: str) -> None:
         """Add this batch's rows checked and failed to ``dq_result`` (same transaction as the load)."""
-        agg: dict[tuple, list] = {}
+        rows: dict[tuple, int] = {}
+        failed: dict[tuple, int] = {}
         for p in counted:
-            for name, c in checks.items():
-                n = p.dq.rows.get(c.table, 0)
-                if not n:
-                    continue
-                a = agg.setdefault((p.facility, c.table, name), [c.severity, 0, 0])
-                a[1] += n
-                a[2] += p.dq.failed.get(name, 0)
+            for t, n in p.dq.rows.items():
+                rows[(p.facility, t)] = rows.get((p.facility, t), 0) + n
+            for name, n in p.dq.failed.items():
+                failed[(p.facility, name)] = failed.get((p.facility, name), 0) + n
+        by_table: dict[str, list] = {}
+        for c in checks.values():
+            by_table.setdefault(c.table, []).append(c)
+        agg = {(f, t, c.name): (c.severity, n, failed.get((f, c.name), 0))
+               for (f, t), n in rows.items() for c in by_table.get(t, ())}
         if not agg:
             return
         conn.execute(text(

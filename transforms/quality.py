@@ -257,7 +257,9 @@ class Validator:
         missing = [c for c in suite.columns if c not in frame.columns]
         if missing:
             raise QualityConfigError(f"{suite.path.name}: the frame lacks column(s) {', '.join(missing)}")
-        res = self.engine.run(table, frame.reset_index(drop=True), self.parameters)
+        if not (frame.index.is_monotonic_increasing and (len(frame) == 0 or frame.index[-1] == len(frame) - 1)):
+            frame = frame.reset_index(drop=True)  # positions, not labels, identify failing rows
+        res = self.engine.run(table, frame, self.parameters)
         out: dict[str, list[int]] = {}
         for r in res.results:
             name = r.expectation_config.meta["name"]
@@ -283,22 +285,23 @@ class Validator:
         # Context columns are gathered once per message and spread to rows by position (numpy
         # take), which is several times cheaper than widening every row tuple.
         context = [np.array([p.check_context[i] for p in todo], dtype=object) for i in range(3)]
+        # One pass over the messages distributes their rows to every checked table.
+        gathered: dict[str, tuple[list, list]] = {t: ([], []) for t in self.suites if t != "message_store"}
+        for i, p in enumerate(todo):
+            counts = p.dq.rows
+            for table, own in p.facts.items():
+                slot = gathered.get(table)
+                if slot is not None and own:
+                    slot[0].extend(own)
+                    slot[1].extend([i] * len(own))
+                    counts[table] = len(own)
+        if "message_store" in self.suites:
+            gathered["message_store"] = ([p.check for p in todo], list(range(len(todo))))
+            for p in todo:
+                p.dq.rows["message_store"] = 1
         for table, suite in self.suites.items():
             cols = TABLES[table]
-            rows: list = []
-            owner: list[int] = []
-            if table == "message_store":
-                rows = [p.check for p in todo]
-                owner = list(range(len(todo)))
-                for p in todo:
-                    p.dq.rows[table] = 1
-            else:
-                for i, p in enumerate(todo):
-                    own = p.facts.get(table)
-                    if own:
-                        rows.extend(own)
-                        owner.extend([i] * len(own))
-                        p.dq.rows[table] = len(own)
+            rows, owner = gathered[table]
             if not rows:
                 continue
             # Only the columns the suite reads: names, addresses and phone numbers never reach GX.

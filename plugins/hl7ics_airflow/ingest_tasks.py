@@ -25,10 +25,8 @@ def pull(facility: str, run_id: str) -> dict:
 def load(pulled: dict, run_id: str) -> dict:
     ing = Ingestor(settings(), run_id=run_id)
     facility = pulled["facility"]
-    results = []
-    for sha in pulled["files"]:
-        r = ing.ingest_staged(facility, sha)
-        results.append({"sha256": sha, "status": r.status, **r.counts.as_dict()})
+    results = [{"sha256": sha, "status": r.status, **r.counts.as_dict()}
+               for sha, r in zip(pulled["files"], ing.ingest_staged(facility, pulled["files"]))]
     raise_on_breach(ing.loader.dq_breaches)
     return {"facility": facility, "files": results}
 
