@@ -369,3 +369,16 @@ def test_no_patient_value_reaches_gx(validator):
     """Only the columns a suite reads are handed to GX: names, addresses, phones stay out."""
     read = {c for s in validator.suites.values() for c in s.columns}
     assert not read & {"family_name", "given_name", "address", "phone", "patient_key"}
+
+
+def test_generated_dq_faults_are_each_caught_once(ingestor, tmp_path):
+    """``hl7ics generate --dq-fault-share``: every planted fault (batch files included) is caught."""
+    manifest = generator.generate(tmp_path / "gen", [f.as_dict() for f in ingestor.facilities.values()], days=1,
+                                  seed=13, per_day=400, broken_share=0.0, dq_fault_share=0.05)
+    planted = manifest["dq_faults"]
+    assert sum(planted.values()) >= 10
+    files = sorted((tmp_path / "gen" / "inbound").rglob("*.hl7"))
+    ingestor.ingest_files([(f, f.parent.name) for f in files])
+    got = dict(rows(ingestor.engine, "SELECT reason, COUNT(*) FROM quarantine WHERE stage = 'dq' GROUP BY reason"))
+    assert got == planted
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store WHERE status = 'quarantined'") == sum(planted.values())

@@ -109,15 +109,14 @@ def cmd_generate(args) -> int:
     settings = _settings(args)
     facilities = [f.as_dict() for f in settings.facilities()]
     manifest = generator.generate(args.out, facilities, days=args.days, seed=args.seed,
-                                  broken_share=args.broken_share, per_day=args.per_day)
+                                  broken_share=args.broken_share, per_day=args.per_day,
+                                  dq_fault_share=args.dq_fault_share)
     print(f"wrote {manifest['messages']} messages in {manifest['files']} files to {args.out}")
     return 0
 
 
 def _facility_for(path: str, settings: Settings, facilities) -> str | None:
     """The facility whose configured drop folder contains ``path`` (None: trust MSH-4)."""
-    from pathlib import Path
-
     from .ingest import folder_of
 
     p = Path(path).resolve()
@@ -140,8 +139,6 @@ def _print_counts(results: dict, out=None) -> None:
 
 
 def cmd_ingest(args) -> int:
-    from pathlib import Path
-
     from .errors import SourceError
     from .ingest import Ingestor
 
@@ -298,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=42)
     sp.add_argument("--per-day", type=int, default=None, help="messages per day across all facilities")
     sp.add_argument("--broken-share", type=float, default=0.02)
+    sp.add_argument("--dq-fault-share", type=float, default=0.0,
+                    help="share of well-formed messages given one data-quality fault (see transforms/faults.py)")
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("ingest", help="store and load HL7 files or folders into the warehouse (same code as the DAG)")

@@ -15,6 +15,8 @@ from sqlalchemy import text
 
 from .config import PROJECT_ROOT, Settings
 
+DQ_FAULT_SHARE = 0.01  # a few planted data-quality faults, so the report has something to show
+
 EXAMPLE_QUERIES = [
     ("Admissions per region and week / Admissions par région et semaine",
      "SELECT f.region, date(e.admit_at, 'weekday 0', '-6 days') AS week_starting, COUNT(*) AS admissions\n"
@@ -47,9 +49,10 @@ def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=None) -> i
 
     facilities = settings.facilities()
     manifest = generator.generate(settings.data_dir, [f.as_dict() for f in facilities], days=days, seed=seed,
-                                  per_day=per_day)
+                                  per_day=per_day, dq_fault_share=DQ_FAULT_SHARE)
     print(f"Generated {manifest['messages']} messages in {manifest['files']} files for {len(facilities)} "
-          f"facilities into {settings.data_dir / 'inbound'}", file=out)
+          f"facilities into {settings.data_dir / 'inbound'} ({sum(manifest['broken'].values())} deliberately "
+          f"broken, {sum(manifest['dq_faults'].values())} with a data-quality fault)", file=out)
     import warnings
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # library noise, not the user's concern
@@ -66,7 +69,28 @@ def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=None) -> i
     state = str(getattr(dr, "state", "unknown"))
     print(f"\nfacility_batch_ingest run {getattr(dr, 'run_id', '?')}: {state}", file=out)
     print_summary(settings, out)
-    return 0 if state.endswith("success") else 1
+    report = bag.get_dag("data_quality_report").test()
+    report_state = str(getattr(report, "state", "unknown"))
+    print_quality(settings, report_state, out)
+    return 0 if state.endswith("success") and report_state.endswith("success") else 1
+
+
+def print_quality(settings: Settings, report_state: str, out=None) -> None:
+    out = out or sys.stdout
+    from .dq_report import summary
+    from .warehouse import get_engine
+
+    rows = [r for r in summary(get_engine(settings.warehouse_url)) if r["failed"]]
+    totals: dict[tuple, int] = {}
+    for r in rows:
+        totals[(r["expectation"], r["severity"])] = totals.get((r["expectation"], r["severity"]), 0) + r["failed"]
+    print("\nData quality / Qualité des données (failed rows per expectation):", file=out)
+    for (name, sev), n in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<36}{sev:<9}{n:>6}", file=out)
+    reports = sorted((settings.data_dir / "reports" / "dq").glob("*/index.html"))
+    print(f"  data_quality_report: {report_state}"
+          + (f"; open {reports[-1]}" if reports else ""), file=out)
+    print("  details: hl7ics dq report [--facility CODE]", file=out)
 
 
 def print_summary(settings: Settings, out=None) -> None:

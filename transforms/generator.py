@@ -32,6 +32,7 @@ Only the standard library is used.
 """
 from __future__ import annotations
 
+import dataclasses
 import base64
 import itertools
 import json
@@ -1473,11 +1474,21 @@ def iter_messages(facilities: list[dict] | None, days: int, seed: int,
 
 def generate(out_dir: str | Path, facilities: list[dict] | None, days: int, seed: int,
              start: date | None = None, broken_share: float = 0.02,
-             per_day: int | None = None, messages_per_file: int = 200) -> dict:
+             per_day: int | None = None, messages_per_file: int = 200, dq_fault_share: float = 0.0) -> dict:
     """Write the files and manifest.json under out_dir; return the manifest dict.
 
-    Existing files with the same names are replaced; other files are left alone.
+    ``dq_fault_share`` of the well-formed messages get one data-quality fault each
+    (``transforms.faults``: they parse, and the data-quality suites must catch them); the manifest
+    counts them under ``dq_faults``. Existing files with the same names are replaced; other files
+    are left alone.
     """
+    if not 0.0 <= float(dq_fault_share) <= 1.0:
+        raise ValueError(f"dq_fault_share must be within [0, 1], got {dq_fault_share}")
+    from . import faults
+
+    # A stream of its own, so the traffic with a share of 0 is byte for byte what it always was.
+    dq_rnd = random.Random(f"dq-{seed}").random
+    dq_faults: dict[str, int] = {}
     out = Path(out_dir)
     start_d, plans = _iter_files(facilities, days, seed, start, broken_share, per_day,
                                  messages_per_file)
@@ -1494,6 +1505,15 @@ def generate(out_dir: str | Path, facilities: list[dict] | None, days: int, seed
         if parent not in made_dirs:
             parent.mkdir(parents=True, exist_ok=True)
             made_dirs.add(parent)
+        if dq_fault_share:
+            for k, m in enumerate(plan.messages):
+                if m.broken is None and dq_rnd() < dq_fault_share:
+                    options = [(name, b) for name in faults.FAULTS
+                               if (b := faults.break_message(m.raw, name)) is not None]
+                    if options:
+                        name, raw = options[int(dq_rnd() * len(options))]
+                        plan.messages[k] = dataclasses.replace(m, raw=raw)
+                        dq_faults[name] = dq_faults.get(name, 0) + 1
         data = plan.header + b"".join(m.raw for m in plan.messages) + plan.trailer
         _atomic_write(path, data)
         n_files += 1
@@ -1515,6 +1535,7 @@ def generate(out_dir: str | Path, facilities: list[dict] | None, days: int, seed
         "by_type": dict(sorted(by_type.items())),
         "by_version": {v: by_version[v] for v in sorted(by_version, key=_version_key)},
         "broken": dict(sorted(broken.items())),
+        "dq_faults": dict(sorted(dq_faults.items())),
         "batch_files": n_batch,
     }
     out.mkdir(parents=True, exist_ok=True)
