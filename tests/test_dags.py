@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
-DAG_IDS = {"facility_batch_ingest", "mllp_realtime", "data_quality_report"}
+DAG_IDS = {"facility_batch_ingest", "mllp_realtime", "data_quality_report", "interface_monitoring",
+           "sla_monthly_report"}
 
 
 @pytest.fixture(scope="session")
@@ -204,3 +205,40 @@ def test_data_quality_threshold_fails_the_load_task(dagbag, hl7ics_home, monkeyp
     assert statuses == {"quarantined": 200} and held == 200  # stored and held, nothing lost, nothing loaded
     assert len(planted) > 20
     assert alerts and alerts[0][1] == "CHU-SO" and alerts[0][2] == "transforms.errors.DataQualityError"
+
+
+def test_interface_monitoring_end_to_end(dagbag, hl7ics_home):
+    """One check after a batch run: every interface gets a health row; silent facilities alert."""
+    from transforms.config import Settings
+    from transforms.warehouse import get_engine
+
+    data = hl7ics_home / "data" / "inbound" / "CHU-SO"
+    data.mkdir(parents=True)
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "hl7" / "togo_adt_oru.hl7", data / "day1.hl7")
+    assert str(dagbag.get_dag("facility_batch_ingest").test().state).endswith("success")
+    dr = dagbag.get_dag("interface_monitoring").test()
+    assert str(dr.state).endswith("success")
+    with get_engine(Settings.load().warehouse_url).connect() as c:
+        health = c.execute(text("SELECT facility_code, source, status FROM interface_health")).all()
+        hourly = c.execute(text("SELECT SUM(messages) FROM interface_volume_hourly")).scalar()
+        alerts = c.execute(text("SELECT facility_code FROM ops_alert WHERE resolved_at IS NULL")).scalars().all()
+    codes = {f.code for f in Settings.load().facilities()}
+    assert {h[0] for h in health} >= codes  # every configured facility is shown
+    assert ("CHU-SO", "folder", "ok") in [tuple(h) for h in health]
+    assert hourly >= 3
+    # the other facilities (24 h working hours in the default configuration) have never sent: silent
+    assert set(alerts) >= codes - {"CHU-SO"}
+    before = sorted(alerts)
+    assert str(dagbag.get_dag("interface_monitoring").test().state).endswith("success")
+    with get_engine(Settings.load().warehouse_url).connect() as c:
+        again = c.execute(text("SELECT facility_code FROM ops_alert WHERE resolved_at IS NULL")).scalars().all()
+    assert sorted(again) == before  # a second check alerts nobody twice
+
+
+def test_sla_monthly_report_end_to_end(dagbag, hl7ics_home):
+    from transforms.config import Settings
+
+    dr = dagbag.get_dag("sla_monthly_report").test()
+    assert str(dr.state).endswith("success")
+    files = sorted((Settings.load().data_dir / "reports" / "sla").glob("sla-*"))
+    assert [f.suffix for f in files] == [".csv", ".html"]

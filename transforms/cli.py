@@ -217,6 +217,50 @@ def cmd_dq_report(args) -> int:
     return cli_report(get_engine(_settings(args).warehouse_url), args.facility, since)
 
 
+def cmd_sla_report(args) -> int:
+    from .sla import SlaConfig, compute, format_text, previous_month, write
+    from .warehouse import get_engine
+
+    from datetime import date
+
+    settings = _settings(args)
+    month = args.month or previous_month(date.today())
+    report = compute(get_engine(settings.warehouse_url), month, SlaConfig.load(settings.config_dir / "sla.yaml"))
+    print(format_text(report))
+    out = Path(args.out) if args.out else settings.data_dir / "reports" / "sla"
+    for path in write(report, out, {f.code: f.name for f in settings.facilities()}):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_monitor_check(args) -> int:
+    """One monitoring check by hand: refresh the rollup, print every interface's health."""
+    from datetime import datetime, timezone
+
+    from .monitoring import MonitoringConfig, evaluate, refresh_rollup, store
+    from .warehouse import get_engine
+
+    settings = _settings(args)
+    cfg = MonitoringConfig.load(settings.config_dir / "monitoring.yaml")
+    engine = get_engine(settings.warehouse_url)
+    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    facilities = settings.facilities()
+    refresh_rollup(engine, [f.code for f in facilities], now, cfg)
+    result = evaluate(engine, facilities, now, cfg)
+    if args.store:
+        store(engine, result, cfg, now)
+    print(f"{'facility':<16}{'source':<8}{'type':<6}{'status':<10}{'1h':>7}{'24h':>8}{'silence':>9}{'p95 ms':>8}"
+          f"{'backlog':>8}  problems")
+    for r in result.rows:
+        sil = "" if r["silence_minutes"] is None else f"{r['silence_minutes']:.0f}m"
+        p95 = "" if r["ack_p95_ms"] is None else f"{r['ack_p95_ms']:.0f}"
+        print(f"{r['facility_code']:<16}{r['source']:<8}{r['message_type']:<6}{r['status']:<10}{r['messages_1h']:>7}"
+              f"{r['messages_24h']:>8}{sil:>9}{p95:>8}{r['backlog']:>8}  {r['problems'] or ''}")
+    for pr in result.problems:
+        print(f"problem: {pr.key} ({pr.severity})")
+    return 0
+
+
 def cmd_dq_check(args) -> int:
     """Check suite files after an edit: JSON shape, names, columns, and that GX accepts them."""
     from .quality import QualityOptions, Validator
@@ -321,6 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
     ck = dsub.add_parser("check", help="validate the expectation suite files (after editing them)")
     ck.add_argument("--suites", metavar="DIR", help="default: expectations/ or $HL7ICS_EXPECTATIONS_DIR")
     ck.set_defaults(func=cmd_dq_check)
+
+    sp = sub.add_parser("sla", help="SLA report (listener uptime, ACKs within 2 s / 5 s)")
+    ssub = sp.add_subparsers(dest="sla_command", required=True)
+    rp = ssub.add_parser("report", help="a month's SLA report as text, CSV and HTML")
+    rp.add_argument("--month", metavar="YYYY-MM", help="default: the previous month")
+    rp.add_argument("--out", metavar="DIR", help="default: <data dir>/reports/sla")
+    rp.add_argument("--warehouse", metavar="URL")
+    rp.set_defaults(func=cmd_sla_report)
+
+    sp = sub.add_parser("monitor", help="interface monitoring")
+    msub = sp.add_subparsers(dest="monitor_command", required=True)
+    ck = msub.add_parser("check", help="compute every interface's health now and print it (no alerts sent)")
+    ck.add_argument("--store", action="store_true", help="also write the rows to interface_health")
+    ck.add_argument("--warehouse", metavar="URL")
+    ck.set_defaults(func=cmd_monitor_check)
 
     sp = sub.add_parser("db", help="warehouse schema")
     dsub = sp.add_subparsers(dest="db_command", required=True)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -63,6 +64,7 @@ class ListenerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     supported_types: frozenset = frozenset()
+    heartbeat_seconds: float = 15.0  # uptime heartbeat and ACK-latency flush (monitoring, SLA)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, **overrides) -> "ListenerConfig":
@@ -94,6 +96,30 @@ class Metrics:
         self.bytes = Counter("hl7ics_mllp_bytes_total", "Bytes received", registry=self.registry)
         self.frame_errors = Counter("hl7ics_mllp_frame_errors_total", "Framing problems", ["kind"],
                                     registry=self.registry)
+
+
+# ACK latency buckets (upper bounds in ms; -1 = slower than the last): the SLA's 2 s and 5 s are
+# bucket edges, so "acknowledged within" shares are exact, and percentiles are read to a bucket.
+LATENCY_BUCKETS_MS = (5, 10, 15, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 30000)
+
+
+class LatencyBook:
+    """ACK latencies counted per minute, facility, message type and bucket, in memory until the
+    next flush (a crash loses at most one heartbeat interval of statistics, never a message)."""
+
+    def __init__(self):
+        self.counts: dict[tuple, int] = {}
+
+    def record(self, facility: str, message_type: str, seconds: float, at: float | None = None) -> None:
+        ms = seconds * 1000.0
+        bucket = next((b for b in LATENCY_BUCKETS_MS if ms <= b), -1)
+        minute = time.strftime("%Y-%m-%d %H:%M:00", time.gmtime(at if at is not None else time.time()))
+        key = (minute, facility, message_type, bucket)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def take(self) -> dict[tuple, int]:
+        out, self.counts = self.counts, {}
+        return out
 
 
 def _jlog(level: int, event: str, **fields) -> None:
@@ -235,6 +261,10 @@ class Listener:
         self.tls = self._tls_context()
         self.inflight = 0
         self.stopping = False
+        self.latencies = LatencyBook()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self.started_at: str | None = None
+        self._housekeeper: asyncio.Task | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -261,6 +291,9 @@ class Listener:
             self.server = await loop.create_server(lambda: _PausedAccept(self), self.cfg.host, self.cfg.port)
         port = self.server.sockets[0].getsockname()[1]
         self.audit("listener_start", "success", detail=f"port {port}{' tls' if self.tls else ''}")
+        self.started_at = utcnow()
+        await asyncio.to_thread(self._beat)
+        self._housekeeper = loop.create_task(self._housekeeping())
         _jlog(logging.INFO, "listening", host=self.cfg.host, port=port, tls=bool(self.tls),
               mutual_tls=bool(self.cfg.tls_client_ca))
         return port
@@ -275,8 +308,36 @@ class Listener:
             await asyncio.sleep(0.05)
         if self.committer and self.committer.task:
             self.committer.task.cancel()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+        await asyncio.to_thread(self._beat, True)
         self.audit("listener_stop", "success")
         _jlog(logging.INFO, "stopped")
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_seconds)
+            await asyncio.to_thread(self._beat)
+
+    def _beat(self, stopping: bool = False) -> None:
+        """Heartbeat (uptime for the SLA) and the ACK latencies counted since the last beat."""
+        counts = self.latencies.take()
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text(
+                    "INSERT INTO listener_heartbeat (instance, started_at, beat_at, stopped_at) VALUES (:i, :s, :b, :x) "
+                    "ON CONFLICT (instance, started_at) DO UPDATE SET beat_at = excluded.beat_at, "
+                    "stopped_at = excluded.stopped_at"),
+                    {"i": self.instance, "s": self.started_at or now, "b": now, "x": now if stopping else None})
+                if counts:
+                    conn.execute(text(
+                        "INSERT INTO ack_latency (minute, facility_code, message_type, bucket_ms, n) "
+                        "VALUES (:m, :f, :t, :b, :n) ON CONFLICT (minute, facility_code, message_type, bucket_ms) "
+                        "DO UPDATE SET n = ack_latency.n + excluded.n"),
+                        [{"m": m, "f": f, "t": t, "b": b, "n": n} for (m, f, t, b), n in sorted(counts.items())])
+        except Exception as exc:  # statistics must never take the listener down
+            _jlog(logging.ERROR, "heartbeat_failed", error=type(exc).__name__)
 
     def audit(self, event: str, outcome: str, peer: str | None = None, facility: str | None = None,
               detail: str | None = None) -> None:
@@ -412,7 +473,10 @@ class Listener:
                     self.metrics.frame_errors.labels("ack_delivery_failed").inc()
                     _jlog(logging.WARNING, "ack_delivery_failed", peer=peer, facility=facility)
                     return False
-            self.metrics.latency.labels(facility).observe(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            self.metrics.latency.labels(facility).observe(elapsed)
+            if ack is not None and pending.status != "ack_only":
+                self.latencies.record(facility, (pending.rec or {}).get("message_type") or "UNKNOWN", elapsed)
             _jlog(logging.DEBUG, "message", peer=peer, facility=facility, outcome=outcome,
                   ack=pending.plan.code, control_id=(pending.rec or {}).get("control_id"))
             return True
