@@ -7,12 +7,14 @@ quarantine rate, silence, ACK latency percentiles from the listener, backlog of 
 loaded messages), writes ``interface_health`` and alerts through the alerting path: a facility
 silent beyond its expected interval during its working hours, quarantine spikes, ACK p95 above the
 SLA (2 s ADT, 5 s otherwise), backlog age, TLS certificates expiring within 30 days, disk usage.
-Problems that cleared are resolved.
+Problems that cleared are resolved. It also raises the IDSR alert for immediately notifiable
+diseases (cholera, measles, meningitis, VHF, ...) within one interval of their arrival.
 
 *Toutes les 5 minutes : santé de chaque interface (volume par rapport à l'habituel, taux de
 quarantaine, silence, latence des accusés, file d'attente), table ``interface_health`` et alertes
 (formation silencieuse pendant ses heures d'activité, pics de quarantaine, SLA des accusés,
-certificats TLS, disque). Les problèmes disparus sont clos.*
+certificats TLS, disque). Les problèmes disparus sont clos. Les maladies à notification immédiate
+(choléra, rougeole, méningite, FHV…) déclenchent une alerte dès leur apparition.*
 
 - Schedule: ``*/5 * * * *`` (``HL7ICS_MONITORING_SCHEDULE``), no catch-up, one run at a time.
 - Thresholds: ``config/monitoring.yaml``; channels: ``config/alerting.yaml``.
@@ -24,8 +26,8 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
-from hl7ics_airflow import monitoring_tasks
-from hl7ics_airflow.alerts import on_dag_failure
+from hl7ics_airflow import monitoring_tasks, reporting_tasks
+from hl7ics_airflow.alerts import on_dag_failure, on_dag_success
 from hl7ics_airflow.policies import default_args
 
 DEFAULT_ARGS = {**default_args(), "retry_delay": timedelta(seconds=30)}
@@ -42,6 +44,7 @@ DEFAULT_ARGS = {**default_args(), "retry_delay": timedelta(seconds=30)}
     tags=["hl7ics", "monitoring"],
     doc_md=__doc__,
     on_failure_callback=on_dag_failure,
+    on_success_callback=on_dag_success,
 )
 def interface_monitoring():
     # Health is judged at the time the check runs (wall clock), not at a logical date: a late
@@ -54,7 +57,12 @@ def interface_monitoring():
     def check_interfaces(rows: int) -> dict:
         return monitoring_tasks.check_interfaces()
 
+    @task
+    def notify_immediate_diseases() -> dict:
+        return reporting_tasks.notify_immediate()
+
     check_interfaces(refresh_rollup())
+    notify_immediate_diseases()
 
 
 interface_monitoring()

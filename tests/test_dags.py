@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_IDS = {"facility_batch_ingest", "mllp_realtime", "data_quality_report", "interface_monitoring",
-           "sla_monthly_report"}
+           "sla_monthly_report", "moh_reporting"}
 
 
 @pytest.fixture(scope="session")
@@ -242,3 +242,30 @@ def test_sla_monthly_report_end_to_end(dagbag, hl7ics_home):
     assert str(dr.state).endswith("success")
     files = sorted((Settings.load().data_dir / "reports" / "sla").glob("sla-*"))
     assert [f.suffix for f in files] == [".csv", ".html"]
+
+
+def test_moh_reporting_end_to_end(dagbag, hl7ics_home):
+    """Generated traffic of the last days -> facility_batch_ingest -> moh_reporting: the current
+    week's IDSR, lab, completeness and hospital tables are filled, and a re-run changes nothing."""
+    from datetime import date, timedelta
+
+    from transforms import generator
+    from transforms.config import Settings
+    from transforms.warehouse import get_engine
+
+    s = Settings.load()
+    generator.generate(s.data_dir, [f.as_dict() for f in s.facilities()], days=3, seed=31, per_day=600,
+                       start=date.today() - timedelta(days=2), broken_share=0.0)
+    assert str(dagbag.get_dag("facility_batch_ingest").test().state).endswith("success")
+    assert str(dagbag.get_dag("moh_reporting").test().state).endswith("success")
+
+    def snapshot():
+        with get_engine(s.warehouse_url).connect() as c:
+            return {t: sorted(repr(tuple(r)[:-1]) for r in c.execute(text(f"SELECT * FROM {t}")))
+                    for t in ("moh_idsr_weekly", "moh_lab_activity", "moh_completeness", "moh_hospital_activity",
+                              "rpt_idsr_case")}
+    first = snapshot()
+    assert first["rpt_idsr_case"] and first["moh_idsr_weekly"] and first["moh_lab_activity"]
+    assert len({r.split(",")[2] for r in first["moh_completeness"]}) == len(s.facilities())
+    assert str(dagbag.get_dag("moh_reporting").test().state).endswith("success")
+    assert snapshot() == first

@@ -261,6 +261,53 @@ def cmd_monitor_check(args) -> int:
     return 0
 
 
+def cmd_report_build(args) -> int:
+    from datetime import date, timedelta
+
+    from .reporting import IdsrConfig, build
+    from .warehouse import get_engine
+
+    settings = _settings(args)
+    try:
+        last = date.fromisoformat(args.to) if args.to else date.today()
+        first = date.fromisoformat(args.from_) if args.from_ else last - timedelta(days=7)
+    except ValueError:
+        raise ConfigError("--from and --to must be dates (YYYY-MM-DD)") from None
+    if first > last:
+        raise ConfigError("--from is after --to")
+    r = build(get_engine(settings.warehouse_url), IdsrConfig.load(settings.config_dir / "idsr.yaml"), first, last)
+    print(f"rebuilt {len(r.weeks)} weeks ({r.weeks[0]} .. {r.weeks[-1]}): {r.cases} IDSR cases; "
+          + ", ".join(f"{t} {n}" for t, n in r.rows.items()))
+    return 0
+
+
+def cmd_report_weekly(args) -> int:
+    from .bulletin import write_weekly
+    from .warehouse import get_engine
+
+    settings = _settings(args)
+    out = Path(args.out) if args.out else settings.data_dir / "reports" / "bulletin"
+    for path in write_weekly(get_engine(settings.warehouse_url), args.week, out, lang=args.lang):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_dhis2_export(args) -> int:
+    from .dhis2 import cli_main
+
+    args.warehouse_url = _settings(args).warehouse_url
+    return cli_main(args)
+
+
+def cmd_db_roles(args) -> int:
+    from .privacy import create_roles
+    from .warehouse import get_engine
+
+    analyst = create_roles(get_engine(_settings(args).warehouse_url))
+    print("roles moh_analyst and data_engineer are in place; moh_analyst may read: " + ", ".join(analyst))
+    return 0
+
+
 def cmd_dq_check(args) -> int:
     """Check suite files after an edit: JSON shape, names, columns, and that GX accepts them."""
     from .quality import QualityOptions, Validator
@@ -381,11 +428,39 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--warehouse", metavar="URL")
     ck.set_defaults(func=cmd_monitor_check)
 
+    sp = sub.add_parser("report", help="MoH reporting tables and the weekly bulletin")
+    rsub = sp.add_subparsers(dest="report_command", required=True)
+    rb = rsub.add_parser("build", help="rebuild the reporting tables for the ISO weeks in a date range")
+    rb.add_argument("--from", dest="from_", metavar="YYYY-MM-DD", help="default: 7 days before --to")
+    rb.add_argument("--to", metavar="YYYY-MM-DD", help="default: today")
+    rb.add_argument("--warehouse", metavar="URL")
+    rb.set_defaults(func=cmd_report_build)
+    rw = rsub.add_parser("weekly", help="the week's surveillance bulletin as HTML and PDF")
+    rw.add_argument("--week", required=True, metavar="2026W45")
+    rw.add_argument("--lang", choices=("fr", "en"), default="fr")
+    rw.add_argument("--out", metavar="DIR", help="default: <data dir>/reports/bulletin")
+    rw.add_argument("--warehouse", metavar="URL")
+    rw.set_defaults(func=cmd_report_weekly)
+
+    sp = sub.add_parser("dhis2", help="DHIS2 exchange")
+    hsub = sp.add_subparsers(dest="dhis2_command", required=True)
+    ex = hsub.add_parser("export", help="weekly IDSR data as a DHIS2 dataValueSets JSON (and optional push)")
+    ex.add_argument("--period", required=True, metavar="2026W45")
+    ex.add_argument("--dry-run", action="store_true", help="build and print/write only; contact nothing")
+    ex.add_argument("--out", metavar="FILE")
+    ex.add_argument("--push", metavar="URL", help="DHIS2 base URL: dryRun=true first, then the import")
+    ex.add_argument("--suppress", type=int, metavar="K", help="omit counts 1..K-1 (for a public instance)")
+    ex.add_argument("--warehouse", metavar="URL")
+    ex.set_defaults(func=cmd_dhis2_export)
+
     sp = sub.add_parser("db", help="warehouse schema")
     dsub = sp.add_subparsers(dest="db_command", required=True)
     up = dsub.add_parser("upgrade", help="apply pending migrations")
     up.add_argument("--warehouse", metavar="URL")
     up.set_defaults(func=cmd_db_upgrade)
+    ro = dsub.add_parser("roles", help="create the PostgreSQL roles moh_analyst and data_engineer (idempotent)")
+    ro.add_argument("--warehouse", metavar="URL")
+    ro.set_defaults(func=cmd_db_roles)
 
     sp = sub.add_parser("demo", help="generate sample traffic and run facility_batch_ingest end to end (embedded)")
     sp.add_argument("--days", type=int, default=3)
