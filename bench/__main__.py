@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-SECTIONS = ("parser", "quality", "ingest", "listener")
+SECTIONS = ("parser", "quality", "ingest", "listener", "reporting")
 
 
 def main() -> None:
