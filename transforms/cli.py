@@ -282,14 +282,13 @@ def cmd_report_build(args) -> int:
 
 
 def cmd_report_weekly(args) -> int:
-    from .bulletin import write_weekly
+    from .bulletin import cli_weekly
     from .warehouse import get_engine
 
     settings = _settings(args)
     out = Path(args.out) if args.out else settings.data_dir / "reports" / "bulletin"
-    for path in write_weekly(get_engine(settings.warehouse_url), args.week, out, lang=args.lang):
-        print(f"wrote {path}")
-    return 0
+    return cli_weekly(get_engine(settings.warehouse_url), args.week, out, args.lang, pdf=not args.no_pdf,
+                      config_dir=settings.config_dir)
 
 
 def cmd_dhis2_export(args) -> int:
@@ -439,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     rw.add_argument("--week", required=True, metavar="2026W45")
     rw.add_argument("--lang", choices=("fr", "en"), default="fr")
     rw.add_argument("--out", metavar="DIR", help="default: <data dir>/reports/bulletin")
+    rw.add_argument("--no-pdf", action="store_true", help="HTML only (no Chromium needed)")
     rw.add_argument("--warehouse", metavar="URL")
     rw.set_defaults(func=cmd_report_weekly)
 
