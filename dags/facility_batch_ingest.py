@@ -24,7 +24,7 @@ from datetime import datetime
 
 from airflow.sdk import TriggerRule, dag, get_current_context, task
 from hl7ics_airflow import ingest_tasks
-from hl7ics_airflow.alerts import on_dag_failure
+from hl7ics_airflow.alerts import on_dag_failure, on_dag_success
 from hl7ics_airflow.policies import default_args
 
 DEFAULT_ARGS = default_args()
@@ -40,6 +40,7 @@ DEFAULT_ARGS = default_args()
     tags=["hl7ics", "ingest"],
     doc_md=__doc__,
     on_failure_callback=on_dag_failure,
+    on_success_callback=on_dag_success,
 )
 def facility_batch_ingest():
     @task

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context, task
 from hl7ics_airflow import ingest_tasks
-from hl7ics_airflow.alerts import on_dag_failure
+from hl7ics_airflow.alerts import on_dag_failure, on_dag_success
 from hl7ics_airflow.policies import default_args
 from hl7ics_airflow.sensors import ReceivedMessagesSensor
 
@@ -35,6 +35,7 @@ DEFAULT_ARGS = default_args()
     tags=["hl7ics", "mllp", "realtime"],
     doc_md=__doc__,
     on_failure_callback=on_dag_failure,
+    on_success_callback=on_dag_success,
 )
 def mllp_realtime():
     waiting = ReceivedMessagesSensor(task_id="wait_for_received", poll_seconds=2, max_wait_seconds=60)

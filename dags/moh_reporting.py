@@ -26,7 +26,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 from hl7ics_airflow import reporting_tasks
-from hl7ics_airflow.alerts import on_dag_failure
+from hl7ics_airflow.alerts import on_dag_failure, on_dag_success
 from hl7ics_airflow.policies import default_args
 
 
@@ -40,6 +40,7 @@ from hl7ics_airflow.policies import default_args
     tags=["hl7ics", "reporting", "moh"],
     doc_md=__doc__,
     on_failure_callback=on_dag_failure,
+    on_success_callback=on_dag_success,
 )
 def moh_reporting():
     @task

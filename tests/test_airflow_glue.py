@@ -35,8 +35,8 @@ def warehouse(tmp_path, monkeypatch):
     return get_engine(url)
 
 
-def _context(exc):
-    ti = SimpleNamespace(dag_id="facility_batch_ingest", task_id="load", run_id="scheduled__2026-11-02",
+def _context(exc, task_id="load"):
+    ti = SimpleNamespace(dag_id="facility_batch_ingest", task_id=task_id, run_id="scheduled__2026-11-02",
                          rendered_map_index="CHU-SO", log_url="http://airflow/log/1")
     return {"ti": ti, "exception": exc}
 
@@ -44,8 +44,10 @@ def _context(exc):
 def test_failure_callback_writes_an_alert_without_patient_data(warehouse):
     from hl7ics_airflow.alerts import on_task_failure
 
+    # Two tasks: the same task failing twice is one open problem, hence one row (tests/test_alerting.py).
     on_task_failure(_context(KeyError("Ɖogbé Améyo 19870412")))
-    on_task_failure(_context(__import__("transforms.errors", fromlist=["x"]).SourceError("share CHU-SO unavailable")))
+    on_task_failure(_context(__import__("transforms.errors", fromlist=["x"]).SourceError("share CHU-SO unavailable"),
+                             task_id="pull"))
     with warehouse.connect() as c:
         rows = c.execute(text("SELECT dag_id, task_id, run_id, facility_code, error_class, message, log_url "
                               "FROM ops_alert ORDER BY id")).all()

@@ -39,7 +39,7 @@ def test_dag_guards(dagbag, dag_id):
     assert dag.max_active_runs == 1
     assert dag.doc_md and len(dag.doc_md) > 80
     assert dag.tags and "hl7ics" in dag.tags
-    assert dag.on_failure_callback
+    assert dag.on_failure_callback and dag.on_success_callback  # alert, and resolve on recovery
     for t in dag.tasks:
         assert t.owner and t.owner != "airflow", t.task_id
         assert t.retries is not None and t.retries >= 1, t.task_id

@@ -40,8 +40,9 @@ IO_RETRY_POLICY = ExceptionRetryPolicy(
 
 def default_args() -> dict:
     """Operational defaults every hl7ics DAG uses: an owner, retries under the policy above, and the
-    failure callback that records an ``ops_alert``."""
-    from hl7ics_airflow.alerts import on_task_failure
+    alerting callbacks (hl7ics_airflow/alerts.py): a failure alerts, a retry warns on the same key,
+    a success resolves it."""
+    from hl7ics_airflow.alerts import on_task_failure, on_task_retry, on_task_success
 
     return {
         "owner": "data-engineering",
@@ -49,4 +50,6 @@ def default_args() -> dict:
         "retry_delay": RETRY_DELAY,
         "retry_policy": IO_RETRY_POLICY,
         "on_failure_callback": on_task_failure,
+        "on_retry_callback": on_task_retry,
+        "on_success_callback": on_task_success,
     }
