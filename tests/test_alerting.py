@@ -280,6 +280,7 @@ PARAMS = {
     "disk_usage": {"path": "/var/lib/postgresql", "percent": 93.4, "threshold": 90},
     "unknown_facility": {}, "dq_threshold": {"failed": 81, "validated": 200},
     "idsr_immediate": {"disease": "CHOLERA", "district": "Tchaoudjo", "cases": 3},
+    "dhis2_import": {"period": "2026W45", "ignored": 2, "conflicts": 1},
 }
 
 

@@ -297,6 +297,14 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
                "config/facilities.yaml ont été chargés et signalés ; ajouter la formation ou corriger "
                "l'émetteur."),
     },
+    "dhis2_import": {
+        "en": ("DHIS2 import of {period}: values ignored or in conflict",
+               "DHIS2 ignored {ignored} value(s) and reported {conflicts} conflict(s) for period {period}; "
+               "see the dhis2_export table and config/dhis2.yaml."),
+        "fr": ("Import DHIS2 de {period} : valeurs ignorées ou en conflit",
+               "DHIS2 a ignoré {ignored} valeur(s) et signalé {conflicts} conflit(s) pour la période {period} ; "
+               "voir la table dhis2_export et config/dhis2.yaml."),
+    },
     "dq_threshold": {
         "en": ("Data-quality threshold exceeded: {facility_code}",
                "{failed} of {validated} messages from {facility_code} failed data-quality checks; the batch "

@@ -170,6 +170,7 @@ class Ingestor:
                     flush()
             waiting.append((i, job))
         flush()
+        self.loader.flush_alerts(self.engine)
         return results
 
     def _open(self, path: str | Path, facility_code: str | None, source: str = "folder",

@@ -148,6 +148,7 @@ class Loader:
         self.run_id = run_id
         self._validator: Validator | None = None
         self.dq_breaches: list[dict] = []  # batches held by the failure-rate threshold (no patient data)
+        self.pending_alerts: list[tuple[str, str]] = []  # (kind, facility code), sent by flush_alerts
 
     @property
     def validator(self) -> Validator | None:
@@ -346,20 +347,20 @@ class Loader:
         unknown = {_SAFE_CODE.sub("?", p.rec.get("sending_facility") or "")[:64] or UNKNOWN_FACILITY
                    for p in counted if p.dq.failed.get(UNKNOWN_FACILITY_CHECK)}
         for fac in sorted(unknown):
-            self._alert_unknown_facility(conn, fac, now)
+            # Sent after the commit (flush_alerts): the alerter writes through its own connection.
+            self.pending_alerts.append(("unknown_facility", fac))
 
-    def _alert_unknown_facility(self, conn: Connection, facility: str, now: str) -> None:
-        """One open ``ops_alert`` per unconfigured sender: loaded and flagged, never lost."""
-        cls = "transforms.quality.UnknownFacility"
-        if conn.execute(text("SELECT 1 FROM ops_alert WHERE error_class = :c AND facility_code = :f "
-                             "AND resolved_at IS NULL"), {"c": cls, "f": facility[:64]}).first():
+    def flush_alerts(self, engine) -> None:
+        """Send the alerts this loader's committed batches raised (de-duplicated by the alerter)."""
+        if not self.pending_alerts:
             return
-        conn.execute(text(
-            "INSERT INTO ops_alert (created_at, dag_id, task_id, run_id, facility_code, severity, error_class, message) "
-            "VALUES (:t, NULL, NULL, :r, :f, 'warning', :c, :m)"),
-            {"t": now, "r": self.run_id, "f": facility[:64], "c": cls,
-             "m": "messages whose MSH-4 sending facility is not in config/facilities.yaml were loaded and flagged "
-                  f"(dq:{UNKNOWN_FACILITY_CHECK}); add the facility or correct the sender"})
+        from .alerting import Alert, Alerter, AlertingConfig
+
+        alerter = Alerter(engine, AlertingConfig.load())
+        for kind, fac in dict.fromkeys(self.pending_alerts):
+            alerter.fire(Alert(key=f"{kind}:{fac}", kind=kind, severity="warning", facility_code=fac,
+                               params={"facility_code": fac}))
+        self.pending_alerts.clear()
 
     def _existing_keys(self, w: Writer, prepared: list[Prepared]) -> dict[tuple, list[tuple]]:
         """(sending facility, control ID) -> [(id, content hash, status)] of stored, unquarantined rows."""

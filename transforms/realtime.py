@@ -40,4 +40,5 @@ def process_received(engine: Engine, loader: Loader, batch: int = 2000, max_batc
                 p.facility = r[4]
         with engine.begin() as conn:
             total.add(loader.write(conn, prepared))
+        loader.flush_alerts(engine)
     return total

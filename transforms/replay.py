@@ -71,4 +71,5 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
                 conn.execute(text("UPDATE quarantine SET resolved_at = :now WHERE id = :q"),
                              [{"now": now, "q": q} for q in done])
         total.add(counts)
+        loader.flush_alerts(engine)
     return total
