@@ -111,6 +111,22 @@ def _source(raw, where: str) -> Source:
         if not isinstance(secs, int) or secs < 0:
             raise ConfigError(f"{where}: stable_seconds must be a non-negative integer")
         opts.setdefault("archive", True)
+    elif typ == "queue":
+        if not (opts.get("conn_id") or opts.get("url")) or not opts.get("queue"):
+            raise ConfigError(f"{where}: a queue source needs 'conn_id' (an AMQP connection) and 'queue'")
+        if "url" in opts and "@" in str(opts["url"]):
+            raise ConfigError(f"{where}: put queue credentials in an Airflow connection (conn_id), not in the file")
+        prefetch = opts.setdefault("prefetch", 200)
+        if not isinstance(prefetch, int) or not 1 <= prefetch <= 10_000:
+            raise ConfigError(f"{where}: prefetch must be an integer between 1 and 10000")
+    elif typ == "sftp":
+        if not opts.get("conn_id"):
+            raise ConfigError(f"{where}: an sftp source needs 'conn_id' (an SSH connection with a pinned host key)")
+        opts.setdefault("path", "/")
+        opts.setdefault("glob", "*.hl7")
+        if opts.setdefault("after", "move") not in ("move", "delete"):
+            raise ConfigError(f"{where}: after must be 'move' (to the 'archive' folder) or 'delete'")
+        opts.setdefault("archive", "archive")
     return Source(typ, opts)
 
 

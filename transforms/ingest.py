@@ -173,6 +173,27 @@ class Ingestor:
         self.loader.flush_alerts(self.engine)
         return results
 
+    def ingest_messages(self, items: list[Incoming]) -> Counts:
+        """Store and load messages that did not come in a file (a queue), in one transaction."""
+        prepared = self.loader.prepare(items)
+        self.loader.validate(prepared)
+        with self.engine.begin() as conn:
+            counts = self.loader.write(conn, prepared)
+        self.loader.flush_alerts(self.engine)
+        return counts
+
+    def ingest_queues(self, facility_code: str, resolve_connection=None) -> Counts:
+        """Consume the facility's queue sources (ack after commit); see transforms.queue_source."""
+        from .alerting import connection_from_env
+        from .queue_source import QueueOptions, consume
+
+        total = Counts()
+        for src in self.facilities[facility_code].sources:
+            if src.type == "queue":
+                opts = QueueOptions.from_source(src.options, resolve_connection or connection_from_env)
+                total.add(consume(self, facility_code, opts))
+        return total
+
     def _open(self, path: str | Path, facility_code: str | None, source: str = "folder",
               original_name: str | None = None) -> "FileResult | _FileJob":
         """Register the file in the ledger and take its lease; a FileResult when there is nothing to do."""

@@ -15,7 +15,7 @@ def facility_codes() -> list[str]:
     s = settings()
     ing = Ingestor(s, run_id="sync")
     ing.sync_facilities()
-    return [f.code for f in s.facilities() if any(src.type == "folder" for src in f.sources)]
+    return [f.code for f in s.facilities() if f.sources]
 
 
 def pull(facility: str, run_id: str) -> dict:
@@ -27,8 +27,14 @@ def load(pulled: dict, run_id: str) -> dict:
     facility = pulled["facility"]
     results = [{"sha256": sha, "status": r.status, **r.counts.as_dict()}
                for sha, r in zip(pulled["files"], ing.ingest_staged(facility, pulled["files"]))]
+    queued = None
+    if any(src.type == "queue" for src in ing.facilities[facility].sources):
+        from hl7ics_airflow.alerts import resolve_connection
+
+        # Messages from a queue are stored and committed before they are acked, within this task.
+        queued = ing.ingest_queues(facility, resolve_connection).as_dict()
     raise_on_breach(ing.loader.dq_breaches)
-    return {"facility": facility, "files": results}
+    return {"facility": facility, "files": results, "queue": queued}
 
 
 def raise_on_breach(breaches: list[dict]) -> None:

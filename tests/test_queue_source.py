@@ -1,0 +1,159 @@
+"""Queue source against the real RabbitMQ on this machine (127.0.0.1:5672): messages are stored and
+committed before they are acknowledged, redeliveries after a crash store nothing twice, a failed
+store leaves the messages on the queue, and names survive exactly."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from transforms.config import ConfigError, Settings
+from transforms.ingest import Ingestor
+from transforms.generator import generate_mix
+
+from test_ingest import rows, scalar
+
+ROOT = Path(__file__).resolve().parent.parent
+AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@pytest.fixture(scope="module")
+def rabbit():
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(AMQP + "?connection_attempts=1&socket_timeout=3")).close()
+    except Exception as exc:
+        msg = f"RabbitMQ is not reachable on 127.0.0.1:5672 ({type(exc).__name__})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg + "; start rabbitmq-server to run these tests")
+    return AMQP
+
+
+@pytest.fixture
+def queue(rabbit):
+    import pika
+
+    name = f"hl7ics-test-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit))
+    ch = conn.channel()
+    ch.queue_declare(queue=name, durable=True)
+    yield name
+    ch.queue_delete(queue=name)
+    conn.close()
+
+
+def publish(queue: str, bodies: list[bytes], with_ids: bool = True) -> None:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    ch = conn.channel()
+    for i, b in enumerate(bodies):
+        props = pika.BasicProperties(delivery_mode=2, message_id=f"m-{i}" if with_ids else None)
+        ch.basic_publish(exchange="", routing_key=queue, body=b, properties=props)
+    conn.close()
+
+
+def depth(queue: str) -> int:
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    n = conn.channel().queue_declare(queue=queue, durable=True, passive=True).method.message_count
+    conn.close()
+    return n
+
+
+@pytest.fixture
+def ingestor(tmp_path, warehouse_url, hl7ics_home, queue, monkeypatch):
+    cfg = tmp_path / "config"
+    shutil.copytree(ROOT / "config", cfg)
+    doc = yaml.safe_load((cfg / "facilities.yaml").read_text(encoding="utf-8"))
+    for f in doc["facilities"]:
+        if f["code"] == "CHU-SO":
+            f["sources"].append({"type": "queue", "conn_id": "hl7ics_amqp_test", "queue": queue, "prefetch": 50})
+    (cfg / "facilities.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("AIRFLOW_CONN_HL7ICS_AMQP_TEST", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    ing = Ingestor(Settings.load(cfg, warehouse_url), run_id="run-queue")
+    ing.sync_facilities()
+    return ing
+
+
+def test_messages_are_acked_only_after_commit(ingestor, queue):
+    bodies = generate_mix(230, seed=4)
+    publish(queue, bodies)
+    counts = ingestor.ingest_queues("CHU-SO")
+    assert counts.messages == 230 and counts.loaded + counts.duplicates + counts.quarantined == 230
+    assert depth(queue) == 0
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store WHERE source = 'queue'") == 230
+    assert scalar(ingestor.engine, "SELECT COUNT(DISTINCT source_ref) FROM message_store") == 230
+    # exact bytes kept
+    raw = {bytes(r[0]) for r in rows(ingestor.engine, "SELECT raw FROM message_store")}
+    assert raw == set(bodies)
+
+
+def test_a_crash_before_the_ack_redelivers_and_nothing_is_stored_twice(ingestor, queue, monkeypatch):
+    import pika.adapters.blocking_connection as bc
+
+    publish(queue, generate_mix(120, seed=5))
+    real_ack = bc.BlockingChannel.basic_ack
+    calls = {"n": 0}
+
+    def crash_on_second_ack(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise bc.exceptions.ConnectionClosed(320, "simulated crash after commit")
+        return real_ack(self, *a, **k)
+
+    monkeypatch.setattr(bc.BlockingChannel, "basic_ack", crash_on_second_ack)
+    with pytest.raises(Exception):
+        ingestor.ingest_queues("CHU-SO")
+    stored = scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store")
+    assert stored == 100  # two batches of 50 committed; the second one's ack was lost
+    monkeypatch.setattr(bc.BlockingChannel, "basic_ack", real_ack)
+    counts = ingestor.ingest_queues("CHU-SO")  # the broker redelivers the unacked 50 (+ the last 20)
+    assert counts.messages == 20
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 120
+    assert depth(queue) == 0
+
+
+def test_a_failed_store_leaves_the_messages_on_the_queue(ingestor, queue, monkeypatch):
+    publish(queue, generate_mix(30, seed=6))
+
+    def broken(items):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ingestor, "ingest_messages", broken)
+    with pytest.raises(OSError):
+        ingestor.ingest_queues("CHU-SO")
+    assert depth(queue) == 30
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 0
+
+
+def test_names_survive_and_ids_fall_back_to_content_hash(ingestor, queue):
+    msg = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|Q-1|P|2.5|||||||UNICODE UTF-8\r"
+           "EVN|A04|20261102080000\rPID|1||P1^^^CHU-SO^MR||Ɖogbé^Kɔfi Ŋɔtsé||19900101|M\r"
+           "PV1|1|O|CONS||||||||||||||||V1\r").encode("utf-8")
+    publish(queue, [msg, msg], with_ids=False)  # the same body twice: one message
+    counts = ingestor.ingest_queues("CHU-SO")
+    assert counts.messages == 1 and depth(queue) == 0
+    assert rows(ingestor.engine, "SELECT family_name, given_name FROM phi_patient") == [("Ɖogbé", "Kɔfi Ŋɔtsé")]
+    assert scalar(ingestor.engine, "SELECT source_ref FROM message_store").startswith(f"queue:{queue}:")
+
+
+def test_queue_source_configuration_errors(tmp_path):
+    from transforms.config import parse_facilities
+
+    base = yaml.safe_load((ROOT / "config" / "facilities.yaml").read_text(encoding="utf-8"))
+    fac = base["facilities"][0]
+    for src, message in (({"type": "queue", "queue": "q"}, "needs 'conn_id'"),
+                         ({"type": "queue", "conn_id": "c", "queue": "q", "prefetch": 0}, "prefetch"),
+                         ({"type": "queue", "url": "amqp://u:secret@h/", "queue": "q"}, "not in the file")):
+        doc = {"facilities": [{**fac, "sources": [src]}]}
+        with pytest.raises(ConfigError, match=message) as exc:
+            parse_facilities(doc)
+        assert "secret" not in str(exc.value)
