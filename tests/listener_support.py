@@ -5,6 +5,7 @@ import datetime as dt
 import os
 import signal
 import socket
+import weakref
 import subprocess
 import sys
 import time
@@ -72,9 +73,13 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
     return s
 
 
+_LEFTOVER: "weakref.WeakKeyDictionary[socket.socket, bytes]" = weakref.WeakKeyDictionary()
+
+
 def read_frame(sock: socket.socket) -> bytes | None:
-    """One reply frame, or None if the peer closed or nothing came before the timeout."""
-    buf = b""
+    """One reply frame, or None if the peer closed or nothing came before the timeout. Bytes of
+    the next frames received in the same read are kept for the next call (pipelined ACKs)."""
+    buf = _LEFTOVER.pop(sock, b"")
     try:
         while FS + CR not in buf:
             chunk = sock.recv(65536)
@@ -83,8 +88,11 @@ def read_frame(sock: socket.socket) -> bytes | None:
             buf += chunk
     except (socket.timeout, ConnectionError):
         return None
+    end = buf.find(FS + CR)
     start = buf.find(VT)
-    return buf[start + 1:buf.find(FS + CR)]
+    if buf[end + 2:]:
+        _LEFTOVER[sock] = buf[end + 2:]
+    return buf[start + 1:end]
 
 
 def exchange(port: int, payload: bytes, timeout: float = 10.0) -> bytes | None:
