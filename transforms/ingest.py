@@ -13,6 +13,7 @@ original name is kept only as sanitised metadata.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,17 @@ class FileResult:
     status: str  # done | quarantined | duplicate_file | busy (another worker holds the file's lease)
     counts: Counts = field(default_factory=Counts)
     error: str | None = None
+
+
+def _remember_origin(path: Path, ref: dict) -> None:
+    import json
+
+    refs = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    if ref not in refs:
+        refs.append(ref)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(refs), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -300,6 +312,9 @@ class Ingestor:
                 try:
                     sha, _ = file_sha256(path)
                     dest = d / f"{sha}.hl7"
+                    if src.type != "folder":
+                        # A remote origin is finished (moved or deleted there) only after the commit.
+                        _remember_origin(d / f"{sha}.src", ref)
                     if dest.exists():
                         path.unlink()  # the same content is already waiting
                         continue
@@ -321,7 +336,19 @@ class Ingestor:
         return self.ingest_files(specs)
 
     def archive_staged(self, facility_code: str, sha: str) -> str | None:
+        import json
+
         d = self.staging_dir(facility_code)
+        origin = d / f"{sha}.src"
+        if origin.exists():
+            with self.engine.connect() as conn:
+                st = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).scalar()
+            if st not in ("done", "quarantined"):
+                return None
+            fac = self.facilities[facility_code]
+            for ref in json.loads(origin.read_text(encoding="utf-8")):
+                source_for_ref(self.settings, fac, ref).finish(ref, sha)
+            origin.unlink()
         dest = self.archive(d / f"{sha}.hl7", facility_code, sha=sha)  # staged files are named by their hash
         if dest is not None:
             (d / f"{sha}.name").unlink(missing_ok=True)

@@ -7,8 +7,8 @@ calls the source back after the commit, so a source never loses a file it has no
 Input: ``Settings`` and one configured ``config.Source`` of a facility. Output: ``SourceRef``s
 (JSON-able: they travel through XCom between the DAG's pull and load tasks).
 
-Implemented here: ``folder``. SFTP and RabbitMQ queue sources register in ``SOURCE_TYPES`` with
-the same three methods (``ready``, ``local_path``, ``finish``).
+Implemented here: ``folder`` and ``sftp`` (both hand over files); the RabbitMQ ``queue`` source
+delivers messages, not files, and is consumed by ``transforms.queue_source`` (ack after commit).
 """
 from __future__ import annotations
 
@@ -86,7 +86,62 @@ class FolderSource:
         return str(dest)
 
 
-SOURCE_TYPES: dict[str, type] = {"folder": FolderSource}
+class SftpSource:
+    """A facility's SFTP server (key authentication, pinned host key). Files are downloaded
+    (resumably) into a local cache, staged and loaded; the remote file is moved to its ``archive``
+    folder (or deleted, ``after: delete``) only in ``finish``, which the pipeline calls after the
+    commit — a crash in between downloads the file again, and the ledger recognises it."""
+
+    type = "sftp"
+
+    def __init__(self, settings: Settings, facility: Facility, config: SourceConfig, resolve_connection=None):
+        from .alerting import connection_from_env
+
+        self.settings = settings
+        self.facility = facility
+        self.options = config.options
+        self.resolve = resolve_connection or connection_from_env
+        self.cache = settings.home / "sftp-cache" / facility.code
+
+    def _client(self):
+        from .sftp import SftpClient, SftpTarget
+
+        conn = self.resolve(self.options["conn_id"])
+        if not conn:
+            raise SourceError(f"sftp source of {self.facility.code}: connection {self.options['conn_id']} is not defined")
+        target = SftpTarget.from_connection({**conn, "extra": {**(conn.get("extra") or {}),
+                                                               "path": self.options.get("path", "/")}})
+        return SftpClient(target)
+
+    def ready(self, now: float | None = None) -> list[SourceRef]:
+        import fnmatch
+
+        pattern = self.options.get("glob", "*.hl7")
+        with self._client() as c:
+            files = [f for f in c.list(pattern) if fnmatch.fnmatch(f.name, pattern)
+                     and not f.name.endswith((".tmp", ".part")) and not f.name.startswith(".")]
+        return [{"source": self.type, "ref": f.name, "name": f.name, "size": f.size}
+                for f in sorted(files, key=lambda f: (f.mtime, f.name))]
+
+    def local_path(self, ref: SourceRef) -> Path:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        local = self.cache / Path(ref["ref"]).name
+        with self._client() as c:
+            c.download(ref["ref"], local)  # resumes a .part left by an interrupted attempt
+        return local
+
+    def finish(self, ref: SourceRef, sha256: str) -> str | None:
+        with self._client() as c:
+            if self.options.get("after", "move") == "delete":
+                c.remove(ref["ref"])
+                return f"sftp:deleted:{ref['ref']}"
+            archive = self.options.get("archive", "archive")
+            c.makedirs(archive)
+            c.rename(ref["ref"], f"{archive}/{sha256}-{Path(ref['ref']).name}")
+            return f"sftp:{archive}/{sha256}"
+
+
+SOURCE_TYPES: dict[str, type] = {"folder": FolderSource, "sftp": SftpSource}
 
 
 def sources_for(settings: Settings, facility: Facility) -> list[Source]:
