@@ -28,7 +28,7 @@ from .facts import PatientKeyer
 from .load import UNKNOWN_FACILITY, Counts, Incoming, Loader
 from .parser import ParseIssue
 from .quality import VALIDATION_CHUNK
-from .sources import source_for_ref, sources_for
+from .sources import archive_local, source_for_ref, sources_for
 from .warehouse import Writer, get_engine, utcnow
 
 BATCH_SIZE = 2000
@@ -289,6 +289,10 @@ class Ingestor:
             st = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).scalar()
         if st not in ("done", "quarantined"):
             return None
+        if source == "folder":
+            # Local files (a drop folder, or the staging copy of any source) archive the same way,
+            # whether or not the facility also has a drop folder.
+            return archive_local(self.settings, facility_code, path, sha)
         ref = {"source": source, "ref": str(path), "name": path.name}
         return source_for_ref(self.settings, self.facilities[facility_code], ref).finish(ref, sha)
 

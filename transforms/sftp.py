@@ -526,6 +526,19 @@ class SftpClient:
     async def _replace_names(self, old: str, new: str) -> None:
         await self._replace(self.target.remote(old), self.target.remote(new))
 
+    def move_into(self, name: str, folder: str, new_name: str | None = None) -> str:
+        """Move ``name`` into the sub-folder ``folder`` of the target directory (created if needed),
+        e.g. to archive a file once it is committed; returns the new remote path."""
+        check_name(name)
+        check_name(new_name or name)
+        if not isinstance(folder, str) or not folder or "\x00" in folder or ".." in folder.split("/") \
+                or folder.startswith("/"):
+            raise ValueError("the archive folder must be a relative path without '..'")
+        self.makedirs(folder)
+        dest = posixpath.join(self.target.path, folder, new_name or name)
+        self._call("rename", self._replace, self.target.remote(name), dest)
+        return dest
+
     def makedirs(self, path: str = ".") -> None:
         """Create ``path`` (relative to the target directory, or absolute) and its parents."""
         if not isinstance(path, str) or "\x00" in path or ".." in path.split("/"):

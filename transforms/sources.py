@@ -69,21 +69,24 @@ class FolderSource:
         return Path(ref["ref"])
 
     def finish(self, ref: SourceRef, sha256: str) -> str | None:
-        """Move the committed file to ``$HL7ICS_HOME/archive/<facility>/<sha256>.hl7`` (idempotent)."""
-        path = Path(ref["ref"])
-        if not path.exists():
-            return None
-        dest_dir = self.settings.home / "archive" / self.facility.code
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / f"{sha256}.hl7"
-        try:
-            if dest.exists():
-                path.unlink()  # same content already archived (a re-upload)
-            else:
-                shutil.move(str(path), dest)
-        except OSError as exc:
-            raise SourceError(f"cannot archive file for facility {self.facility.code}: {type(exc).__name__}") from None
-        return str(dest)
+        return archive_local(self.settings, self.facility.code, Path(ref["ref"]), sha256)
+
+
+def archive_local(settings: Settings, facility_code: str, path: Path, sha256: str) -> str | None:
+    """Move a committed local file to ``$HL7ICS_HOME/archive/<facility>/<sha256>.hl7`` (idempotent)."""
+    if not path.exists():
+        return None
+    dest_dir = settings.home / "archive" / facility_code
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / f"{sha256}.hl7"
+    try:
+        if dest.exists():
+            path.unlink()  # same content already archived (a re-upload)
+        else:
+            shutil.move(str(path), dest)
+    except OSError as exc:
+        raise SourceError(f"cannot archive file for facility {facility_code}: {type(exc).__name__}") from None
+    return str(dest)
 
 
 class SftpSource:
@@ -109,9 +112,7 @@ class SftpSource:
         conn = self.resolve(self.options["conn_id"])
         if not conn:
             raise SourceError(f"sftp source of {self.facility.code}: connection {self.options['conn_id']} is not defined")
-        target = SftpTarget.from_connection({**conn, "extra": {**(conn.get("extra") or {}),
-                                                               "path": self.options.get("path", "/")}})
-        return SftpClient(target)
+        return SftpClient(SftpTarget.from_connection(conn, path=self.options.get("path", "/")))
 
     def ready(self, now: float | None = None) -> list[SourceRef]:
         import fnmatch
@@ -135,10 +136,8 @@ class SftpSource:
             if self.options.get("after", "move") == "delete":
                 c.remove(ref["ref"])
                 return f"sftp:deleted:{ref['ref']}"
-            archive = self.options.get("archive", "archive")
-            c.makedirs(archive)
-            c.rename(ref["ref"], f"{archive}/{sha256}-{Path(ref['ref']).name}")
-            return f"sftp:{archive}/{sha256}"
+            return "sftp:" + c.move_into(ref["ref"], self.options.get("archive", "archive"),
+                                         f"{sha256[:16]}-{Path(ref['ref']).name}")
 
 
 SOURCE_TYPES: dict[str, type] = {"folder": FolderSource, "sftp": SftpSource}
