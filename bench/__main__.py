@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-SECTIONS = ("parser", "quality", "ingest", "listener", "monitoring", "reporting")
+SECTIONS = ("parser", "quality", "ingest", "listener", "monitoring", "reporting", "outbound", "claims")
 
 
 def main() -> None:

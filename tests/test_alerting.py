@@ -281,6 +281,7 @@ PARAMS = {
     "unknown_facility": {}, "dq_threshold": {"failed": 81, "validated": 200},
     "idsr_immediate": {"disease": "CHOLERA", "district": "Tchaoudjo", "cases": 3},
     "dhis2_import": {"period": "2026W45", "ignored": 2, "conflicts": 1},
+    "outbound_dead": {"destination": "lab-inh", "message_id": 42, "attempts": 8, "last_error": "AE:207"},
 }
 
 

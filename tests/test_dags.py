@@ -9,7 +9,8 @@ from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 DAG_IDS = {"facility_batch_ingest", "mllp_realtime", "data_quality_report", "interface_monitoring",
-           "sla_monthly_report", "moh_reporting"}
+           "sla_monthly_report", "moh_reporting", "route_and_deliver", "insurer_claims_extract_inam",
+           "insurer_claims_extract_cnss", "insurer_claims_extract_gta_c2a"}
 
 
 @pytest.fixture(scope="session")

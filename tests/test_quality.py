@@ -101,7 +101,7 @@ CASES = {
     "charge_code_present": ("fact_charge", {"charge_code": "LAB"}, {"charge_code": "  "}),
     "charge_amount_present": ("fact_charge", {"amount": 0.0}, {"amount": None}),
     "currency_xof": ("fact_charge", {"currency": "XOF"}, {"currency": "EUR"}),
-    "insurer_known": ("fact_coverage", {"insurer_code": "CNSS", "member_id": "1234567890"},
+    "insurer_known": ("fact_coverage", {"insurer_code": "GTA-C2A"},
                       {"insurer_code": "MUTUELLE-X"}),
     "inam_member_id_format": ("fact_coverage", {"member_id": "000000001"}, {"member_id": "INAM-12345"}),
     "cnss_member_id_format": ("fact_coverage", {"insurer_code": "CNSS", "member_id": "1234567890"},

@@ -297,6 +297,16 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
                "config/facilities.yaml ont été chargés et signalés ; ajouter la formation ou corriger "
                "l'émetteur."),
     },
+    "outbound_dead": {
+        "en": ("Outbound delivery to {destination} gave up",
+               "Message {message_id} could not be delivered to {destination} after {attempts} attempts "
+               "(last error {last_error}); it is a dead letter. Fix the receiver, then run "
+               "hl7ics outbound retry --dead-letter --destination {destination}."),
+        "fr": ("Livraison vers {destination} abandonnée",
+               "Le message {message_id} n'a pas pu être livré à {destination} après {attempts} tentatives "
+               "(dernière erreur {last_error}) ; il est en lettre morte. Corriger le destinataire, puis lancer "
+               "hl7ics outbound retry --dead-letter --destination {destination}."),
+    },
     "dhis2_import": {
         "en": ("DHIS2 import of {period}: values ignored or in conflict",
                "DHIS2 ignored {ignored} value(s) and reported {conflicts} conflict(s) for period {period}; "

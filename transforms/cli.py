@@ -307,6 +307,49 @@ def cmd_db_roles(args) -> int:
     return 0
 
 
+def cmd_outbound_status(args) -> int:
+    from .outbound import cli_status
+
+    return cli_status(args)
+
+
+def cmd_outbound_retry(args) -> int:
+    from .outbound import cli_retry
+
+    return cli_retry(args)
+
+
+def cmd_route_test(args) -> int:
+    from .routing import cli_route_test
+
+    return cli_route_test(args)
+
+
+def cmd_claims_extract(args) -> int:
+    from .claims import cli_extract
+
+    return cli_extract(args)
+
+
+def cmd_claims_status(args) -> int:
+    from .claims import cli_status
+
+    return cli_status(args)
+
+
+def cmd_db_insurer_roles(args) -> int:
+    from .claims import load_insurers
+    from .insurer_access import create_insurer_roles
+    from .warehouse import get_engine
+
+    settings = _settings(args)
+    codes = load_insurers(settings.config_dir / "insurers.yaml").codes
+    roles = create_insurer_roles(get_engine(settings.warehouse_url), list(codes))
+    print("insurer roles in place (each reads only its own rows of insurer_claims / insurer_claim_lines): "
+          + ", ".join(roles))
+    return 0
+
+
 def cmd_dq_check(args) -> int:
     """Check suite files after an edit: JSON shape, names, columns, and that GX accepts them."""
     from .quality import QualityOptions, Validator
@@ -453,6 +496,39 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--warehouse", metavar="URL")
     ex.set_defaults(func=cmd_dhis2_export)
 
+    sp = sub.add_parser("claims", help="insurer claim extracts (AMU: INAM, CNSS, ...)")
+    csub = sp.add_subparsers(dest="claims_command", required=True)
+    ce = csub.add_parser("extract", help="build claims and write (or re-write identically) a period's extract")
+    ce.add_argument("--insurer", required=True, metavar="CODE")
+    ce.add_argument("--period", required=True, metavar="2026-11|2026-W45")
+    ce.add_argument("--out", metavar="DIR", help="default: <data dir>/claims")
+    ce.add_argument("--reason", metavar="R", help="required for a correction (a new version of the period)")
+    ce.add_argument("--warehouse", metavar="URL")
+    ce.set_defaults(func=cmd_claims_extract)
+    cs = csub.add_parser("status", help="periods, versions, deliveries and corrections")
+    cs.add_argument("--insurer", metavar="CODE")
+    cs.add_argument("--warehouse", metavar="URL")
+    cs.set_defaults(func=cmd_claims_status)
+
+    sp = sub.add_parser("outbound", help="outbound delivery queue (routed messages)")
+    osub = sp.add_subparsers(dest="outbound_command", required=True)
+    st = osub.add_parser("status", help="per destination: pending, delivered, failed and dead letters")
+    st.add_argument("--warehouse", metavar="URL")
+    st.set_defaults(func=cmd_outbound_status)
+    rt = osub.add_parser("retry", help="requeue a message (ID) or the dead letters")
+    rt.add_argument("id", nargs="?", metavar="ID")
+    rt.add_argument("--dead-letter", action="store_true")
+    rt.add_argument("--destination", metavar="D")
+    rt.add_argument("--warehouse", metavar="URL")
+    rt.set_defaults(func=cmd_outbound_retry)
+
+    sp = sub.add_parser("route", help="routing rules")
+    rsub2 = sp.add_subparsers(dest="route_command", required=True)
+    rt2 = rsub2.add_parser("test", help="dry run: which rules match each message, and the bytes each destination gets")
+    rt2.add_argument("paths", nargs="+", metavar="FILE")
+    rt2.add_argument("--routes", metavar="PATH", help="default: <config>/routes.yaml")
+    rt2.set_defaults(func=cmd_route_test)
+
     sp = sub.add_parser("db", help="warehouse schema")
     dsub = sp.add_subparsers(dest="db_command", required=True)
     up = dsub.add_parser("upgrade", help="apply pending migrations")
@@ -461,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     ro = dsub.add_parser("roles", help="create the PostgreSQL roles moh_analyst and data_engineer (idempotent)")
     ro.add_argument("--warehouse", metavar="URL")
     ro.set_defaults(func=cmd_db_roles)
+    ir = dsub.add_parser("insurer-roles", help="PostgreSQL: a role per insurer, row-level security on its claims")
+    ir.add_argument("--warehouse", metavar="URL")
+    ir.set_defaults(func=cmd_db_insurer_roles)
 
     sp = sub.add_parser("demo", help="generate sample traffic and run facility_batch_ingest end to end (embedded)")
     sp.add_argument("--days", type=int, default=3)

@@ -162,6 +162,20 @@ def load_suites(directory: str | os.PathLike) -> dict[str, Suite]:
     return suites
 
 
+def known_insurers(config_dir: Path | None = None) -> list[str]:
+    """Insurer codes of config/insurers.yaml (the ``known_insurers`` suite parameter)."""
+    import yaml
+
+    from .config import Settings
+
+    path = (config_dir or Settings.load().config_dir) / "insurers.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return ["CNSS", "INAM"]  # the two public schemes of the AMU
+    return sorted(str(i.get("code")) for i in doc.get("insurers") or [] if isinstance(i, dict) and i.get("code"))
+
+
 def message_row(msg: Message, rec: dict, facility: str) -> tuple:
     """The ``message_store`` row that suite sees (MESSAGE_COLUMNS order)."""
     pv1 = msg.first("PV1")
@@ -242,7 +256,7 @@ class Validator:
         self.options = options
         self.suites = load_suites(options.directory)
         self.checks = {c.name: c for s in self.suites.values() for c in s.checks}
-        self.parameters = {"known_facilities": sorted(known_facilities)}
+        self.parameters = {"known_facilities": sorted(known_facilities), "known_insurers": known_insurers()}
         self._engine: _Engine | None = None
 
     @property
