@@ -103,3 +103,54 @@ def hl7ics_home(tmp_path, monkeypatch):
     monkeypatch.setenv("HL7ICS_HOME", str(home))
     monkeypatch.setenv("HL7ICS_DATA_DIR", str(home / "data"))
     return home
+
+
+def require(problem: str | None, how_to: str) -> None:
+    """A service a test needs is missing: fail under CI (it must be there), skip on a laptop."""
+    if problem:
+        if IN_CI:
+            pytest.fail(f"{problem}; CI requires it")
+        pytest.skip(f"{problem} ({how_to})")
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    from airflow.utils import db
+
+    db.initdb()
+    return True
+
+
+@pytest.fixture(scope="session")
+def dagbag(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless Chromium (installed by scripts/ensure-chromium, which `make test` runs)."""
+    import shutil
+
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
+    require(None if path else "chromium is not installed",
+            "install with: apt-get install chromium, or run scripts/ensure-chromium")
+    return path
+
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@pytest.fixture(scope="session")
+def rabbit() -> str:
+    """The RabbitMQ on this machine (127.0.0.1:5672, guest/guest)."""
+    import pika
+
+    problem = None
+    try:
+        pika.BlockingConnection(pika.URLParameters(AMQP_URL + "?connection_attempts=1&socket_timeout=3")).close()
+    except Exception as exc:
+        problem = f"RabbitMQ is not reachable on 127.0.0.1:5672 ({type(exc).__name__})"
+    require(problem, "start rabbitmq-server")
+    return AMQP_URL

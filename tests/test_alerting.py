@@ -585,19 +585,6 @@ def test_webhook_url_forms():
 
 # --- Airflow -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def airflow_db():
-    from airflow.utils import db
-
-    db.initdb()
-    return True
-
-
-@pytest.fixture(scope="session")
-def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(ROOT / "dags"))
 
 
 ALERTING_DAGS = {"facility_batch_ingest", "mllp_realtime", "data_quality_report", "interface_monitoring",

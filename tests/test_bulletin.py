@@ -13,9 +13,6 @@ browser fails them, elsewhere they skip with the command to install it.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from datetime import date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -25,6 +22,7 @@ from sqlalchemy import text
 
 from transforms import bulletin
 from transforms.warehouse import get_engine
+from browser_support import run_chromium
 
 WEEK = "2026-W45"
 MONDAY = date(2026, 11, 2)
@@ -445,24 +443,12 @@ def test_missing_chromium_is_a_clear_error_and_writes_nothing(sqlite_url, tmp_pa
 WINDOW = "1280,6000"
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
-    if path is None:
-        reason = "chromium is not installed (install with: apt-get install chromium, or run scripts/ensure-chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI requires it")
-        pytest.skip(reason)
-    return path
+def _chromium(chromium, profile, *args):
+    return run_chromium(chromium, profile, *args, window=WINDOW)
 
 
-def run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    # A private profile per call: a shared one can be locked by a previous, still-exiting browser.
-    return subprocess.run(
-        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--force-device-scale-factor=1", f"--user-data-dir={profile}", "--no-first-run",
-         "--disable-extensions", f"--window-size={WINDOW}", *args],
-        capture_output=True, text=True, timeout=120, check=False)
+
+
 
 
 def pixels_of(image, hex_color: str, tolerance: int = 12) -> int:
@@ -482,7 +468,7 @@ def test_bulletin_in_chromium_shows_the_figures_and_draws_the_curves(chromium, s
     seed(eng)
     [page] = bulletin.write_weekly(eng, "2026W45", tmp_path / "full", "fr", pdf=False)
 
-    r = run_chromium(chromium, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
+    r = _chromium(chromium, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
     assert r.returncode == 0 and "<body" in r.stdout, r.stderr[-800:]
     built = dom(r.stdout)
     assert squash(built.one("h1").text()).startswith("Bulletin épidémiologique hebdomadaire")
@@ -496,7 +482,7 @@ def test_bulletin_in_chromium_shows_the_figures_and_draws_the_curves(chromium, s
     assert not built.find("script")
 
     shot = tmp_path / "full.png"
-    r = run_chromium(chromium, tmp_path / "profile-shot", f"--screenshot={shot}", page.as_uri())
+    r = _chromium(chromium, tmp_path / "profile-shot", f"--screenshot={shot}", page.as_uri())
     assert shot.is_file() and shot.stat().st_size > 0, f"no screenshot (exit {r.returncode}): {r.stderr[-800:]}"
     blue, orange = pixels_of(shot, bulletin.COLORS["suspected"]), pixels_of(shot, bulletin.COLORS["confirmed"])
     # Malaria alone has eleven suspected bars about 19 px wide and 80 to 160 px high: tens of
@@ -511,7 +497,7 @@ def test_bulletin_in_chromium_shows_the_figures_and_draws_the_curves(chromium, s
     # the same count on a bulletin without cases must find none, so the pixel checks can fail
     [empty] = bulletin.write_weekly(eng, "2024W10", tmp_path / "empty", "fr", pdf=False)
     shot2 = tmp_path / "empty.png"
-    run_chromium(chromium, tmp_path / "profile-shot2", f"--screenshot={shot2}", empty.as_uri())
+    _chromium(chromium, tmp_path / "profile-shot2", f"--screenshot={shot2}", empty.as_uri())
     assert shot2.is_file()
     assert pixels_of(shot2, bulletin.COLORS["suspected"]) == 0
     assert pixels_of(shot2, bulletin.COLORS["confirmed"]) == 0

@@ -493,19 +493,6 @@ def test_cli_extract_exit_codes(loaded, tmp_path, capsys):
 
 # -- Airflow ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def airflow_db():
-    from airflow.utils import db
-
-    db.initdb()
-    return True
-
-
-@pytest.fixture(scope="session")
-def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(ROOT / "dags"))
 
 
 def test_one_dag_per_insurer_with_guards(dagbag):

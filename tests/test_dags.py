@@ -13,19 +13,6 @@ DAG_IDS = {"facility_batch_ingest", "mllp_realtime", "data_quality_report", "int
            "insurer_claims_extract_cnss", "insurer_claims_extract_gta_c2a"}
 
 
-@pytest.fixture(scope="session")
-def airflow_db():
-    from airflow.utils import db
-
-    db.initdb()
-    return True
-
-
-@pytest.fixture(scope="session")
-def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(ROOT / "dags"))
 
 
 def test_no_import_errors(dagbag):

@@ -10,17 +10,14 @@ the run; elsewhere these tests skip with the command to install it.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from datetime import date
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from transforms import dq_report
 from transforms.warehouse import get_engine
+from browser_support import run_chromium
 
 WINDOW = "1280,1600"
 NAME = "CHU Sylvanus Olympio"
@@ -28,24 +25,8 @@ EXPECTATIONS = ("expect_column_values_to_not_be_null", "expect_column_values_to_
                 "expect_column_values_to_match_regex")
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
-    if path is None:
-        reason = "chromium is not installed (install with: apt-get install chromium, or run scripts/ensure-chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI requires it")
-        pytest.skip(reason)
-    return path
 
 
-def run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    # A private profile per call: a shared one can be locked by a previous, still-exiting browser.
-    return subprocess.run(
-        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--force-device-scale-factor=1", f"--user-data-dir={profile}", "--no-first-run",
-         "--disable-extensions", f"--window-size={WINDOW}", *args],
-        capture_output=True, text=True, timeout=120, check=False)
 
 
 def screenshot(chromium: str, page: Path, tmp_path: Path) -> Path:

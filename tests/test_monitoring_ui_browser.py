@@ -17,8 +17,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shutil
 import subprocess
 import threading
 import time
@@ -34,15 +32,6 @@ from transforms.warehouse import get_engine
 WINDOW = (1400, 1800)
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
-    if path is None:
-        reason = "chromium is not installed (install with: apt-get install chromium, or run scripts/ensure-chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI requires it")
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture(scope="module")

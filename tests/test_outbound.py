@@ -502,18 +502,6 @@ def test_sftp_destination_uploads_each_round_in_one_session(engine, tmp_path, al
     assert (status, attempts) == ("failed", 1) and err.startswith("SFTP_ERROR:") and "127.0.0.1" not in err
 
 
-@pytest.fixture(scope="module")
-def rabbit():
-    import pika
-
-    try:
-        pika.BlockingConnection(pika.URLParameters(AMQP + "?connection_attempts=1&socket_timeout=3")).close()
-    except Exception as exc:
-        msg = f"RabbitMQ is not reachable on 127.0.0.1:5672 ({type(exc).__name__})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return AMQP
 
 
 def test_queue_destination_publishes_persistent_confirmed_messages(engine, rabbit, monkeypatch, alerter):

@@ -3,7 +3,6 @@ committed before they are acknowledged, redeliveries after a crash store nothing
 store leaves the messages on the queue, and names survive exactly."""
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -21,18 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
-@pytest.fixture(scope="module")
-def rabbit():
-    import pika
-
-    try:
-        pika.BlockingConnection(pika.URLParameters(AMQP + "?connection_attempts=1&socket_timeout=3")).close()
-    except Exception as exc:
-        msg = f"RabbitMQ is not reachable on 127.0.0.1:5672 ({type(exc).__name__})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg + "; start rabbitmq-server to run these tests")
-    return AMQP
 
 
 @pytest.fixture

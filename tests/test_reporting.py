@@ -9,14 +9,14 @@ import itertools
 from datetime import date, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+
 
 from transforms.config import Settings
 from transforms.ingest import Ingestor
 from transforms.reporting import (IdsrConfig, age_group, build, immediate_cases, iso_week, record_notifications,
                                   suppress, week_start)
 
-from test_ingest import checksum, rows, scalar, write
+from test_ingest import checksum, rows, write
 
 CFG = IdsrConfig.load(Settings.load().config_dir / "idsr.yaml")
 W45 = date(2026, 11, 2)  # Monday of ISO week 2026-W45

@@ -39,7 +39,6 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -48,7 +47,7 @@ from sqlalchemy.engine import Engine
 
 from .config import ConfigError, Settings
 from .dq_report import _esc, _write
-from .warehouse import load_sql
+from .warehouse import named_queries
 
 SQL_FILE = "bulletin.sql"
 LANGS = ("fr", "en")
@@ -307,21 +306,9 @@ ZERO = Count()
 # SQL and data
 
 
-@lru_cache(maxsize=1)
 def _queries() -> dict[str, str]:
     """The named queries of ``sql/bulletin.sql`` (``-- name: key`` starts each one)."""
-    out: dict[str, str] = {}
-    name, body = None, []
-    for line in load_sql(SQL_FILE).splitlines() + ["-- name: _end"]:
-        m = re.match(r"^--\s*name:\s*(\w+)\s*$", line)
-        if m:
-            if name:
-                out[name] = "\n".join(body).strip().rstrip(";").strip()
-            name, body = m.group(1), []
-        elif name and not line.lstrip().startswith("--"):
-            # comment lines are dropped: text() would read a ":word" in a comment as a parameter
-            body.append(line)
-    return out
+    return named_queries(SQL_FILE)
 
 
 @dataclass

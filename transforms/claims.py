@@ -73,7 +73,6 @@ import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -81,7 +80,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from .config import ConfigError, Settings
-from .warehouse import Writer, load_sql, utcnow
+from .warehouse import Writer, named_queries, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -415,21 +414,9 @@ def previous_period(kind: str, at: datetime | date | str) -> Period:
 # Small helpers
 
 
-@lru_cache(maxsize=1)
 def _queries() -> dict[str, str]:
     """The named queries of ``sql/claims.sql`` (``-- name: key`` starts each one)."""
-    out: dict[str, str] = {}
-    name, body = None, []
-    for line in load_sql(SQL_FILE).splitlines() + ["-- name: _end"]:
-        m = re.match(r"^--\s*name:\s*(\w+)\s*$", line)
-        if m:
-            if name:
-                out[name] = "\n".join(body).strip().rstrip(";").strip()
-            name, body = m.group(1), []
-        elif name and not line.lstrip().startswith("--"):
-            # comment lines are dropped: text() would read a ":word" in a comment as a parameter
-            body.append(line)
-    return out
+    return named_queries(SQL_FILE)
 
 
 def _q(name: str, *expanding: str):

@@ -41,7 +41,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -52,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import ConfigError, Settings
 from .reporting import AGE_GROUPS, SEXES, IdsrConfig
-from .warehouse import load_sql, utcnow
+from .warehouse import named_queries, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -235,21 +234,9 @@ class Dhis2Mapping:
 # Building the payload
 
 
-@lru_cache(maxsize=1)
 def _queries() -> dict[str, str]:
     """The named queries of ``sql/dhis2.sql`` (``-- name: key`` starts each one)."""
-    out: dict[str, str] = {}
-    name, body = None, []
-    for line in load_sql(SQL_FILE).splitlines() + ["-- name: _end"]:
-        m = re.match(r"^--\s*name:\s*(\w+)\s*$", line)
-        if m:
-            if name:
-                out[name] = "\n".join(body).strip().rstrip(";").strip()
-            name, body = m.group(1), []
-        elif name and not line.lstrip().startswith("--"):
-            # comment lines are dropped: text() would read a ":word" in a comment as a parameter
-            body.append(line)
-    return out
+    return named_queries(SQL_FILE)
 
 
 def _check_suppress(suppress) -> int | None:

@@ -32,14 +32,13 @@ import re
 import sys
 import unicodedata
 from datetime import date, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from .warehouse import Writer, load_sql, utcnow
+from .warehouse import Writer, named_queries, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +57,9 @@ _EARLIEST = "0001-01-01 00:00:00"  # valid TIMESTAMP on PostgreSQL, sorts first 
 # SQL
 
 
-@lru_cache(maxsize=1)
 def _queries() -> dict[str, str]:
     """The named queries of ``sql/dq_daily.sql`` (``-- name: key`` starts each one)."""
-    out: dict[str, str] = {}
-    name, body = None, []
-    for line in load_sql(SQL_FILE).splitlines() + ["-- name: _end"]:
-        m = re.match(r"^--\s*name:\s*(\w+)\s*$", line)
-        if m:
-            if name:
-                out[name] = "\n".join(body).strip().rstrip(";").strip()
-            name, body = m.group(1), []
-        elif name and not line.lstrip().startswith("--"):
-            # comment lines are dropped: text() would read a ":word" in a comment as a parameter
-            body.append(line)
-    return out
+    return named_queries(SQL_FILE)
 
 
 def _as_date(value) -> date:

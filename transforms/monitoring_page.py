@@ -23,13 +23,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from functools import lru_cache
 from urllib.parse import urlencode
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from .warehouse import load_sql
+from .warehouse import named_queries
 
 SQL_FILE = "monitoring_page.sql"
 STATUSES = ("critical", "warning", "ok", "off_hours")
@@ -51,21 +50,9 @@ STALE_AFTER = timedelta(minutes=15)  # three missed 5-minute checks
 # Reading
 
 
-@lru_cache(maxsize=1)
 def queries() -> dict[str, str]:
     """The named queries of ``sql/monitoring_page.sql`` (``-- name: key`` starts each one)."""
-    out: dict[str, str] = {}
-    name, body = None, []
-    for line in load_sql(SQL_FILE).splitlines() + ["-- name: _end"]:
-        m = re.match(r"^--\s*name:\s*(\w+)\s*$", line)
-        if m:
-            if name:
-                out[name] = "\n".join(body).strip().rstrip(";").strip()
-            name, body = m.group(1), []
-        elif name and not line.lstrip().startswith("--"):
-            # comment lines are dropped: text() would read a ":word" in a comment as a parameter
-            body.append(line)
-    return out
+    return named_queries(SQL_FILE)
 
 
 @dataclass

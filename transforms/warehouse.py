@@ -12,6 +12,7 @@ dialect differences are the two placeholders documented in ``001_core.sql``.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -138,6 +139,23 @@ def current_version(engine: Engine) -> int:
 def load_sql(name: str) -> str:
     """Text of ``sql/<name>`` (queries live in files, not in Python strings)."""
     return (SQL_DIR / name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def named_queries(name: str) -> dict[str, str]:
+    """The named queries of ``sql/<name>`` (``-- name: key`` starts each one; ``;`` optional)."""
+    out: dict[str, str] = {}
+    key, body = None, []
+    for line in load_sql(name).splitlines() + ["-- name: _end"]:
+        m = re.match(r"^--\s*name:\s*(\w+)\s*$", line)
+        if m:
+            if key:
+                out[key] = "\n".join(body).strip().rstrip(";").strip()
+            key, body = m.group(1), []
+        elif key and not line.lstrip().startswith("--"):
+            # comment lines are dropped: text() would read a ":word" in a comment as a parameter
+            body.append(line)
+    return out
 
 
 class Writer:
