@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-SECTIONS = ("parser", "quality", "ingest", "listener", "monitoring", "reporting", "outbound", "claims")
+SECTIONS = ("parser", "quality", "ingest", "listener", "monitoring", "reporting", "outbound", "claims", "routing")
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ class FakeRouter:
     def __init__(self, destinations=("lab",)):
         self.destinations = destinations
 
-    def route(self, raw: bytes) -> list[Result]:
+    def route(self, raw: bytes, facility_charset: str | None = None) -> list[Result]:
         if b"BOOM" in raw:
             raise RuntimeError("router failed on " + raw.decode())  # the text must never be stored
         if b"|SIU^" in raw:

@@ -527,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt2 = rsub2.add_parser("test", help="dry run: which rules match each message, and the bytes each destination gets")
     rt2.add_argument("paths", nargs="+", metavar="FILE")
     rt2.add_argument("--routes", metavar="PATH", help="default: <config>/routes.yaml")
+    rt2.add_argument("--facility-charset", metavar="CODEC", help="fallback codec when MSH-18 is empty")
     rt2.set_defaults(func=cmd_route_test)
 
     sp = sub.add_parser("db", help="warehouse schema")

@@ -276,7 +276,8 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
         for mid, facility, charset, raw in rows:
             raw = bytes(raw)
             try:
-                results = list(router.route(raw))
+                # the codec the loader used (MSH-18 or the facility default) decodes it the same way here
+                results = list(router.route(raw, facility_charset=charset))
             except Exception as exc:  # one message the router cannot handle must not stop the others
                 log.warning("routing failed for message %s: %s", mid, type(exc).__name__)
                 results = [_NoRoute(error=f"ROUTER_ERROR:{type(exc).__name__}")]

@@ -1,0 +1,762 @@
+"""Routing and version transformation (transforms/routing.py, transforms/hl7transform.py).
+
+Messages are built here (project-written, synthetic names). The mapping tables are the real ones
+in config/mappings, so every table is exercised as deployed.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from transforms.config import ConfigError
+from transforms.extract import to_record
+from transforms.hl7transform import (Target, Work, build_outbound, convert, ConvertOptions, load_mapping_table,
+                                     validate_outbound)
+from transforms.parser import Delimiters, parse, unescape
+from transforms.routing import RouteConfig, Router, cli_route_test, compile_predicate
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPPINGS = ROOT / "config" / "mappings"
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+# An EHR's ORM^O01 in 2.5.1 (ORC-7 timing is still allowed in ORM), with two patient identifiers,
+# a CX carrying components 2.3 does not have, a 9-component coded order and an Ewe name.
+ORM_251 = (
+    "MSH|^~\\&|SIH-CHU|CHU-SO|HL7ICS|MOH-TG|20261102083000||ORM^O01^ORM_O01|CHUSO-0100|P|2.5.1|||AL|NE||UNICODE UTF-8\r"
+    "PID|1||CHU000123^^^CHU-SO^MR^^20200101~123456789^^^INAM^MB||Ɖogbé^Ɛnyɔnam^Aŋani^^^^L||19870412|F|||"
+    "Rue 12^^Lomé^Golfe^^TG||+22890123456^PRN^CP\r"
+    "PV1|1|I|MED^12^3^CHU-SO||||D123^Kpodar^Kɔku^^^Dr\r"
+    "ORC|NW|ORD-1001^SIH-CHU|||||^^^20261102090000^^S||20261102083000|||D123^Kpodar^Kɔku^^^Dr\r"
+    "OBR|1|ORD-1001^SIH-CHU||70569-9^TDR paludisme^LN^TDR-PALU^TDR paludisme^L^2.74^^TDR palu|||20261102083000"
+    "||||||||D123^Kpodar^Kɔku^^^Dr\r"
+    "ZPV|1|Chambre 12\r"
+).encode()
+
+# The same order as an OML^O21 with TQ1 timing and SPM specimens, two orders (hl7apy's own group
+# finder misplaces the second ORDER; ours must not).
+OML_251 = (
+    "MSH|^~\\&|SIH-CHU|CHU-SO|HL7ICS|MOH-TG|20261102083000||OML^O21^OML_O21|CHUSO-0101|P|2.5.1|||AL|NE||UNICODE UTF-8\r"
+    "PID|1||CHU000123^^^CHU-SO^MR~123456789^^^INAM^MB||Ɖogbé^Ɛnyɔnam^Aŋani^^^^L||19870412|F\r"
+    "PV1|1|I|MED^12^3^CHU-SO\r"
+    "ORC|NW|ORD-1001^SIH-CHU|||||||20261102083000\r"
+    "TQ1|1|1^mL||||3^d|20261102090000||S^Stat^HL70485\r"
+    "OBR|1|ORD-1001^SIH-CHU||TDR-PALU^TDR paludisme^L|||20261102083000\r"
+    "SPM|1|S1001&SIH-CHU||BLD^Sang total^HL70487|||||||||||||20261102084500\r"
+    "ORC|NW|ORD-1002^SIH-CHU|||||||20261102083000\r"
+    "OBR|2|ORD-1002^SIH-CHU||HGB^Hémoglobine^L|||20261102083000\r"
+    "SPM|1|S1002&SIH-CHU||BLD^Sang total^HL70487\r"
+).encode()
+
+# The legacy lab's result in 2.3: deprecated PID-2/PID-4, ORC-7/OBR-27 timing, OBR-15 specimen,
+# CE results, an escaped ampersand in a note, a Z-segment.
+ORU_23 = (
+    "MSH|^~\\&|SIL-INH|INH-LOME|SIH-CHU|CHU-SO|20261102120000||ORU^R01|INH-0001|P|2.3|||AL|NE||UNICODE UTF-8\r"
+    "PID|1|123456789^^^INAM^MB|CHU000123^^^CHU-SO^MR|INH-77^^^INH-LOME^PI|Ɖogbé^Ɛnyɔnam^Aŋani||19870412|F\r"
+    "PV1|1|I|MED^12^3^CHU-SO\r"
+    "ORC|RE|ORD-1001^SIH-CHU|LAB-5001^SIL-INH||CM||^^^20261102090000^^S\r"
+    "OBR|1|ORD-1001^SIH-CHU|LAB-5001^SIL-INH|TDR-PALU^TDR paludisme^L|||20261102090000|||||||20261102091000|"
+    "BLD&Sang total&HL70487|D123^Kpodar^Kɔku||||||20261102115500|||F||^^^20261102090000^^S\r"
+    "OBX|1|CE|TDR-PALU^TDR paludisme^L||POS^Positif^L||||||F|||20261102115500\r"
+    "OBX|2|NM|HGB^Hémoglobine^L||9.5|g/dL|12-16|L|||F|||20261102115500\r"
+    "NTE|1||Prélèvement hémolysé \\T\\ à contrôler\r"
+    "ZLB|1|poste 2\r"
+).encode()
+
+
+def oru(obx: str, *, facility: str = "CHU-SO", family: str = "Agbéko", given: str = "Noëlle",
+        version: str = "2.5.1", processing: str = "P", control: str = "CHUSO-0300") -> bytes:
+    return (f"MSH|^~\\&|LABSYS|{facility}|HL7ICS|MOH-TG|20261102120000||ORU^R01^ORU_R01|{control}|{processing}|"
+            f"{version}|||AL|NE||UNICODE UTF-8\r"
+            f"PID|1||CHU000555^^^{facility}^MR||{family}^{given}||19900101|F|||Quartier Bè^^Lomé^Golfe^^TG||+22890000000\r"
+            f"PV1|1|O|CONS^1^^{facility}\r"
+            f"OBR|1|ORD-3001^LABSYS|LAB-3001^LABSYS|58410-2^NFS^LN|||20261102110000\r"
+            f"{obx}").encode()
+
+
+RDS = (
+    "MSH|^~\\&|PHARMA|PHARM-ATAKPAME|HL7ICS|MOH-TG|20261102100000||RDS^O13^RDS_O13|PHA-0001|P|2.5|||AL|NE||UNICODE UTF-8\r"
+    "PID|1||PHA000042^^^PHARM-ATAKPAME^MR||Tchalla^Essozimna||19850303|F\r"
+    "ORC|RE|CMD0000009-1^PHARMA|D0000009-1^PHARMA||CM\r"
+    "RXD|1|ALU2012^Artéméther 20 mg + Luméfantrine 120 mg, comprimé^L^LNME-0101^Artéméther^LNME|20261102100000|24|cp|CP|RX9|0\r"
+    "RXR|PO^Orale^HL70162\r"
+).encode()
+
+
+def cfg(tmp_path: Path, routes: str, transforms: str | None = None, name: str = "routes.yaml") -> RouteConfig:
+    (tmp_path / name).write_text(textwrap.dedent(routes).replace("@MAPPINGS@", str(MAPPINGS)), encoding="utf-8")
+    if transforms is not None:
+        (tmp_path / "transforms.yaml").write_text(textwrap.dedent(transforms), encoding="utf-8")
+    return RouteConfig.load(tmp_path / name)
+
+
+BASIC_DESTS = """
+    mappings_dir: @MAPPINGS@
+    destinations:
+      a: {type: folder, path: /tmp/a}
+      b: {type: folder, path: /tmp/b}
+      c: {type: folder, path: /tmp/c}
+"""
+
+
+def router_for(tmp_path, rules: str, transforms: str | None = None, dests: str = BASIC_DESTS) -> Router:
+    return Router(cfg(tmp_path, textwrap.dedent(dests) + "rules:\n" + textwrap.indent(textwrap.dedent(rules), "  "),
+                      transforms))
+
+
+def hits(router: Router, raw: bytes) -> list[tuple[str, str]]:
+    return [(r.rule, r.destination) for r in router.route(raw)]
+
+
+def record(payload: bytes) -> dict:
+    return to_record(parse(payload))
+
+
+def seg(payload: bytes, sid: str, occ: int = 1) -> list[str]:
+    segs = [s for s in parse(payload).segments if s[0] == sid]
+    return segs[occ - 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployed configuration
+def test_deployed_configuration_loads_and_routes_the_story():
+    config = RouteConfig.load(ROOT / "config" / "routes.yaml")
+    router = Router(config)
+    assert {"inh-sil", "dpi-chu-so", "surveillance-dhis2", "lmis-cameg"} <= set(config.destinations)
+    assert {"lab_local_to_loinc", "facility_to_dhis2", "drug_local_to_national"} <= set(config.tables)
+    # EHR order -> legacy lab (2.3) and the archive copy, unchanged for the archive.
+    order = ORM_251.replace("Ɖogbé^Ɛnyɔnam^Aŋani".encode(), "Agbéko^Noëlle^".encode()).replace("Kɔku".encode(), b"Kokou")
+    results = {r.destination: r for r in router.route(order)}
+    assert set(results) == {"inh-sil", "archive-lab-orders"}
+    lab = results["inh-sil"]
+    assert lab.error is None and lab.review is None
+    assert lab.payload.startswith(b"MSH|^~\\&|SIH-CHU|CHU-SO|SIL-INH|INH-LOME|")
+    assert seg(lab.payload, "MSH")[11] == "2.3" and seg(lab.payload, "MSH")[17] == "8859/1"
+    assert "Agbéko".encode("latin-1") in lab.payload
+    pid = seg(lab.payload, "PID")
+    assert pid[3] == "CHU000123^^^CHU-SO^MR"  # one identifier for the SIL ...
+    assert pid[2] == "123456789^^^INAM^MB"  # ... and the insurer's number where it reads it (hook)
+    assert b"ZPV" not in lab.payload
+    assert results["archive-lab-orders"].payload == order
+    # Lab result for a CHU-SO patient -> the EHR (continue) and surveillance.
+    result = ORU_23.replace(b"SIH-CHU|CHU-SO", b"HL7ICS|MOH-TG")
+    assert hits(router, result) == [("inh-results-to-chu-so", "dpi-chu-so"),
+                                    ("notifiable-results-to-surveillance", "surveillance-dhis2")]
+    # Test messages are dropped by the first rule.
+    assert router.route(oru("OBX|1|CWE|70569-9^TDR^LN||POS\r", processing="T")) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule matching
+@pytest.mark.parametrize("predicate, raw, expected", [
+    ("PV1-2 = O", oru(""), True),
+    ("PV1-2 = I", oru(""), False),
+    ("PV1-2 == O", oru(""), True),
+    ("MSH-4 != CHU-SO", oru(""), False),
+    ("MSH-4 != CHU-KARA", oru(""), True),
+    ("OBX-3.1 in [70569-9, 718-7]", oru("OBX|1|NM|718-7^Hb^LN||9\r"), True),
+    ("OBX-3.1 in [70569-9, 718-7]", oru("OBX|1|NM|777-3^Plq^LN||9\r"), False),
+    ("OBX-3.1 not in [70569-9, 718-7]", oru("OBX|1|NM|777-3^Plq^LN||9\r"), True),
+    ("OBX-3.1 not in [70569-9, 718-7]", oru("OBX|1|NM|777-3^Plq^LN||9\rOBX|2|NM|718-7^Hb^LN||9\r"), False),
+    ("OBX-3 in [718-7]", oru("OBX|1|NM|718-7^Hb^LN||9\r"), True),  # a field compares its first component
+    ("OBX-5 matches '^(POS|10828004)'", oru("OBX|1|CWE|70569-9^TDR^LN||10828004^Positif^SCT\r"), True),
+    ("OBX-5 matches '^POS'", oru("OBX|1|CWE|70569-9^TDR^LN||NEG\r"), False),
+    ("OBX-5 not matches '^POS'", oru("OBX|1|CWE|70569-9^TDR^LN||NEG\r"), True),
+    ("OBX exists", oru("OBX|1|NM|718-7^Hb^LN||9\r"), True),
+    ("OBX exists", oru(""), False),
+    ("ZLB not exists", oru(""), True),
+    ("PID-13 exists", oru(""), True),
+    ("PID-19 exists", oru(""), False),
+    ("PID-3.4 = CHU-SO", oru(""), True),
+    ("PID-11.3 = Lomé", oru(""), True),  # accented values compare exactly
+    ("OBX[2]-3.1 = 718-7", oru("OBX|1|NM|777-3^Plq^LN||9\rOBX|2|NM|718-7^Hb^LN||9\r"), True),
+    ("OBX[1]-3.1 = 718-7", oru("OBX|1|NM|777-3^Plq^LN||9\rOBX|2|NM|718-7^Hb^LN||9\r"), False),
+    ("OBX-3[2].1 = HGB", oru("OBX|1|NM|718-7^Hb^LN~HGB^Hb^L||9\r"), True),
+    ("OBX-3[1].1 = HGB", oru("OBX|1|NM|718-7^Hb^LN~HGB^Hb^L||9\r"), False),
+    ("OBX-5 = A&B", oru("OBX|1|ST|X^x^L||A\\T\\B\r"), True),  # compared unescaped
+    ("OBR-15.1.2 = 'Sang total'", oru("").replace(b"|20261102110000\r", b"|20261102110000||||||||BLD&Sang total\r"), True),
+])
+def test_each_operator(predicate, raw, expected):
+    assert compile_predicate(predicate, "t")(parse(raw)) is expected
+
+
+def test_header_criteria_ordering_continue_and_filters(tmp_path):
+    router = router_for(tmp_path, """
+        - name: tests-dropped
+          match: {where: [MSH-11 = T]}
+          to: []
+        - name: kara-results
+          match: {sending_facility: CHU-KARA, message_type: [ORU^R01]}
+          continue: true
+          to: [a]
+        - name: any-oru-new-version
+          match: {message_type: ["ORU^*"], version: [">=2.5"]}
+          to: [b]
+        - name: old-versions
+          match: {version: ["2.3", "2.4"], where_any: [PV1-2 = I, OBX-3.1 = 718-7]}
+          to: [c]
+        - name: never-reached-for-oru
+          match: {message_type: ORU}
+          to: [c]
+    """)
+    assert hits(router, oru("", facility="CHU-KARA")) == [("kara-results", "a"), ("any-oru-new-version", "b")]
+    assert hits(router, oru("")) == [("any-oru-new-version", "b")]  # first match stops
+    assert hits(router, oru("", facility="CHU-KARA", processing="T")) == []  # filtered before anything
+    assert hits(router, oru("OBX|1|NM|718-7^Hb^LN||9\r", version="2.4")) == [("old-versions", "c")]
+    assert hits(router, oru("", version="2.4")) == [("never-reached-for-oru", "c")]  # where_any failed
+    assert hits(router, ORM_251) == []  # no rule: filtered
+    assert [r.name for r in router.match(parse(oru("", facility="CHU-KARA")))] == ["kara-results", "any-oru-new-version"]
+
+
+def test_a_destination_reached_twice_is_built_once(tmp_path):
+    router = router_for(tmp_path, """
+        - name: first
+          match: {message_type: ORU}
+          continue: true
+          to: [a, b]
+        - name: second
+          to: [a]
+    """)
+    assert hits(router, oru("")) == [("first", "a"), ("first", "b")]
+
+
+def test_routing_is_pure(tmp_path):
+    router = router_for(tmp_path, """
+        - name: convert
+          to: [{destination: a, transform: t}]
+    """, """
+        transforms:
+          t:
+            steps:
+              - strip_z: true
+              - set: {field: MSH-5, value: LAB}
+    """, dests=BASIC_DESTS.replace("a: {type: folder, path: /tmp/a}", "a: {type: folder, path: /tmp/a, version: '2.3'}"))
+    msg = parse(ORM_251)
+    before = [list(s) for s in msg.segments]
+    first = router.route(ORM_251, msg)
+    assert first == router.route(ORM_251, msg) == router.route(ORM_251)
+    assert msg.segments == before  # the parsed message is not modified
+    assert first[0].payload is not None and b"ZPV" not in first[0].payload
+
+
+def test_unroutable_message_is_not_routed(tmp_path):
+    router = router_for(tmp_path, """
+        - name: everything
+          to: [a]
+    """)
+    assert router.route(b"PID|1||X\r") == []
+    assert Router.unroutable(parse(b"PID|1||X\r")) == "MISSING_MSH"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration errors name the file, the rule and the key
+ONE_RULE = BASIC_DESTS + """
+    rules:
+      - name: r1
+        match: {message_type: ORU}
+        to: [{destination: a, transform: t1}]
+"""
+T1 = """
+    transforms:
+      t1:
+        steps:
+          - set: {field: MSH-5, value: X}
+"""
+
+
+@pytest.mark.parametrize("routes, transforms, expected", [
+    (ONE_RULE.replace("destination: a", "destination: nowhere"), T1,
+     ["routes.yaml", "rule 'r1'", "to[0].destination", "unknown destination 'nowhere'"]),
+    (ONE_RULE.replace("transform: t1", "transform: t9"), T1,
+     ["routes.yaml", "rule 'r1'", "to[0].transform", "unknown transformation 't9'"]),
+    (ONE_RULE.replace("{message_type: ORU}", "{where: [OBX3.1 = X]}"), T1,
+     ["routes.yaml", "rule 'r1'", "where[0]", "bad field path 'OBX3.1'"]),
+    (ONE_RULE.replace("{message_type: ORU}", "{where: [OBX-3.1 like X]}"), T1,
+     ["routes.yaml", "rule 'r1'", "where[0]", "OP one of"]),
+    (ONE_RULE.replace("{message_type: ORU}", "{where: [OBX-3.1 in 70569-9]}"), T1,
+     ["rule 'r1'", "where[0]", "list in brackets"]),
+    (ONE_RULE.replace("{message_type: ORU}", "{where: [\"OBX-5 matches '(POS'\"]}"), T1,
+     ["rule 'r1'", "where[0]", "bad regular expression"]),
+    (ONE_RULE.replace("{message_type: ORU}", "{where: [OBX exists 1]}"), T1,
+     ["rule 'r1'", "where[0]", "takes no value"]),
+    (ONE_RULE.replace("{message_type: ORU}", "{mesage_type: ORU}"), T1,
+     ["rule 'r1'", "match", "unknown key(s) mesage_type"]),
+    (ONE_RULE.replace("{message_type: ORU}", "{message_type: ORU-R01}"), T1,
+     ["rule 'r1'", "match.message_type"]),
+    (ONE_RULE.replace("{message_type: ORU}", "{version: [2.5.x]}"), T1,
+     ["rule 'r1'", "match.version"]),
+    (ONE_RULE.replace("        to: [{destination: a, transform: t1}]\n", ""), T1,
+     ["rule 'r1'", "missing required key 'to'"]),
+    (ONE_RULE + "      - name: r1\n        to: [a]\n", T1, ["rule 'r1'", "duplicate rule name"]),
+    (ONE_RULE.replace("a: {type: folder, path: /tmp/a}", "a: {type: mllp, host: h}"), T1,
+     ["destination 'a'", "missing required key 'port'"]),
+    (ONE_RULE.replace("a: {type: folder, path: /tmp/a}", "a: {type: fax, path: /tmp/a}"), T1,
+     ["destination 'a'", "type", "'fax' is not one of"]),
+    (ONE_RULE.replace("a: {type: folder, path: /tmp/a}", "a: {type: sftp, conn_id: c, path: /x, password: p}"), T1,
+     ["destination 'a'", "password", "secrets do not belong"]),
+    (ONE_RULE.replace("a: {type: folder, path: /tmp/a}", "a: {type: folder, path: /tmp/a, version: '2.6'}"), T1,
+     ["destination 'a'", "version", "'2.6'"]),
+    (ONE_RULE.replace("a: {type: folder, path: /tmp/a}", "a: {type: folder, path: /tmp/a, charset: klingon}"), T1,
+     ["destination 'a'", "charset", "klingon"]),
+    (ONE_RULE.replace("a: {type: folder, path: /tmp/a}", "a: {type: folder, path: /tmp/a, delimiters: '|^~'}"), T1,
+     ["destination 'a'", "delimiters"]),
+    (ONE_RULE.replace("a: {type: folder, path: /tmp/a}", "a: {type: folder, path: /tmp/a, validate: sometimes}"), T1,
+     ["destination 'a'", "validate"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "set: {field: MSH-12, value: '2.3'}"),
+     ["transforms.yaml", "transform 't1'", "steps[0].set.field", "MSH-12 is the version"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "set: {field: PV1.2, value: I}"),
+     ["transforms.yaml", "transform 't1'", "steps[0].set.field", "bad field path 'PV1.2'"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "map: {field: OBX-3, table: nope}"),
+     ["transforms.yaml", "transform 't1'", "steps[0].map.table", "unknown mapping table 'nope'"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "map: {field: PID-3.1, table: facility_to_dhis2}"),
+     ["transform 't1'", "steps[0].map.field", "patient segment"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "map: {field: OBX-3, table: lab_local_to_loinc, "
+                          "on_unmapped: ignore}"),
+     ["transform 't1'", "steps[0].map.on_unmapped"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "frobnicate: true"),
+     ["transform 't1'", "steps[0]", "exactly one of"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "copy: {from: OBX-3, to: OBX-4.1}"),
+     ["transform 't1'", "steps[0].copy", "nest separators"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "hook: no_such_module_xyz:fn"),
+     ["transform 't1'", "steps[0].hook", "cannot import hook module 'no_such_module_xyz'"]),
+    (ONE_RULE, T1.replace("set: {field: MSH-5, value: X}", "hook: transforms.hl7transform:no_fn"),
+     ["transform 't1'", "steps[0].hook", "has no function 'no_fn'"]),
+])
+def test_configuration_errors_name_file_rule_and_key(tmp_path, routes, transforms, expected):
+    with pytest.raises(ConfigError) as err:
+        cfg(tmp_path, routes, transforms)
+    for part in expected:
+        assert part in str(err.value)
+
+
+def test_mapping_table_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "dup.csv"
+    bad.write_text("source_code,target_code,target_text,target_system\nA,1,un,L\nA,2,deux,L\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"dup.csv: line 3: duplicate source_code 'A'"):
+        load_mapping_table(bad)
+    bad.write_text("code,target\nA,1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"dup.csv: line 1: header must be"):
+        load_mapping_table(bad)
+    bad.write_text("source_code,target_code,target_text,target_system\nA,,un,L\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"line 2: source_code and target_code are required"):
+        load_mapping_table(bad)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"routes.yaml: line \d+ is not valid YAML"):
+        cfg(tmp_path, "destinations: [a\nrules: x\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Version conversion, both ways, fields compared
+def test_orm_251_to_legacy_lab_23():
+    out = build_outbound(parse(ORM_251), Target("lab", "2.3", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert out.error is None, out.error
+    src, dst = record(ORM_251), record(out.payload)
+    msh, pid, orc, obr = (seg(out.payload, s) for s in ("MSH", "PID", "ORC", "OBR"))
+    assert msh[8] == "ORM^O01" and msh[11] == "2.3"  # 2.3 MSH-9 has no structure component
+    assert dst["patient"] == src["patient"]  # id, authority, names, birth date, sex
+    assert dst["patient"]["family_name"] == "Ɖogbé" and dst["patient"]["given_name"] == "Ɛnyɔnam"
+    assert pid[3] == "CHU000123^^^CHU-SO^MR~123456789^^^INAM^MB"  # CX cut to 6 components, both kept
+    assert pid[5] == "Ɖogbé^Ɛnyɔnam^Aŋani^^^^L"
+    assert orc[2] == "ORD-1001^SIH-CHU" and obr[2] == "ORD-1001^SIH-CHU"
+    assert obr[4] == "70569-9^TDR paludisme^LN^TDR-PALU^TDR paludisme^L"  # CWE-style 9 -> CE 6
+    assert orc[7] == "^^^20261102090000^^S" and obr[27] == "^^^20261102090000^^S"
+    assert seg(out.payload, "PV1")[7] == "D123^Kpodar^Kɔku^^^Dr"
+    assert "DROPPED_COMPONENT:OBR-4" in out.notes and "DROPPED_COMPONENT:PID-3" in out.notes
+    assert seg(out.payload, "ZPV") == ["ZPV", "1", "Chambre 12"]  # Z-segments are the transform's call
+
+
+def test_oml_251_with_tq1_and_spm_to_orm_23():
+    out = build_outbound(parse(OML_251), Target("lab", "2.3", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert out.error is None, out.error
+    ids = [s[0] for s in parse(out.payload).segments]
+    assert ids == ["MSH", "PID", "PV1", "ORC", "OBR", "ORC", "OBR"]
+    assert seg(out.payload, "MSH")[8] == "ORM^O01"
+    orc1, obr1, orc2, obr2 = seg(out.payload, "ORC"), seg(out.payload, "OBR"), seg(out.payload, "ORC", 2), seg(out.payload, "OBR", 2)
+    # TQ1: quantity 1 mL, duration 3 days, start, priority S -> TQ in ORC-7 and OBR-27
+    assert orc1[7] == obr1[27] == "1&mL^^D3^20261102090000^^S"
+    assert orc2[7] == obr2[27] == "^^^^^R"  # no timing: HL7's default priority, since 2.3 requires it
+    assert obr1[15] == obr2[15] == "BLD&Sang total&HL70487"  # SPM-4 -> OBR-15.1
+    assert obr1[7] == "20261102083000"  # kept; SPM-17 only fills an empty OBR-7
+    assert (orc1[2], orc2[2]) == ("ORD-1001^SIH-CHU", "ORD-1002^SIH-CHU")
+    assert "MESSAGE_TYPE:OML^O21->ORM^O01" in out.notes and "TQ1->ORC-7/OBR-27" in out.notes
+
+
+def test_lab_oru_23_back_to_251():
+    out = build_outbound(parse(ORU_23), Target("ehr", "2.5.1", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert out.error is None, out.error
+    src, dst = record(ORU_23), record(out.payload)
+    p = parse(out.payload)
+    ids = [s[0] for s in p.segments]
+    assert ids == ["MSH", "PID", "PV1", "ORC", "OBR", "TQ1", "OBX", "OBX", "NTE", "SPM", "ZLB"]
+    msh, pid, obr, tq1, spm = (seg(out.payload, s) for s in ("MSH", "PID", "OBR", "TQ1", "SPM"))
+    assert msh[8] == "ORU^R01^ORU_R01" and msh[11] == "2.5.1"
+    # Identifiers: PID-2 / PID-4 (deprecated in 2.5) join PID-3; the primary one stays first.
+    assert pid[3] == "CHU000123^^^CHU-SO^MR~123456789^^^INAM^MB~INH-77^^^INH-LOME^PI"
+    assert pid[2] == "" and pid[4] == ""
+    assert dst["patient"]["id"] == src["patient"]["id"] == "CHU000123"
+    assert (dst["patient"]["family_name"], dst["patient"]["given_name"]) == ("Ɖogbé", "Ɛnyɔnam")
+    assert pid[5] == "Ɖogbé^Ɛnyɔnam^Aŋani"
+    assert obr[2] == "ORD-1001^SIH-CHU" and obr[3] == "LAB-5001^SIL-INH" and obr[4] == "TDR-PALU^TDR paludisme^L"
+    assert tq1[1] == "1" and tq1[7] == "20261102090000" and tq1[9] == "S"
+    assert seg(out.payload, "ORC")[7:8] in ([], [""]) and (len(obr) <= 27 or obr[27] == "")
+    assert spm[4] == "BLD^Sang total^HL70487" and spm[17] == "20261102090000"
+    # Results: same codes, values, units, flags; CE results are CWE in 2.5.1.
+    keys = ("code", "code_system", "value", "value_numeric", "units", "reference_range", "abnormal_flag", "status")
+    assert [{k: o[k] for k in keys} for o in dst["observations"]] == [{k: o[k] for k in keys} for o in src["observations"]]
+    assert [o["value_type"] for o in dst["observations"]] == ["CWE", "NM"]
+    assert seg(out.payload, "NTE")[3] == "Prélèvement hémolysé \\T\\ à contrôler"  # escape kept as is
+
+
+def test_orm_23_to_oml_251_round_trip_keeps_order_data():
+    down = build_outbound(parse(OML_251), Target("lab", "2.3", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    up = build_outbound(parse(down.payload), Target("ehr", "2.5.1", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert up.error is None, up.error
+    ids = [s[0] for s in parse(up.payload).segments]
+    assert ids == ["MSH", "PID", "PV1", "ORC", "TQ1", "OBR", "SPM", "ORC", "TQ1", "OBR", "SPM"]
+    assert seg(up.payload, "MSH")[8] == "OML^O21^OML_O21"
+    tq1 = seg(up.payload, "TQ1")
+    assert tq1[2] == "1^mL" and tq1[6] == "3^d" and tq1[7] == "20261102090000" and tq1[9] == "S"
+    assert seg(up.payload, "SPM")[4] == "BLD^Sang total^HL70487"
+    assert seg(up.payload, "PID")[5] == "Ɖogbé^Ɛnyɔnam^Aŋani^^^^L"
+
+
+def test_cwe_result_to_ce_keeps_six_components():
+    raw = oru("OBX|1|CWE|70569-9^TDR^LN||10828004^Positif^SCT^POS^Positif^L^20240301^^Positif|||A|||F\r")
+    out = build_outbound(parse(raw), Target("x", "2.3", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert out.error is None, out.error
+    obx = seg(out.payload, "OBX")
+    assert obx[2] == "CE" and obx[5] == "10828004^Positif^SCT^POS^Positif^L"
+
+
+def test_validation_reports_codes_never_values():
+    # An OBR without its required OBR-4 in a message converted to 2.3.
+    raw = ORU_23.replace(b"|LAB-5001^SIL-INH|TDR-PALU^TDR paludisme^L|", b"|LAB-5001^SIL-INH||")
+    out = build_outbound(parse(raw), Target("ehr", "2.5.1", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert out.payload is None
+    assert out.error.startswith("VALIDATION_FAILED 2.5.1 ORU_R01") and "OBR.OBR_4" in out.error
+    assert "Ɖogbé" not in out.error and "CHU000123" not in out.error
+    # A segment 2.5.1 does not allow where it stands.
+    bad = parse(OML_251).segments
+    bad.insert(2, ["OBX", "1", "NM", "718-7"])
+    assert validate_outbound(bad, Delimiters(), "2.5.1", "OML_O21")[0].startswith("SEGMENT_ORDER OBX#3")
+
+
+def test_hl7apy_group_and_choice_defects_are_not_inherited():
+    # Two ORDER groups with specimens (hl7apy's greedy finder puts the second in PRIOR_RESULT) and
+    # an ORM^O01 whose OBR is one alternative of a choice (hl7apy requires every alternative).
+    assert validate_outbound(parse(OML_251).segments, Delimiters(), "2.5.1", "OML_O21") == []
+    orm_23 = build_outbound(parse(OML_251), Target("lab", "2.3", "utf-8", "UNICODE UTF-8", validate="never"),
+                            None, "r", {})
+    assert validate_outbound(parse(orm_23.payload).segments, Delimiters(), "2.3", "ORM_O01") == []
+
+
+def test_unsupported_conversion_is_an_error():
+    raw = oru("", version="2.2")
+    out = build_outbound(parse(raw), Target("x", "2.5.1"), None, "r", {})
+    assert out.payload is None and out.error == "UNSUPPORTED_CONVERSION: 2.2 -> 2.5.1"
+    out = build_outbound(parse(RDS), Target("x", "2.3"), None, "r", {})  # RDS^O13 appeared in 2.4
+    assert out.payload is None and out.error == "UNSUPPORTED_STRUCTURE: RDS_O13 does not exist in 2.3"
+
+
+def test_convert_options_keep_orm_and_pick_identifier():
+    work = Work.from_message(parse(ORU_23.replace(b"ORU^R01", b"ORM^O01").replace(b"ORC|RE", b"ORC|NW")))
+    convert(work, "2.5.1", ConvertOptions(message_types=(("ORM^O01", "ORM^O01"),),
+                                          patient_ids=(("INAM",), "first", None)))
+    assert work.segments[0][8] == "ORM^O01^ORM_O01"
+    pid = next(s for s in work.segments if s[0] == "PID")
+    assert pid[3] == "123456789^^^INAM^MB"
+    assert "DROPPED_REPETITION:PID-3" in work.notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping tables (each deployed table), review, field edits
+TABLES = """
+    transforms:
+      surveillance:
+        steps:
+          - map: {field: OBX-3, table: lab_local_to_loinc, source_system: L}
+          - map: {field: MSH-4.1, table: facility_to_dhis2, into: MSH-4.2}
+          - set: {field: MSH-4.3, value: L}
+          - remove: [PID-11.1, PID-13]
+          - remove_segments: [NTE]
+          - strip_z: true
+      lmis:
+        steps:
+          - map: {field: RXD-2, table: drug_local_to_national, source_system: L}
+          - map: {field: MSH-4.1, table: facility_to_dhis2}
+      lenient:
+        steps:
+          - map: {field: OBX-3, table: lab_local_to_loinc, source_system: L, on_unmapped: keep}
+      strict:
+        steps:
+          - map: {field: OBX-3, table: lab_local_to_loinc, source_system: L, on_unmapped: error}
+      edits:
+        steps:
+          - copy: {from: OBR-2.1, to: OBR-3.1}
+          - copy: {from: PV1-3.4, to: MSH-6}
+          - set: {field: OBR-18, value: "A^B|C"}
+          - set: {field: PV1-2, value: X, if_empty: true}
+"""
+TABLE_RULES = """
+    - name: rds
+      match: {message_type: RDS}
+      to: [{destination: a, transform: lmis}]
+    - name: lenient
+      match: {where: [MSH-10 = LENIENT]}
+      to: [{destination: a, transform: lenient}]
+    - name: strict
+      match: {where: [MSH-10 = STRICT]}
+      to: [{destination: a, transform: strict}]
+    - name: edits
+      match: {where: [MSH-10 = EDITS]}
+      to: [{destination: a, transform: edits}]
+    - name: oru
+      match: {message_type: ORU}
+      to: [{destination: b, transform: surveillance}]
+"""
+
+
+def test_lab_codes_mapped_to_loinc_and_facility_to_dhis2(tmp_path):
+    router = router_for(tmp_path, TABLE_RULES, TABLES)
+    raw = oru("OBX|1|NM|HGB^Hémoglobine^L||9.5|g/dL|12-16|L|||F\r"
+              "OBX|2|CWE|70569-9^TDR^LN^TDR-PALU^TDR paludisme^L^2.74^^TDR palu||POS|||A|||F\r"
+              "OBX|3|NM|718-7^Hb^LN||9.5\r"
+              "NTE|1||commentaire\rZLB|1\r")
+    [res] = router.route(raw)
+    assert res.error is None and res.review is None
+    p = res.payload
+    assert seg(p, "OBX")[3] == "718-7^Hémoglobine^LN^HGB^Hémoglobine^L"
+    assert seg(p, "OBX", 2)[3] == "70569-9^TDR paludisme (Ag Plasmodium)^LN^TDR-PALU^TDR paludisme^L^^^TDR palu"
+    assert seg(p, "OBX", 3)[3] == "718-7^Hb^LN"  # already LOINC, no local code: untouched
+    assert seg(p, "MSH")[3] == "CHU-SO^TG-LC-GOL-CHUSO^L"
+    pid = seg(p, "PID")
+    assert pid[11] == "^^Lomé^Golfe^^TG" and (len(pid) <= 13 or pid[13] == "")
+    assert pid[5] == "Agbéko^Noëlle"
+    assert b"NTE" not in p and b"ZLB" not in p
+
+
+def test_drug_codes_mapped_to_national_list(tmp_path):
+    router = router_for(tmp_path, TABLE_RULES, TABLES)
+    [res] = router.route(RDS)
+    assert res.error is None and res.review is None
+    assert seg(res.payload, "RXD")[2] == ("LNME-0101^Artéméther 20 mg + Luméfantrine 120 mg, comprimé^LNME^"
+                                          "ALU2012^Artéméther 20 mg + Luméfantrine 120 mg, comprimé^L")
+    assert seg(res.payload, "MSH")[3] == "TG-PL-OGO-PHA"
+
+
+def test_unmapped_code_holds_the_message_for_review(tmp_path):
+    router = router_for(tmp_path, TABLE_RULES, TABLES)
+    raw = oru("OBX|1|NM|DENS-PF^Densité parasitaire^L||1200|/uL\rOBX|2|NM|HGB^Hb^L||9\rOBX|3|NM|DENS-PF^D^L||3\r")
+    [res] = router.route(raw)
+    assert res.payload is None and res.error is None
+    assert res.review == [("lab_local_to_loinc", "DENS-PF")]  # once, however many OBX carry it
+    assert res.outcome == "review"
+    assert "Agbéko" not in repr(res)
+    # on_unmapped: keep sends it unchanged; error refuses it with the table's name only.
+    [kept] = router.route(raw.replace(b"|CHUSO-0300|", b"|LENIENT|"))
+    assert kept.review is None and seg(kept.payload, "OBX")[3] == "DENS-PF^Densité parasitaire^L"
+    [refused] = router.route(raw.replace(b"|CHUSO-0300|", b"|STRICT|"))
+    assert refused.payload is None and refused.error == "UNMAPPED_CODE: lab_local_to_loinc (OBX-3)"
+
+
+def test_unmapped_drug_is_reviewed(tmp_path):
+    router = router_for(tmp_path, TABLE_RULES, TABLES)
+    [res] = router.route(RDS.replace(b"ALU2012^", b"QUININE300^"))
+    assert res.review == [("drug_local_to_national", "QUININE300")]
+
+
+def test_set_copy_if_empty_and_escaping(tmp_path):
+    router = router_for(tmp_path, TABLE_RULES, TABLES)
+    [res] = router.route(oru("").replace(b"|CHUSO-0300|", b"|EDITS|"))
+    obr, msh = seg(res.payload, "OBR"), seg(res.payload, "MSH")
+    assert obr[3] == "ORD-3001^LABSYS"
+    assert msh[5] == "CHU-SO"
+    assert obr[18] == "A\\S\\B\\F\\C" and unescape(obr[18]) == "A^B|C"
+    assert seg(res.payload, "PV1")[2] == "O"  # if_empty: not overwritten
+
+
+# ---------------------------------------------------------------------------------------------
+# Charsets and delimiters
+def test_utf8_to_latin1_keeps_a_name_that_fits():
+    raw = oru("OBX|1|NM|718-7^Hb^LN||9\r", family="Agbéko", given="Noëlle")
+    out = build_outbound(parse(raw), Target("x", "keep", "iso-8859-1", "8859/1"), None, "r", {})
+    assert out.error is None
+    assert "Agbéko^Noëlle".encode("latin-1") in out.payload and "Agbéko".encode() not in out.payload
+    back = parse(out.payload)
+    assert back.codec == "iso-8859-1" and back.segments[0][17] == "8859/1"
+    assert record(out.payload)["patient"]["family_name"] == "Agbéko"
+    assert record(out.payload)["patient"]["given_name"] == "Noëlle"
+
+
+def test_name_that_latin1_cannot_hold_is_an_error_not_mojibake():
+    raw = oru("OBX|1|NM|718-7^Hb^LN||9\r", family="Ɖogbé", given="Ɛnyɔnam")
+    out = build_outbound(parse(raw), Target("x", "keep", "iso-8859-1", "8859/1"), None, "r", {})
+    assert out.payload is None
+    assert out.error == "CHARSET_UNREPRESENTABLE: PID-5 cannot be encoded in iso-8859-1"
+    assert "Ɖ" not in out.error and "?" not in out.error
+
+
+def test_latin1_sender_to_utf8_receiver():
+    raw = oru("", family="Kpémissi", given="Séna").decode().replace("UNICODE UTF-8", "8859/1").encode("latin-1")
+    out = build_outbound(parse(raw), Target("x", "keep", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert "Kpémissi^Séna".encode() in out.payload and seg(out.payload, "MSH")[17] == "UNICODE UTF-8"
+    # \Xhh\ escapes are bytes of the message's charset: Latin-1 E9 is UTF-8 C3A9.
+    escaped = raw.replace(b"Quartier B\xe8", b"Quartier B\\XE8\\")
+    out = build_outbound(parse(escaped), Target("x", "keep", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert seg(out.payload, "PID")[11].startswith("Quartier B\\XC3A8\\^")
+    assert record(out.payload)["patient"]["family_name"] == "Kpémissi"
+
+
+def test_delimiter_change_escapes_new_delimiters():
+    raw = oru("OBX|1|ST|X^x^L||50 @ 3 \\T\\ 100% #2\r")
+    out = build_outbound(parse(raw), Target("x", "keep", None, None, Delimiters("!", "@", "#", "$", "%")),
+                         None, "r", {})
+    p = parse(out.payload)
+    assert out.payload.startswith(b"MSH!@#$%!LABSYS!CHU-SO!")
+    assert p.delims == Delimiters("!", "@", "#", "$", "%")
+    obx = [s for s in p.segments if s[0] == "OBX"][0]
+    assert unescape(obx[5], p.delims) == "50 @ 3 & 100% #2"
+    assert obx[3] == "X@x@L"
+    assert [s for s in p.segments if s[0] == "PID"][0][5] == "Agbéko@Noëlle"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks
+HOOK_MODULE = '''
+from transforms.parser import escape, unescape
+from transforms.hl7transform import get_field, set_field
+
+def upper_family(segments, ctx):
+    d = ctx.delimiters
+    for s in segments:
+        if s[0] == "PID":
+            comps = get_field(s, 5).split(d.component)
+            comps[0] = escape(unescape(comps[0], d).upper(), d)
+            set_field(s, 5, d.component.join(comps))
+    ctx.note("FAMILY_UPPER:" + ctx.params["why"])
+
+def needs_review(segments, ctx):
+    ctx.review("ward_codes", "MED")
+
+def explodes(segments, ctx):
+    raise ValueError("patient Agbéko is broken")
+
+def replaces(segments, ctx):
+    return [s for s in segments if s[0] in ("MSH", "PID")]
+
+def empties(segments, ctx):
+    return []
+'''
+
+
+@pytest.fixture
+def hook_module(tmp_path, monkeypatch):
+    name = f"routing_hooks_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(HOOK_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_hooks(tmp_path, hook_module):
+    transforms = f"""
+        transforms:
+          upper:
+            steps:
+              - hook: {hook_module}:upper_family
+                params: {{why: lab}}
+          review:
+            steps:
+              - hook: {hook_module}:needs_review
+          boom:
+            steps:
+              - hook: {hook_module}:explodes
+          replace:
+            steps:
+              - hook: {hook_module}.replaces
+          empty:
+            steps:
+              - hook: {hook_module}:empties
+    """
+    router = router_for(tmp_path, """
+        - name: r
+          to: [{destination: a, transform: upper}, {destination: b, transform: review},
+               {destination: c, transform: boom}, {destination: a, transform: replace},
+               {destination: b, transform: empty}]
+    """, transforms)
+    up, rev, boom, rep, empty = router.route(oru("", family="Ɖogbé"))
+    assert seg(up.payload, "PID")[5] == "ƉOGBÉ^Noëlle" and "FAMILY_UPPER:lab" in up.notes
+    assert rev.payload is None and rev.review == [("ward_codes", "MED")]
+    assert boom.payload is None and boom.error == f"HOOK_FAILED: {hook_module}:explodes (ValueError)"
+    assert [s[0] for s in parse(rep.payload).segments] == ["MSH", "PID"]
+    assert empty.payload is None and empty.error.startswith(f"HOOK_FAILED: {hook_module}:empties (returned")
+
+
+def test_builtin_hook_copies_the_insurer_number(tmp_path):
+    router = router_for(tmp_path, """
+        - name: r
+          to: [{destination: a, transform: t}]
+    """, """
+        transforms:
+          t:
+            steps:
+              - hook: transforms.hl7transform:hook_insurer_id_to_pid2
+                params: {authority: INAM}
+    """)
+    [res] = router.route(ORM_251)
+    assert seg(res.payload, "PID")[2] == "123456789^^^INAM^MB"
+
+
+# ---------------------------------------------------------------------------------------------
+# hl7ics route test
+def test_route_test_cli(tmp_path, capsys):
+    routes = tmp_path / "cli" / "routes.yaml"
+    routes.parent.mkdir()
+    cfg(routes.parent, textwrap.dedent(BASIC_DESTS).replace("c: {type: folder, path: /tmp/c}",
+                                           "c: {type: folder, path: /tmp/c, version: '2.3', charset: utf-8}")
+        + "rules:\n" + textwrap.indent(textwrap.dedent(TABLE_RULES), "  ")
+        + "  - name: orders\n    match: {message_type: [OML^O21]}\n    to: [c]\n", TABLES)
+    good = tmp_path / "good.hl7"
+    good.write_bytes(OML_251 + oru("OBX|1|NM|HGB^Hb^L||9\r") + ORM_251)
+    rc = cli_route_test(argparse.Namespace(file=str(good), routes=str(routes)))
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "rules: orders (stop)" in out and "rules: oru (stop)" in out
+    assert "-> c [no transformation]" in out and "HL7 2.3" in out
+    assert "\nMSH|^~\\&|SIH-CHU|CHU-SO|HL7ICS|MOH-TG|20261102083000||ORM^O01|CHUSO-0101|P|2.3" in out
+    assert "\nORC|NW|ORD-1001^SIH-CHU|||||1&mL^^D3^20261102090000^^S||20261102083000\n" in out
+    assert "\r" not in out
+    assert "no rule matched: filtered" in out  # ORM_251 has no rule here
+    assert "notes: MESSAGE_TYPE:OML^O21->ORM^O01" in out
+    assert "summary: 3 messages: 2 routed, 1 filtered, 0 need review, 0 failed" in out
+
+    bad = tmp_path / "bad.hl7"
+    bad.write_bytes(oru("OBX|1|NM|DENS-PF^D^L||9\r") + RDS.replace(b"ALU2012^", b"QUININE300^"))
+    rc = cli_route_test(argparse.Namespace(file=str(bad), routes=str(routes)))
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "REVIEW held, unmapped codes: lab_local_to_loinc:DENS-PF" in out
+    assert "REVIEW held, unmapped codes: drug_local_to_national:QUININE300" in out
+    assert "summary: 2 messages: 0 routed, 0 filtered, 2 need review, 0 failed" in out
+
+
+def test_route_test_cli_reports_errors_without_values(tmp_path):
+    routes = tmp_path / "routes.yaml"
+    cfg(tmp_path, textwrap.dedent(BASIC_DESTS).replace("a: {type: folder, path: /tmp/a}",
+                                      "a: {type: folder, path: /tmp/a, charset: iso-8859-1}")
+        + "rules:\n  - name: all\n    to: [a]\n")
+    f = tmp_path / "m.hl7"
+    f.write_bytes(b"garbage without header\r" + oru("", family="Ɖogbé"))
+    buf = io.StringIO()
+    rc = cli_route_test(argparse.Namespace(file=str(f), routes=str(routes), out=buf))
+    out = buf.getvalue()
+    assert rc == 1
+    assert "ERROR CHARSET_UNREPRESENTABLE: PID-5 cannot be encoded in iso-8859-1" in out
+    assert "ERROR unroutable: MISSING_MSH" in out
+    assert "Ɖogbé" not in out
+    assert "summary: 2 messages: 0 routed, 0 filtered, 0 need review, 2 failed" in out
