@@ -95,3 +95,10 @@ SELECT o.stage, o.reason, COUNT(*) AS n, MIN(o.created_at) AS oldest_at
    AND (CAST(:facility AS TEXT) IS NULL OR o.facility_code = CAST(:facility AS TEXT))
  GROUP BY o.stage, o.reason
  ORDER BY n DESC, o.reason, o.stage;
+
+-- name: outbound_by_destination
+-- Routed copies waiting, retrying, dead or delivered, per destination (never payloads).
+SELECT destination, status, COUNT(*) AS n, MIN(created_at) AS oldest_at
+  FROM outbound_queue
+ GROUP BY destination, status
+ ORDER BY destination, status;

@@ -551,3 +551,22 @@ def test_stale_banner_and_safe_links():
     assert mp._safe_link("https://airflow/log?x=1") and mp._safe_link("/dags/x")
     for bad in ("javascript:alert(1)", "JAVASCRIPT:x", "//evil.example/x", "data:text/html,x", None):
         assert mp._safe_link(bad) is None, bad
+
+
+def test_outbound_delivery_is_shown_per_destination(warehouse_url, hl7ics_home):
+    """Issue 9: every hop is visible in the monitoring page (routed copies per destination)."""
+    from transforms.monitoring_page import fetch, render_page
+    from transforms.warehouse import Writer, get_engine, utcnow
+
+    eng = get_engine(warehouse_url)
+    now = utcnow()
+    rows = [(i, "r1", dest, f"patient:{i % 2}", b"MSH|", f"C{i}", st, 1, now, now, now)
+            for i, (dest, st) in enumerate([("lab-inh", "delivered"), ("lab-inh", "dead"), ("lab-inh", "pending"),
+                                            ("ehr-<chu>", "delivered")], start=1)]
+    with eng.begin() as c:
+        Writer(c).copy("outbound_queue", ("message_id", "route", "destination", "order_key", "payload", "control_id",
+                                          "status", "attempts", "next_attempt_at", "created_at", "updated_at"), rows)
+    page = render_page(fetch(eng))
+    assert 'data-destination="lab-inh"' in page and "ehr-&lt;chu&gt;" in page and "<chu>" not in page
+    row = page.split('data-destination="lab-inh"')[1].split("</tr>")[0]
+    assert [c.split(">")[-1] for c in row.split("</td>")[1:5]] == ["1", "0", "1", "1"]

@@ -69,6 +69,7 @@ class PageData:
     alerts: list[dict] = field(default_factory=list)       # open alerts, latest first (at most 50)
     alerts_total: int = 0
     reasons: list[dict] = field(default_factory=list)      # open quarantine per stage and reason
+    outbound: list[dict] = field(default_factory=list)     # routed copies per destination and status
 
 
 def interface_key(facility_code: str, source: str, message_type: str) -> str:
@@ -164,7 +165,7 @@ def fetch(engine: Engine, region: str | None = None, facility: str | None = None
 
     return PageData(checked_at=_ts(checked_raw), now=_ts(now), region=region, facility=facility,
                     facilities=facilities, interfaces=interfaces, hours=hours, hourly=hourly, days=days,
-                    alerts=alerts, alerts_total=total, reasons=reasons)
+                    alerts=alerts, alerts_total=total, reasons=reasons, outbound=_outbound(engine))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,6 +330,39 @@ def alerts_table(rows: list[dict], total: int) -> str:
             f'<th>Message</th><th></th></tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
+def _outbound(engine: Engine) -> list[dict]:
+    """Routed copies per destination and status (a small table; never message content)."""
+    with engine.connect() as c:
+        rows = c.execute(text(q_outbound())).all()
+    out: dict[str, dict] = {}
+    for dest, status, n, oldest in rows:
+        d = out.setdefault(dest, {"destination": dest, "oldest_open_at": None})
+        d[status] = int(n)
+        if status in ("pending", "sending", "failed") and oldest is not None:
+            o = _ts(oldest)
+            d["oldest_open_at"] = min(filter(None, (d["oldest_open_at"], o)))
+    return [out[k] for k in sorted(out)]
+
+
+def q_outbound() -> str:
+    return queries()["outbound_by_destination"]
+
+
+def outbound_table(rows: list[dict]) -> str:
+    if not rows:
+        return '<p class="empty" id="no-outbound">Aucun routage configuré ou aucun message routé / Nothing routed.</p>'
+    cells = []
+    for r in rows:
+        dead = r.get("dead", 0)
+        cells.append(f'<tr data-destination="{esc(r["destination"])}"><td>{esc(r["destination"])}</td>'
+                     f'<td>{r.get("pending", 0) + r.get("sending", 0)}</td><td>{r.get("failed", 0)}</td>'
+                     f'<td class="{"dead" if dead else ""}">{dead}</td><td>{r.get("delivered", 0)}</td>'
+                     f'<td>{esc(r["oldest_open_at"] or "")}</td></tr>')
+    return ('<table id="outbound"><thead><tr><th>Destination</th><th>En attente<br>Pending</th>'
+            '<th>En échec<br>Failed (retrying)</th><th>Lettres mortes<br>Dead letters</th><th>Livrés<br>Delivered</th>'
+            '<th>Plus ancien ouvert<br>Oldest open (UTC)</th></tr></thead><tbody>' + "".join(cells) + "</tbody></table>")
+
+
 def reasons_table(rows: list[dict]) -> str:
     if not rows:
         return '<p class="empty" id="no-quarantine">Aucun message en quarantaine / Nothing in quarantine.</p>'
@@ -452,5 +486,9 @@ quarantined (red) per hour over 24 h.</p>
 {alerts_table(data.alerts, data.alerts_total)}
 <h2>Quarantaine ouverte par motif / Open quarantine by reason</h2>
 {reasons_table(data.reasons)}
+<h2>Livraison sortante / Outbound delivery</h2>
+<p class="note">Chaque message routé, par destination (message_route relie chaque message reçu à ses copies et
+leurs accusés) / Each routed copy by destination (message_route traces every hop to its ACK).</p>
+{outbound_table(data.outbound)}
 </body></html>
 """
