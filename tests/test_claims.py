@@ -555,3 +555,33 @@ def test_private_insurer_dag_end_to_end(dagbag, hl7ics_home, tmp_path):
     assert scalar(eng, "SELECT COUNT(*) FROM claim_extract") == 1
     assert [r["corrections_pending"] for r in status(eng, "GTA-C2A")] == [1]
     assert scalar(eng, "SELECT status FROM claim WHERE visit_number = 'VM1'") == "corrected"
+
+
+def test_extract_is_delivered_to_the_insurers_sftp_and_a_wrong_host_key_is_refused(ingestor, loaded, tmp_path,
+                                                                                     monkeypatch):
+    """Issue 8: delivery to a real SFTP server on loopback; a server with another key gets nothing."""
+    from sftp_support import SftpServer
+
+    from transforms.sftp import SftpHostKeyError
+
+    eng = ingestor.engine
+    build_claims(eng, CFG, d(10, 6))
+    res = extract(eng, CFG, "INAM", "2026-W45", tmp_path / "claims", d(10, 6))
+    with SftpServer(tmp_path / "inam-sftp") as srv:
+        (srv.root / "claims").mkdir()
+        wrong = srv.connection("/")
+        wrong["extra"] = {**wrong["extra"], "host_key": SftpServer(tmp_path / "other").host_key_line}
+        wrong["extra"].pop("known_hosts", None)
+        monkeypatch.setenv("AIRFLOW_CONN_HL7ICS_SFTP_INAM_TEST", json.dumps(wrong))
+        with pytest.raises(SftpHostKeyError):
+            deliver_extract(eng, res.extract_id, {"type": "sftp", "conn_id": "hl7ics_sftp_inam_test",
+                                                  "path": "/claims"})
+        assert not list((srv.root / "claims").iterdir())
+        assert scalar(eng, "SELECT COUNT(*) FROM claim WHERE sent_sha256 IS NOT NULL") == 0
+        monkeypatch.setenv("AIRFLOW_CONN_HL7ICS_SFTP_INAM_TEST", json.dumps(srv.connection("/")))
+        dl = deliver_extract(eng, res.extract_id, {"type": "sftp", "conn_id": "hl7ics_sftp_inam_test",
+                                                   "path": "/claims"})
+        assert dl["status"] == "delivered" and "sftp://127.0.0.1" in dl["target"]
+        delivered = {p.name: p.read_bytes() for p in (srv.root / "claims").iterdir()}
+        assert delivered == {p.name: p.read_bytes() for p in res.files}
+        assert rows(eng, "SELECT status FROM claim_delivery ORDER BY id") == [("failed",), ("delivered",)]

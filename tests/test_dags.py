@@ -264,3 +264,32 @@ def test_moh_reporting_end_to_end(dagbag, hl7ics_home):
     assert len({r.split(",")[2] for r in first["moh_completeness"]}) == len(s.facilities())
     assert str(dagbag.get_dag("moh_reporting").test().state).endswith("success")
     assert snapshot() == first
+
+
+def test_immediately_notifiable_disease_alerts_from_the_monitoring_run(dagbag, hl7ics_home):
+    """A cholera admission arrives: the next interface_monitoring run raises one critical alert
+    with facility and district, never the patient; the run after that raises nothing new."""
+    from datetime import datetime
+
+    from transforms.config import Settings
+    from transforms.warehouse import get_engine
+
+    now = datetime.utcnow()
+    ts = now.strftime("%Y%m%d%H%M%S")
+    inbox = hl7ics_home / "data" / "inbound" / "CHU-KARA"
+    inbox.mkdir(parents=True)
+    (inbox / "adt.hl7").write_bytes((
+        f"MSH|^~\\&|SIH|CHU-KARA|HL7ICS|MOH|{ts}||ADT^A01|CH-1|P|2.5\r"
+        f"EVN|A01|{ts}\rPID|1||K77^^^CHU-KARA^MR||Ŋɔtsé^Abla||19900101|F\r"
+        f"PV1|1|I|INF||||||||||||||||VK77|||||||||||||||||||||||||{ts}\r"
+        "DG1|1||A00.9^Choléra^I10||\r").encode("utf-8"))
+    assert str(dagbag.get_dag("facility_batch_ingest").test().state).endswith("success")
+    for _ in range(2):
+        assert str(dagbag.get_dag("interface_monitoring").test().state).endswith("success")
+    with get_engine(Settings.load().warehouse_url).connect() as c:
+        alerts = c.execute(text("SELECT facility_code, severity, message FROM ops_alert "
+                                "WHERE alert_key LIKE 'idsr:%'")).all()
+        notes = c.execute(text("SELECT disease, district, cases FROM idsr_notification")).all()
+    assert len(alerts) == 1 and alerts[0][:2] == ("CHU-KARA", "critical")
+    assert "Kozah" in alerts[0][2] and "Ŋɔtsé" not in alerts[0][2] and "K77" not in alerts[0][2]
+    assert [tuple(n) for n in notes] == [("CHOLERA", "Kozah", 1)]

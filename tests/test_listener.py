@@ -412,3 +412,22 @@ def test_case_16_disk_full_is_never_aa(tmp_path, hl7ics_home):
         asyncio.run_coroutine_threadsafe(listener.stop(grace=1), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
+
+
+def test_concurrent_copies_on_postgresql_store_once(tmp_path, pg_url, hl7ics_home):
+    """Two group commits run at once on PostgreSQL: the same message sent on many connections at the
+    same moment is still stored once, and every sender gets the same acceptance."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lp = ListenerProcess(tmp_path, pg_url).start()
+    try:
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            acks = list(pool.map(lambda i: msa(exchange(lp.port, hl7("SAME-1") if i % 2 else hl7(f"U-{i}"))),
+                                 range(48)))
+    finally:
+        assert lp.terminate() == 0
+    assert all(a and a[0] == "AA" for a in acks)
+    with get_engine(pg_url).connect() as c:
+        same = c.execute(text("SELECT COUNT(*) FROM message_store WHERE control_id = 'SAME-1'")).scalar()
+        total = c.execute(text("SELECT COUNT(*) FROM message_store")).scalar()
+    assert same == 1 and total == 25

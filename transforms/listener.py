@@ -14,6 +14,7 @@ connections are committed in groups (one transaction, one fsync) to keep through
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ class ListenerConfig:
     tls_client_ca: str | None = None
     supported_types: frozenset = frozenset()
     heartbeat_seconds: float = 15.0  # uptime heartbeat and ACK-latency flush (monitoring, SLA)
+    commit_parallel: int = 2  # PostgreSQL: group commits in flight at once (measured best at 2)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, **overrides) -> "ListenerConfig":
@@ -149,50 +151,67 @@ class GroupCommitter:
     """Commits queued messages from every connection in one transaction per group, in a thread
     (the database drivers block), and resolves each message's future only after the commit."""
 
-    def __init__(self, engine, max_group: int, loop: asyncio.AbstractEventLoop):
+    def __init__(self, engine, max_group: int, loop: asyncio.AbstractEventLoop, parallel: int = 2):
         self.engine = engine
         self.max_group = max_group
         self.loop = loop
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.instance = uuid.uuid4().hex[:12]
-        self.seq = 0
+        self.seq = itertools.count(1)  # next() is atomic: two commit threads never share a ref
         self.task: asyncio.Task | None = None
+        # PostgreSQL: two groups in flight, so one group's work overlaps the other's commit (the
+        # fsync). SQLite allows one writer at a time; a second group would only wait for the lock.
+        self.parallel = max(1, parallel) if engine.dialect.name == "postgresql" else 1
 
     def start(self) -> None:
         self.task = self.loop.create_task(self._run())
 
     async def submit(self, p: Pending):
         p.future = self.loop.create_future()
+        p.csha = content_sha256(p.raw)
         await self.queue.put(p)
         return await p.future
 
+    @staticmethod
+    def _keys(group: list[Pending]) -> set[tuple]:
+        return {(p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha)
+                for p in group if p.rec and p.status == "received"}
+
     async def _run(self) -> None:
+        inflight: dict[asyncio.Task, set[tuple]] = {}
         while True:
             first = await self.queue.get()
             group = [first]
             while len(group) < self.max_group and not self.queue.empty():
                 group.append(self.queue.get_nowait())
-            try:
-                results = await asyncio.to_thread(self._commit, group)
-            except Exception as exc:
-                _jlog(logging.ERROR, "storage_failure", error=type(exc).__name__, messages=len(group))
-                for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            for p, r in zip(group, results):
+            keys = self._keys(group)
+            # A duplicate must see the earlier copy committed: a group sharing a key with one in
+            # flight waits for it, and so does any group once the in-flight limit is reached.
+            while inflight and (len(inflight) >= self.parallel or any(keys & k for k in inflight.values())):
+                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    inflight.pop(t, None)
+            inflight[self.loop.create_task(self._commit_group(group))] = keys
+
+    async def _commit_group(self, group: list[Pending]) -> None:
+        try:
+            results = await asyncio.to_thread(self._commit, group)
+        except Exception as exc:
+            _jlog(logging.ERROR, "storage_failure", error=type(exc).__name__, messages=len(group))
+            for p in group:
                 if not p.future.done():
-                    p.future.set_result(r)
+                    p.future.set_exception(exc)
+            return
+        for p, r in zip(group, results):
+            if not p.future.done():
+                p.future.set_result(r)
 
     def _commit(self, group: list[Pending]) -> list[tuple[str, bytes | None]]:
         """Returns per message ("stored", ack) or ("duplicate", stored_ack)."""
         now = utcnow()
         with self.engine.begin() as conn:
             w = Writer(conn)
-            for p in group:
-                p.csha = content_sha256(p.raw)
-            keys = {(p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha)
-                    for p in group if p.rec and p.status == "received"}
+            keys = self._keys(group)
             existing: dict[tuple, bytes | None] = {}
             cids = sorted({k[1] for k in keys if k[1]})
             for i in range(0, len(cids), 500):
@@ -222,11 +241,11 @@ class GroupCommitter:
             ids = w.allocate_ids("message_store", len(to_store))
             rows, acks, quarantine = [], [], []
             for p, mid in zip(to_store, ids):
-                self.seq += 1
+                seq = next(self.seq)
                 r = p.rec or {}
                 rows.append((mid, p.facility or "UNKNOWN", r.get("sending_facility"), r.get("sending_application"),
                              r.get("control_id"), r.get("message_type"), r.get("trigger_event"), r.get("version"),
-                             None, now, "mllp", f"mllp:{self.instance}:{self.seq}", None,
+                             None, now, "mllp", f"mllp:{self.instance}:{seq}", None,
                              r.get("sha256") or _sha(p.raw), p.raw, len(p.raw), r.get("charset"), p.status,
                              "; ".join(f"{c}@{loc}" for c, loc in p.reasons) or None, None, now, p.csha))
                 if p.ack is not None:
@@ -281,7 +300,7 @@ class Listener:
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
-        self.committer = GroupCommitter(self.engine, self.cfg.group_commit_max, loop)
+        self.committer = GroupCommitter(self.engine, self.cfg.group_commit_max, loop, self.cfg.commit_parallel)
         self.committer.start()
         if self.tls is None:
             self.server = await asyncio.start_server(self._handle, self.cfg.host, self.cfg.port, limit=1 << 20)

@@ -33,6 +33,11 @@ def check_interfaces() -> dict:
 
     s = settings()
     cfg = MonitoringConfig.load(s.config_dir / "monitoring.yaml")
+    if not cfg.disk_paths:
+        import dataclasses
+
+        # Without a list, watch the disks the service itself fills: its home and the drop folders.
+        cfg = dataclasses.replace(cfg, disk_paths=tuple(sorted({str(s.home), str(s.data_dir)})))
     engine = get_engine(s.warehouse_url)
     now = _now()
     result = evaluate(engine, s.facilities(), now, cfg)
