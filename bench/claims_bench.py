@@ -11,12 +11,11 @@ import os
 import shutil
 import statistics
 import tempfile
-import uuid
 from datetime import date, datetime
 from pathlib import Path
 
 from .common import median_time, table
-from .ingest_bench import _drop_pg, _fresh_pg, _pg_available
+from .ingest_bench import loaded_warehouses
 
 MONTH = date(2026, 10, 1)
 NOW = datetime(2026, 11, 15, 6)  # every period of October is over and its claims have settled
@@ -55,7 +54,6 @@ def run(quick: bool = False) -> dict:
     from transforms import generator
     from transforms.claims import build_claims, extract, load_insurers
     from transforms.config import Settings
-    from transforms.ingest import Ingestor
 
     per_day = 800 if quick else 3000
     runs = 1 if quick else 3
@@ -68,53 +66,37 @@ def run(quick: bool = False) -> dict:
         manifest = generator.generate(Path(d) / "gen", _facilities(settings), days=31, seed=23, per_day=per_day,
                                       start=MONTH, broken_share=0.0, messages_per_file=5000)
         files = sorted((Path(d) / "gen" / "inbound").rglob("*.hl7"))
-        backends = [("SQLite", "sqlite")] + ([("PostgreSQL", "postgresql")] if _pg_available() else [])
-        for label, kind in backends:
-            name = None
-            if kind == "sqlite":
-                url = f"sqlite:///{d}/w-{uuid.uuid4().hex[:6]}.db"
-            else:
-                name, url = _fresh_pg()
-            try:
-                os.environ["HL7ICS_HOME"] = f"{d}/home"
-                os.environ["HL7ICS_DQ"] = "off"  # the set-up is not what is measured
-                ing = Ingestor(Settings.load(warehouse_url=url), run_id="bench-claims")
-                ing.sync_facilities()
-                ing.ingest_files([(f, f.parent.name) for f in files])
-                os.environ.pop("HL7ICS_DQ", None)
-                eng = ing.engine
-                with eng.connect() as c:
-                    charges = c.execute(text("SELECT COUNT(*) FROM fact_charge")).scalar()
-                out_dir = Path(d) / "claims"
-                times = {"build": [], "extract": [], "rebuild": []}
-                last: dict = {}
-                for _ in range(runs):
-                    with eng.begin() as c:
-                        for t in _CLAIM_TABLES:
-                            c.execute(text(f"DELETE FROM {t}"))
-                    shutil.rmtree(out_dir, ignore_errors=True)
+        for label, kind, ing in loaded_warehouses(files, d, "bench-claims"):
+            eng = ing.engine
+            with eng.connect() as c:
+                charges = c.execute(text("SELECT COUNT(*) FROM fact_charge")).scalar()
+            out_dir = Path(d) / "claims"
+            times = {"build": [], "extract": [], "rebuild": []}
+            last: dict = {}
+            for _ in range(runs):
+                with eng.begin() as c:
+                    for t in _CLAIM_TABLES:
+                        c.execute(text(f"DELETE FROM {t}"))
+                shutil.rmtree(out_dir, ignore_errors=True)
 
-                    def build():
-                        last["build"] = build_claims(eng, cfg, NOW)
+                def build():
+                    last["build"] = build_claims(eng, cfg, NOW)
 
-                    def extracts():
-                        last["extracts"] = [extract(eng, cfg, code, p, out_dir, NOW) for code, p in periods]
+                def extracts():
+                    last["extracts"] = [extract(eng, cfg, code, p, out_dir, NOW) for code, p in periods]
 
-                    times["build"].append(median_time(build, 1))
-                    times["extract"].append(median_time(extracts, 1))
-                    times["rebuild"].append(median_time(build, 1))
-                med = {k: statistics.median(v) for k, v in times.items()}
-                claims = {code: sum(e.claims for e in last["extracts"] if e.insurer == code) for code in cfg.codes}
-                total = med["build"] + med["extract"]
-                results[kind] = {"seconds_build": med["build"], "seconds_extract": med["extract"],
-                                 "seconds_rebuild_unchanged": med["rebuild"], "seconds_total": total,
-                                 "messages": manifest["messages"], "charges": charges, "claims": claims,
-                                 "extracts": len(periods)}
-                rows.append([label, manifest["messages"], charges, " / ".join(str(claims[c]) for c in cfg.codes),
-                             len(periods), med["build"], med["extract"], med["rebuild"], total])
-            finally:
-                if name:
-                    _drop_pg(name)
+                times["build"].append(median_time(build, 1))
+                times["extract"].append(median_time(extracts, 1))
+                times["rebuild"].append(median_time(build, 1))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            claims = {code: sum(e.claims for e in last["extracts"] if e.insurer == code) for code in cfg.codes}
+            total = med["build"] + med["extract"]
+            results[kind] = {"seconds_build": med["build"], "seconds_extract": med["extract"],
+                             "seconds_rebuild_unchanged": med["rebuild"], "seconds_total": total,
+                             "messages": manifest["messages"], "charges": charges, "claims": claims,
+                             "extracts": len(periods)}
+            rows.append([label, manifest["messages"], charges, " / ".join(str(claims[c]) for c in cfg.codes),
+                         len(periods), med["build"], med["extract"], med["rebuild"], total])
     print(table(f"Insurer claims: build + extract a month of national traffic ({per_day} messages/day, DFT-heavy), "
                 f"median of {runs} runs (target: under 30 s)",
                 ["warehouse", "messages", "charges", f"claims {' / '.join(cfg.codes)}", "extracts", "build s",

@@ -113,3 +113,30 @@ def run(quick: bool = False) -> dict:
                     [[k, v] for k, v in mem.items()]))
         results["memory"] = mem
     return results
+
+
+def loaded_warehouses(files: list[Path], d: str, run_id: str):
+    """For each available backend, a throwaway warehouse loaded with ``files``; yields
+    (label, kind, ingestor) and drops it afterwards. Validation is off: the set-up is not measured."""
+    from transforms.config import Settings
+    from transforms.ingest import Ingestor
+
+    backends = [("SQLite", "sqlite")] + ([("PostgreSQL", "postgresql")] if _pg_available() else [])
+    for label, kind in backends:
+        name = None
+        if kind == "sqlite":
+            url = f"sqlite:///{d}/w-{uuid.uuid4().hex[:6]}.db"
+        else:
+            name, url = _fresh_pg()
+        try:
+            os.environ["HL7ICS_HOME"] = f"{d}/home"
+            os.environ["HL7ICS_DQ"] = "off"
+            ing = Ingestor(Settings.load(warehouse_url=url), run_id=run_id)
+            ing.sync_facilities()
+            ing.ingest_files([(f, f.parent.name) for f in files])
+            os.environ.pop("HL7ICS_DQ", None)
+            yield label, kind, ing
+        finally:
+            os.environ.pop("HL7ICS_DQ", None)
+            if name:
+                _drop_pg(name)

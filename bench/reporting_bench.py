@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
 from .common import median_time, table
-from .ingest_bench import _drop_pg, _fresh_pg, _pg_available
+from .ingest_bench import loaded_warehouses
 
 
 def run(quick: bool = False) -> dict:
     from transforms import generator
     from transforms.config import Settings
-    from transforms.ingest import Ingestor
     from transforms.reporting import IdsrConfig, build
 
     days = 30 if quick else 365
@@ -33,31 +31,15 @@ def run(quick: bool = False) -> dict:
                                       seed=17, per_day=per_day, start=first, broken_share=0.0,
                                       messages_per_file=5000)
         files = sorted((Path(d) / "gen" / "inbound").rglob("*.hl7"))
-        backends = [("SQLite", "sqlite")] + ([("PostgreSQL", "postgresql")] if _pg_available() else [])
-        for label, kind in backends:
-            name = None
-            if kind == "sqlite":
-                url = f"sqlite:///{d}/w-{uuid.uuid4().hex[:6]}.db"
-            else:
-                name, url = _fresh_pg()
-            try:
-                os.environ["HL7ICS_HOME"] = f"{d}/home"
-                os.environ["HL7ICS_DQ"] = "off"  # the set-up is not what is measured
-                ing = Ingestor(Settings.load(warehouse_url=url), run_id="bench-reporting")
-                ing.sync_facilities()
-                ing.ingest_files([(f, f.parent.name) for f in files])
-                os.environ.pop("HL7ICS_DQ", None)
-                out = {}
+        for label, kind, ing in loaded_warehouses(files, d, "bench-reporting"):
+            out = {}
 
-                def rebuild():
-                    out["r"] = build(ing.engine, cfg, first, last)
-                t = median_time(rebuild, runs)
-                r = out["r"]
-                results[kind] = {"seconds": t, "weeks": len(r.weeks), "cases": r.cases}
-                rows.append([label, manifest["messages"], len(r.weeks), r.cases, t])
-            finally:
-                if name:
-                    _drop_pg(name)
+            def rebuild():
+                out["r"] = build(ing.engine, cfg, first, last)
+            t = median_time(rebuild, runs)
+            r = out["r"]
+            results[kind] = {"seconds": t, "weeks": len(r.weeks), "cases": r.cases}
+            rows.append([label, manifest["messages"], len(r.weeks), r.cases, t])
     print(table(f"MoH reporting rebuild ({days} days of traffic, all facilities), median of {runs} runs "
                 f"(target: a year in under 60 s on PostgreSQL)",
                 ["warehouse", "messages", "ISO weeks", "IDSR cases", "seconds"], rows))
