@@ -1,7 +1,9 @@
-"""Headless Chromium for the page tests (reports, bulletin): one call, a private profile each time."""
+"""Helpers of the page tests: headless Chromium (one call, a private profile each time) and a
+parser of the HTML the service renders."""
 from __future__ import annotations
 
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 
@@ -12,3 +14,25 @@ def run_chromium(chromium: str, profile: Path, *args: str, window: str = "1280,1
          "--force-device-scale-factor=1", f"--user-data-dir={profile}", "--no-first-run",
          "--disable-extensions", f"--window-size={window}", *args],
         capture_output=True, text=True, timeout=120, check=False)
+
+
+class Elements(HTMLParser):
+    """Every start tag of a page with its decoded attributes, and the page's text."""
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_startendtag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def find(self, tag: str, cls: str | None = None) -> list[dict]:
+        return [a for t, a in self.elements if t == tag and (cls is None or cls in (a.get("class") or "").split())]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta, timezone
-from html.parser import HTMLParser
+from browser_support import Elements
 from pathlib import Path
 
 import pytest
@@ -38,28 +38,6 @@ def daily(engine) -> list[tuple]:
         rows = c.execute(text("SELECT day, facility_code, table_name, expectation, severity, evaluated, failed, "
                               "failure_rate FROM dq_daily ORDER BY day, facility_code, table_name, expectation")).all()
     return [(str(r[0])[:10], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), round(float(r[7]), 6)) for r in rows]
-
-
-class Elements(HTMLParser):
-    """Every start tag with its decoded attributes, and the page's text."""
-
-    def __init__(self, page: str):
-        super().__init__(convert_charrefs=True)
-        self.elements: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-        self.feed(page)
-
-    def handle_starttag(self, tag, attrs):
-        self.elements.append((tag, dict(attrs)))
-
-    def handle_startendtag(self, tag, attrs):
-        self.elements.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-    def find(self, tag: str, cls: str | None = None) -> list[dict]:
-        return [a for t, a in self.elements if t == tag and (cls is None or cls in (a.get("class") or "").split())]
 
 
 # --------------------------------------------------------------------------------------------------

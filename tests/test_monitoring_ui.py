@@ -18,7 +18,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from html.parser import HTMLParser
+from browser_support import Elements
 from pathlib import Path
 
 import pytest
@@ -148,23 +148,8 @@ def seed(engine) -> list[tuple]:
     return rows
 
 
-class Page(HTMLParser):
-    """Start tags with decoded attributes, the text, and the text of each element with an id."""
-
-    def __init__(self, page: str):
-        super().__init__(convert_charrefs=True)
-        self.elements: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-        self.feed(page)
-
-    def handle_starttag(self, tag, attrs):
-        self.elements.append((tag, dict(attrs)))
-
-    def handle_startendtag(self, tag, attrs):
-        self.elements.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
+class Page(Elements):
+    """The parsed page, plus the text of all of it and the table rows of one class."""
 
     @property
     def all_text(self) -> str:
