@@ -196,8 +196,10 @@ class Loader:
             if rec["status"] != "error":
                 try:
                     facts = extract_facts(msg, rec, facility, tz, _PLACEHOLDER, self.keyer, now)
-                    check = message_row(msg, rec, facility)
-                    ctx = (rec.get("message_type"), rec.get("trigger_event"), _utc(rec.get("message_datetime"), tz))
+                    if self.quality.enabled:  # only the data-quality suites read these
+                        check = message_row(msg, rec, facility)
+                        ctx = (rec.get("message_type"), rec.get("trigger_event"),
+                               _utc(rec.get("message_datetime"), tz))
                 except Exception as exc:
                     fact_error = type(exc).__name__
             out.append(Prepared(it, _slim(rec, it.raw), facility, tz, facts, fact_error, check, ctx))
