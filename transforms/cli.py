@@ -16,6 +16,16 @@ from pathlib import Path
 from .config import ConfigError, Settings
 
 
+def _delegate(module: str, function: str):
+    """A command whose whole body lives in ``transforms.<module>.<function>(args)``; imported on
+    use, so ``hl7ics parse`` never pays for the claims or routing code."""
+    def run(args) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), function)(args)
+    return run
+
+
 def _settings(args) -> Settings:
     return Settings.load(getattr(args, "config", None), getattr(args, "warehouse", None))
 
@@ -307,36 +317,6 @@ def cmd_db_roles(args) -> int:
     return 0
 
 
-def cmd_outbound_status(args) -> int:
-    from .outbound import cli_status
-
-    return cli_status(args)
-
-
-def cmd_outbound_retry(args) -> int:
-    from .outbound import cli_retry
-
-    return cli_retry(args)
-
-
-def cmd_route_test(args) -> int:
-    from .routing import cli_route_test
-
-    return cli_route_test(args)
-
-
-def cmd_claims_extract(args) -> int:
-    from .claims import cli_extract
-
-    return cli_extract(args)
-
-
-def cmd_claims_status(args) -> int:
-    from .claims import cli_status
-
-    return cli_status(args)
-
-
 def cmd_db_insurer_roles(args) -> int:
     from .claims import load_insurers
     from .insurer_access import create_insurer_roles
@@ -504,23 +484,23 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--out", metavar="DIR", help="default: <data dir>/claims")
     ce.add_argument("--reason", metavar="R", help="required for a correction (a new version of the period)")
     ce.add_argument("--warehouse", metavar="URL")
-    ce.set_defaults(func=cmd_claims_extract)
+    ce.set_defaults(func=_delegate("claims", "cli_extract"))
     cs = csub.add_parser("status", help="periods, versions, deliveries and corrections")
     cs.add_argument("--insurer", metavar="CODE")
     cs.add_argument("--warehouse", metavar="URL")
-    cs.set_defaults(func=cmd_claims_status)
+    cs.set_defaults(func=_delegate("claims", "cli_status"))
 
     sp = sub.add_parser("outbound", help="outbound delivery queue (routed messages)")
     osub = sp.add_subparsers(dest="outbound_command", required=True)
     st = osub.add_parser("status", help="per destination: pending, delivered, failed and dead letters")
     st.add_argument("--warehouse", metavar="URL")
-    st.set_defaults(func=cmd_outbound_status)
+    st.set_defaults(func=_delegate("outbound", "cli_status"))
     rt = osub.add_parser("retry", help="requeue a message (ID) or the dead letters")
     rt.add_argument("id", nargs="?", metavar="ID")
     rt.add_argument("--dead-letter", action="store_true")
     rt.add_argument("--destination", metavar="D")
     rt.add_argument("--warehouse", metavar="URL")
-    rt.set_defaults(func=cmd_outbound_retry)
+    rt.set_defaults(func=_delegate("outbound", "cli_retry"))
 
     sp = sub.add_parser("route", help="routing rules")
     rsub2 = sp.add_subparsers(dest="route_command", required=True)
@@ -528,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt2.add_argument("paths", nargs="+", metavar="FILE")
     rt2.add_argument("--routes", metavar="PATH", help="default: <config>/routes.yaml")
     rt2.add_argument("--facility-charset", metavar="CODEC", help="fallback codec when MSH-18 is empty")
-    rt2.set_defaults(func=cmd_route_test)
+    rt2.set_defaults(func=_delegate("routing", "cli_route_test"))
 
     sp = sub.add_parser("db", help="warehouse schema")
     dsub = sp.add_subparsers(dest="db_command", required=True)
