@@ -40,7 +40,7 @@ def _drop_pg(name: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _ingest_all(url: str, files: list[Path], home: str) -> int:
+def _ingest_all(url: str, files: list[Path], home: str, workers: int = 1) -> int:
     from transforms.config import Settings
     from transforms.ingest import Ingestor
 
@@ -48,7 +48,7 @@ def _ingest_all(url: str, files: list[Path], home: str) -> int:
     ing = Ingestor(Settings.load(warehouse_url=url), run_id=f"bench-{uuid.uuid4().hex[:6]}")
     ing.sync_facilities()
     # As the DAG's load task does: one facility's files together.
-    return sum(r.counts.messages for r in ing.ingest_files([(f, f.parent.name) for f in files]))
+    return sum(r.counts.messages for r in ing.ingest_files([(f, f.parent.name) for f in files], workers))
 
 
 def _generate(out: Path, n: int) -> tuple[list[Path], int]:

@@ -352,3 +352,22 @@ def test_to_utc_explicit_offset_beats_zone():
 ])
 def test_parse_dtm_then_to_utc(value, utc):
     assert to_utc(parse_dtm(value)) == utc
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(y=st.integers(990, 3010), mo=st.integers(0, 13), d=st.integers(0, 32), h=st.integers(0, 25),
+       mi=st.integers(0, 61), s=st.integers(0, 61))
+def test_full_second_fast_path_agrees_with_the_general_rules(y, mo, d, h, mi, s):
+    """The 14-digit shortcut accepts and rejects exactly what the general parser does (a
+    leading space forces the general path, which strips it)."""
+    from transforms.datetimes import InvalidDate, _parse_slow
+
+    value = f"{y:04d}{mo:02d}{d:02d}{h:02d}{mi:02d}{s:02d}"
+
+    def outcome(v):
+        try:
+            return _parse_slow(v)
+        except InvalidDate:
+            return "invalid"
+
+    assert outcome(value) == outcome(" " + value)

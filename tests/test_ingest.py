@@ -287,6 +287,7 @@ def test_crash_mid_file_resumes_without_duplicates(ingestor, tmp_path, monkeypat
     import transforms.ingest as ingest_mod
 
     monkeypatch.setattr(ingest_mod, "BATCH_SIZE", 10)
+    monkeypatch.setattr(ingest_mod, "VALIDATION_CHUNK", 10)  # one transaction per batch of 10
     body = "".join(adt(f"X-{i}", "A01", "20261102080000", visit=f"V{i}") for i in range(35))
     f = write(tmp_path / "big.hl7", body)
     real = ingestor.loader.write

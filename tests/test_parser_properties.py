@@ -180,6 +180,25 @@ def test_units_concatenate_to_input_single_read(data):
     assert [k for k, _, _ in units[1:]].count("FRAGMENT") == 0  # only leading junk can be a fragment
 
 
+_HEAD_PIECES = st.lists(st.sampled_from([b"MSH", b"FHS", b"BHS", b"BTS", b"FTS", b"\r", b"\n", b"|", b"A", b"1",
+                                          b" ", b"^", b"MS", b"H", BOM]), max_size=14).map(b"".join)
+
+
+@ROBUST
+@given(buf=_HEAD_PIECES)
+@example(buf=b"x\r" + BOM + b"MSH|")
+@example(buf=b"x" + BOM + b"MSH|")
+@example(buf=b"x\rMSH")
+def test_unit_starts_match_the_reference_pattern(buf):
+    """The find-based scan for message and batch starts finds exactly what the regex finds."""
+    from transforms.parser import _HEAD, _START, _starts
+
+    expected = [m.start() + 1 for m in _START.finditer(buf)]
+    if _HEAD.match(buf):
+        expected.insert(0, 0)
+    assert _starts(buf) == expected
+
+
 def _no_second_leading_bom(data: bytes) -> bool:
     """Excludes the known repeated-BOM bug (test_repeated_leading_bom_does_not_depend_on_chunk_size)."""
     return _leading_stripped(data)[:3] != BOM

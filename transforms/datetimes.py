@@ -43,7 +43,20 @@ def parse_dtm(value: str) -> str:
 _CACHE: dict[str, str] = {}
 
 
+_DAYS_TEXT = ("31", "29", "31", "30", "31", "30", "31", "31", "30", "31", "30", "31")
+
+
 def _parse_slow(value: str) -> str:
+    v = value
+    if len(v) == 14 and v.isdigit() and v.isascii():
+        # The common full-second form, checked on the digit pairs as text (same rules as below;
+        # two-digit strings compare like their numbers). A day has more distinct seconds than
+        # the cache holds, so this path is hot.
+        mo, d = v[4:6], v[6:8]
+        if ("1000" <= v[:4] <= "2999" and "01" <= mo <= "12" and "01" <= d <= _DAYS_TEXT[int(mo) - 1]
+                and v[8:10] <= "23" and v[10:12] <= "59" and v[12:14] <= "59"
+                and not (mo == "02" and d == "29" and not _leap(int(v[:4])))):
+            return f"{v[:4]}-{mo}-{d}T{v[8:10]}:{v[10:12]}:{v[12:14]}"
     s = value.strip()
     offset = ""
     for sign in ("+", "-"):

@@ -95,6 +95,42 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def partition_by_facility(specs: list[tuple], workers: int) -> list[list[int]]:
+    """Spread file specs over at most ``workers`` groups of spec indexes, whole facilities at a
+    time (a facility's files stay in order in one group), balancing bytes; [] groups dropped."""
+    by_fac: dict = {}
+    for i, spec in enumerate(specs):
+        by_fac.setdefault(spec[1], []).append(i)
+    if workers <= 1 or len(by_fac) <= 1:
+        return [list(range(len(specs)))] if specs else []
+
+    def size(i: int) -> int:
+        try:
+            return Path(specs[i][0]).stat().st_size
+        except OSError:
+            return 0
+
+    weighted = sorted(by_fac.values(), key=lambda ix: -sum(size(i) for i in ix))
+    bins: list[tuple[int, list[int]]] = [(0, []) for _ in range(min(workers, len(by_fac)))]
+    for ix in weighted:
+        k = min(range(len(bins)), key=lambda b: bins[b][0])
+        bins[k] = (bins[k][0] + sum(size(i) for i in ix), bins[k][1] + ix)
+    return [sorted(b) for _, b in bins if b]
+
+
+# The forked workers of ``Ingestor._ingest_parallel`` find their ingestor here (fork copies it).
+_PARALLEL: "tuple[Ingestor, list[tuple]] | None" = None
+
+
+def _ingest_group(indexes: list[int]) -> tuple[list[tuple[int, FileResult]], list[dict]]:
+    ing, specs = _PARALLEL
+    # The parent's pooled connections must not be shared: this process opens its own.
+    ing.engine.dispose(close=False)
+    ing.loader.dq_breaches = []
+    done = ing.ingest_files([specs[i] for i in indexes])
+    return list(zip(indexes, done)), ing.loader.dq_breaches
+
+
 def folder_of(settings: Settings, source_path: str) -> Path:
     p = Path(source_path)
     return p if p.is_absolute() else settings.data_dir / p
@@ -149,26 +185,34 @@ class Ingestor:
         """Store and load one file. ``facility_code`` None means "trust MSH-4" (hand-run ingest)."""
         return self.ingest_files([(path, facility_code, source, original_name)])[0]
 
-    def ingest_files(self, specs: list[tuple]) -> list[FileResult]:
+    def ingest_files(self, specs: list[tuple], workers: int = 1) -> list[FileResult]:
         """Store and load files given as ``(path, facility_code[, source[, original_name]])``.
+
+        ``workers`` > 1 loads different facilities' files in that many processes at once (see
+        ``_ingest_parallel``); one facility's files always stay in one process, in order.
 
         Messages are validated in chunks of up to ``VALIDATION_CHUNK`` across files (the cost of a
         data-quality run is mostly per expectation, not per row), then committed one batch per
         transaction in file order; a file's ledger entry is closed once all its batches are
         committed, so an interrupted run resumes exactly where it stopped.
         """
+        groups = partition_by_facility(specs, workers)
+        if len(groups) > 1:
+            return self._ingest_parallel(specs, groups)
         results: list[FileResult | None] = [None] * len(specs)
         pending: list[tuple[_FileJob, list]] = []
         waiting: list[tuple[int, _FileJob]] = []
 
         def flush() -> None:
             self.loader.validate([p for _, b in pending for p in b])
-            for job, b in pending:
-                with self.engine.begin() as conn:
+            # One transaction for the whole chunk: a commit is an fsync, and a file's ledger entry
+            # only counts what is committed, so a crash still resumes at the right message.
+            with self.engine.begin() as conn:
+                for job, b in pending:
                     job.counts.add(self.loader.write(conn, b))
+                for i, job in waiting:  # files whose last message is in this chunk
+                    results[i] = self._finish(conn, job)
             pending.clear()
-            for i, job in waiting:
-                results[i] = self._finish(job)
             waiting.clear()
 
         for i, spec in enumerate(specs):
@@ -183,6 +227,29 @@ class Ingestor:
             waiting.append((i, job))
         flush()
         self.loader.flush_alerts(self.engine)
+        return results
+
+    def _ingest_parallel(self, specs: list[tuple], groups: list[list[int]]) -> list[FileResult]:
+        """Each group of spec indexes in its own forked process; results back in spec order.
+
+        Why processes: parsing is CPU-bound Python, and on PostgreSQL the writes of different
+        facilities do not contend (each transaction's upserts are in key order, so no deadlock);
+        on SQLite the writers take turns on the database lock while the others parse.
+        """
+        import multiprocessing
+
+        global _PARALLEL
+        _PARALLEL = (self, specs)
+        try:
+            with multiprocessing.get_context("fork").Pool(len(groups)) as pool:
+                outs = pool.map(_ingest_group, groups, chunksize=1)
+        finally:
+            _PARALLEL = None
+        results: list[FileResult | None] = [None] * len(specs)
+        for done, breaches in outs:
+            for i, r in done:
+                results[i] = r
+            self.loader.dq_breaches.extend(breaches)
         return results
 
     def ingest_messages(self, items: list[Incoming]) -> Counts:
@@ -255,14 +322,14 @@ class Ingestor:
             if batch:
                 yield batch
 
-    def _finish(self, job: "_FileJob") -> FileResult:
+    def _finish(self, conn, job: "_FileJob") -> FileResult:
+        """Close the file's ledger entry in the transaction that commits its last messages."""
         status = "quarantined" if (job.envelope_problem or job.sniff is not None) else "done"
         err = job.sniff.code if job.sniff else ("BATCH_ENVELOPE" if job.envelope_problem else None)
-        with self.engine.begin() as conn:
-            conn.execute(text(
-                "UPDATE ingested_file SET status = :st, messages = :m, error = :e, completed_at = :t, "
-                "lease_owner = NULL, lease_until = NULL WHERE sha256 = :s"),
-                {"st": status, "m": job.index + 1, "e": err, "t": utcnow(), "s": job.sha})
+        conn.execute(text(
+            "UPDATE ingested_file SET status = :st, messages = :m, error = :e, completed_at = :t, "
+            "lease_owner = NULL, lease_until = NULL WHERE sha256 = :s"),
+            {"st": status, "m": job.index + 1, "e": err, "t": utcnow(), "s": job.sha})
         return FileResult(job.name, job.sha, status, job.counts, err)
 
     def _renew(self, sha: str) -> None:

@@ -368,13 +368,10 @@ class Loader:
         """(sending facility, control ID) -> [(id, content hash, status)] of stored, unquarantined rows."""
         cids = sorted({p.rec.get("control_id") for p in prepared if p.rec.get("control_id")})
         out: dict[tuple, list] = {}
-        for i in range(0, len(cids), 900):
-            chunk = cids[i:i + 900]
-            rows = w.query("SELECT id, sending_facility, control_id, COALESCE(content_sha256, sha256), status "
-                           "FROM message_store WHERE control_id IN (" + ", ".join("?" * len(chunk))
-                           + ") AND status <> 'quarantined'", chunk)
-            for mid, sf, cid, sha, status in rows:
-                out.setdefault((sf, cid), []).append((mid, sha, status))
+        for mid, sf, cid, sha, status in w.query_in(
+                "SELECT id, sending_facility, control_id, COALESCE(content_sha256, sha256), status "
+                "FROM message_store WHERE {match} AND status <> 'quarantined'", "control_id", cids):
+            out.setdefault((sf, cid), []).append((mid, sha, status))
         return out
 
     def _write_facts(self, conn: Connection, w: Writer, facts: dict[str, list], now: str) -> None:
@@ -423,13 +420,11 @@ class Loader:
         cols = ", ".join(COLUMNS["encounter_event"])
         grouped: dict[tuple, list] = {}
         for fac, vs in by_fac.items():
-            for i in range(0, len(vs), 900):
-                chunk = vs[i:i + 900]
-                for r in w.query(f"SELECT {cols} FROM encounter_event WHERE facility_code = ? AND visit_number IN ("
-                                 + ", ".join("?" * len(chunk)) + ")", [fac, *chunk]):
-                    # PostgreSQL returns datetimes, SQLite strings: fold on one representation.
-                    grouped.setdefault((r[1], r[2]), []).append(
-                        tuple(_ts_text(v) if i in (4, 8, 9) else v for i, v in enumerate(r)))
+            for r in w.query_in(f"SELECT {cols} FROM encounter_event WHERE facility_code = ? AND {{match}}",
+                                "visit_number", vs, [fac]):
+                # PostgreSQL returns datetimes, SQLite strings: fold on one representation.
+                grouped.setdefault((r[1], r[2]), []).append(
+                    tuple(_ts_text(v) if i in (4, 8, 9) else v for i, v in enumerate(r)))
         rows = []
         for evs in grouped.values():
             state = fold_encounter(evs)
