@@ -7,6 +7,7 @@ PostgreSQL tests skip with the reason.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -59,23 +60,47 @@ def pg_server():
     return PG_ADMIN_URL
 
 
-@pytest.fixture
-def pg_url(pg_server):
-    """A throwaway PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def _throwaway_pg():
     import psycopg
 
     name = f"hl7ics_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    yield url
-    from transforms.warehouse import _ENGINES, normalize_url
+    try:
+        yield url
+    finally:
+        from transforms.warehouse import _ENGINES, normalize_url
 
-    eng = _ENGINES.pop(normalize_url(url), None)
-    if eng is not None:
-        eng.dispose()
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        eng = _ENGINES.pop(normalize_url(url), None)
+        if eng is not None:
+            eng.dispose()
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A throwaway PostgreSQL database for one test, dropped afterwards."""
+    with _throwaway_pg() as url:
+        yield url
+
+
+@pytest.fixture
+def second_warehouse_url(warehouse_url, tmp_path):
+    """Another empty warehouse of the same kind as ``warehouse_url`` (to compare two loads)."""
+    if warehouse_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'second.db'}"
+        yield url
+        from transforms.warehouse import _ENGINES
+
+        eng = _ENGINES.pop(url, None)
+        if eng is not None:
+            eng.dispose()
+        return
+    with _throwaway_pg() as url:
+        yield url
 
 
 @pytest.fixture

@@ -96,6 +96,53 @@ def test_generated_traffic_every_message_one_state_and_rerun_is_a_no_op(ingestor
     assert checksum(eng) == before
 
 
+def _content(engine) -> dict:
+    """What a load means, without ids and clock times (which depend on the order of work)."""
+    return {
+        "messages": rows(engine, "SELECT source_ref, status, sha256, control_id, flags, error FROM message_store "
+                                 "ORDER BY source_ref"),
+        "quarantine": rows(engine, "SELECT m.source_ref, q.stage, q.reason FROM quarantine q JOIN message_store m "
+                                   "ON m.id = q.message_id ORDER BY 1, 2, 3"),
+        "files": rows(engine, "SELECT sha256, facility_code, status, messages FROM ingested_file ORDER BY sha256"),
+        "encounters": rows(engine, "SELECT facility_code, visit_number, patient_key, admit_at, discharge_at, "
+                                   "last_event FROM fact_encounter ORDER BY 1, 2"),
+        "results": rows(engine, "SELECT facility_code, placer_order_number, test_code, value, patient_key "
+                                "FROM fact_lab_result ORDER BY 1, 2, 3, 4"),
+        "patients": rows(engine, "SELECT patient_key, sex, birth_year FROM dim_patient ORDER BY 1"),
+        "charges": rows(engine, "SELECT facility_code, patient_key, amount FROM fact_charge ORDER BY 1, 2, 3"),
+    }
+
+
+def test_parallel_ingest_loads_what_one_process_loads(warehouse_url, second_warehouse_url, hl7ics_home,
+                                                      tmp_path):
+    """``workers=2`` (facilities spread over two processes) ends in the same warehouse content
+    as one process, every message in exactly one state."""
+    from transforms.ingest import partition_by_facility
+
+    s = Settings.load(warehouse_url=warehouse_url)
+    facs = [f.as_dict() for f in s.facilities()]
+    generator.generate(tmp_path / "gen", facs, days=1, seed=11, per_day=600, broken_share=0.05,
+                       messages_per_file=60)
+    files = sorted((tmp_path / "gen" / "inbound").rglob("*.hl7"))
+    specs = [(f, f.parent.name) for f in files]
+    groups = partition_by_facility(specs, 2)
+    assert sorted(i for g in groups for i in g) == list(range(len(specs)))
+    assert [len({specs[i][1] for i in g}) for g in groups] == [1] * len(groups)  # one facility per group
+    assert len(groups) == len({s[1] for s in specs}) > 2
+    assert all(g == sorted(g) for g in groups)  # a facility's files in their order
+    one = Ingestor(s, run_id="run-1")
+    one.sync_facilities()
+    first = one.ingest_files(specs)
+    expected = _content(one.engine)
+    two = Ingestor(Settings.load(warehouse_url=second_warehouse_url), run_id="run-1")
+    two.sync_facilities()
+    second = two.ingest_files(specs, workers=2)
+    assert [(r.sha256, r.status, r.counts.as_dict()) for r in second] == \
+        [(r.sha256, r.status, r.counts.as_dict()) for r in first]
+    assert _content(two.engine) == expected
+    assert len(expected["messages"]) == sum(r.counts.messages for r in first) > 500
+
+
 def test_raw_bytes_are_stored_exactly_and_names_survive(ingestor, tmp_path):
     f = tmp_path / "CHU-SO" / "day.hl7"
     f.parent.mkdir()
@@ -407,7 +454,8 @@ def test_adt_event_without_any_time_loads_and_orders_by_arrival(ingestor, tmp_pa
 def test_nul_escapes_and_absurd_amounts_do_not_block_a_file(ingestor, tmp_path):
     body = adt("NUL-1", "A01", "20261102080000", family="KOFFI\\X00\\") + dft("BIG-1", amount="1E15")
     ingestor.ingest_file(write(tmp_path / "x.hl7", body), "CHU-SO")
-    assert scalar(ingestor.engine, "SELECT family_name FROM phi_patient") == "KOFFI"
+    # Two patients: the ADT's (NUL escape dropped) and the DFT's.
+    assert sorted(r[0] for r in rows(ingestor.engine, "SELECT family_name FROM phi_patient")) == ["KOFFI", "Kodjo"]
     assert rows(ingestor.engine, "SELECT status FROM message_store") == [("loaded",), ("loaded",)]
     assert scalar(ingestor.engine, "SELECT amount FROM fact_charge") is None
 

@@ -172,7 +172,7 @@ def cmd_ingest(args) -> int:
     results: dict = {}
     codes = [args.facility or _facility_for(str(f), settings, facilities) for f in files]
     try:
-        done = ing.ingest_files([(f, code) for f, code in zip(files, codes)])
+        done = ing.ingest_files([(f, code) for f, code in zip(files, codes)], max(1, args.workers))
     except SourceError as exc:
         print(f"hl7ics: {exc}", file=sys.stderr)
         return 2
@@ -416,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="+", metavar="PATH")
     sp.add_argument("--warehouse", metavar="URL", help="SQLAlchemy URL (default: embedded SQLite)")
     sp.add_argument("--facility", metavar="CODE", help="facility the files come from (default: by folder, else MSH-4)")
+    sp.add_argument("--workers", type=int, metavar="N", default=os.cpu_count() or 1,
+                    help="processes loading different facilities at once (default: one per CPU; 1 = this process)")
     sp.set_defaults(func=cmd_ingest)
 
     sp = sub.add_parser("replay", help="re-process quarantined messages after a fix (idempotent)")

@@ -17,6 +17,7 @@ import hmac
 import re
 import os
 import secrets
+from operator import itemgetter
 from pathlib import Path
 
 from .datetimes import InvalidDate, parse_dtm, to_utc
@@ -308,10 +309,11 @@ def _date(value: str | None) -> str | None:
 
 def dedupe(rows: list[tuple], key: tuple[int, ...]) -> list[tuple]:
     """One row per key (positions in the tuple); the last one wins, as later segments or messages do."""
-    seen: dict = {}
-    for r in rows:
-        seen[tuple(r[i] for i in key)] = r
-    return list(seen.values())
+    if len(rows) < 2:
+        return list(rows)
+    get = itemgetter(*key)
+    # A key keeps its first position and its last row, as repeated assignments would.
+    return list({get(r): r for r in rows}.values())
 
 
 # ---------------------------------------------------------------------------------------------

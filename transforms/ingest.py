@@ -12,6 +12,7 @@ original name is kept only as sanitised metadata.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
@@ -96,8 +97,9 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 def partition_by_facility(specs: list[tuple], workers: int) -> list[list[int]]:
-    """Spread file specs over at most ``workers`` groups of spec indexes, whole facilities at a
-    time (a facility's files stay in order in one group), balancing bytes; [] groups dropped."""
+    """Group file specs (as indexes) by facility, largest facility first, so that ``workers``
+    processes taking the next group as they finish end close together; a facility's files stay
+    in order in one group. One group when ``workers`` <= 1 or there is only one facility."""
     by_fac: dict = {}
     for i, spec in enumerate(specs):
         by_fac.setdefault(spec[1], []).append(i)
@@ -110,22 +112,20 @@ def partition_by_facility(specs: list[tuple], workers: int) -> list[list[int]]:
         except OSError:
             return 0
 
-    weighted = sorted(by_fac.values(), key=lambda ix: -sum(size(i) for i in ix))
-    bins: list[tuple[int, list[int]]] = [(0, []) for _ in range(min(workers, len(by_fac)))]
-    for ix in weighted:
-        k = min(range(len(bins)), key=lambda b: bins[b][0])
-        bins[k] = (bins[k][0] + sum(size(i) for i in ix), bins[k][1] + ix)
-    return [sorted(b) for _, b in bins if b]
+    return sorted(by_fac.values(), key=lambda ix: -sum(size(i) for i in ix))
 
 
 # The forked workers of ``Ingestor._ingest_parallel`` find their ingestor here (fork copies it).
 _PARALLEL: "tuple[Ingestor, list[tuple]] | None" = None
 
 
+def _worker_start() -> None:
+    # The parent's pooled connections must not be shared: this process opens its own.
+    _PARALLEL[0].engine.dispose(close=False)
+
+
 def _ingest_group(indexes: list[int]) -> tuple[list[tuple[int, FileResult]], list[dict]]:
     ing, specs = _PARALLEL
-    # The parent's pooled connections must not be shared: this process opens its own.
-    ing.engine.dispose(close=False)
     ing.loader.dq_breaches = []
     done = ing.ingest_files([specs[i] for i in indexes])
     return list(zip(indexes, done)), ing.loader.dq_breaches
@@ -198,7 +198,19 @@ class Ingestor:
         """
         groups = partition_by_facility(specs, workers)
         if len(groups) > 1:
-            return self._ingest_parallel(specs, groups)
+            return self._ingest_parallel(specs, groups, workers)
+        # The cyclic collector would otherwise rescan the chunk's hundreds of thousands of live
+        # objects again and again while it grows (about a sixth of the run); the load path makes
+        # no reference cycles of its own, and each flush collects what a chunk left behind.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._ingest_files(specs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _ingest_files(self, specs: list[tuple]) -> list[FileResult]:
         results: list[FileResult | None] = [None] * len(specs)
         pending: list[tuple[_FileJob, list]] = []
         waiting: list[tuple[int, _FileJob]] = []
@@ -214,6 +226,7 @@ class Ingestor:
                     results[i] = self._finish(conn, job)
             pending.clear()
             waiting.clear()
+            gc.collect(1)
 
         for i, spec in enumerate(specs):
             job = self._open(*spec)
@@ -229,8 +242,9 @@ class Ingestor:
         self.loader.flush_alerts(self.engine)
         return results
 
-    def _ingest_parallel(self, specs: list[tuple], groups: list[list[int]]) -> list[FileResult]:
-        """Each group of spec indexes in its own forked process; results back in spec order.
+    def _ingest_parallel(self, specs: list[tuple], groups: list[list[int]], workers: int) -> list[FileResult]:
+        """Groups of spec indexes over ``workers`` forked processes, each taking the next group
+        when it is done with one; results back in spec order.
 
         Why processes: parsing is CPU-bound Python, and on PostgreSQL the writes of different
         facilities do not contend (each transaction's upserts are in key order, so no deadlock);
@@ -241,8 +255,8 @@ class Ingestor:
         global _PARALLEL
         _PARALLEL = (self, specs)
         try:
-            with multiprocessing.get_context("fork").Pool(len(groups)) as pool:
-                outs = pool.map(_ingest_group, groups, chunksize=1)
+            with multiprocessing.get_context("fork").Pool(min(workers, len(groups)), _worker_start) as pool:
+                outs = list(pool.imap_unordered(_ingest_group, groups, chunksize=1))
         finally:
             _PARALLEL = None
         results: list[FileResult | None] = [None] * len(specs)

@@ -97,18 +97,14 @@ def _slim(rec: dict, raw: bytes) -> dict:
 def _with_id(facts: dict, mid: int) -> dict:
     out = {}
     for table, rows in facts.items():
-        idx = _ID_COLUMNS.get(table) or []
+        idx = _ID_COLUMNS.get(table)
         if not idx:
             out[table] = rows
-            continue
-        fixed = []
-        for r in rows:
-            r = list(r)
-            for i in idx:
-                if r[i] == _PLACEHOLDER:
-                    r[i] = mid
-            fixed.append(tuple(r))
-        out[table] = fixed
+        elif len(idx) == 1:  # every fact table but one: a single id column
+            i = idx[0]
+            out[table] = [r[:i] + (mid,) + r[i + 1:] if r[i] == _PLACEHOLDER else r for r in rows]
+        else:
+            out[table] = [tuple(mid if k in idx and v == _PLACEHOLDER else v for k, v in enumerate(r)) for r in rows]
     return out
 
 

@@ -271,7 +271,10 @@ class Writer:
             with cur.copy(f"COPY {stg} ({cols}) FROM STDIN") as cp:
                 for r in rows:
                     cp.write_row(r)
-            cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stg}{conflict}")
+            # Key order: concurrent loaders (parallel facilities) then lock shared rows in the same
+            # order, so they wait for each other instead of deadlocking.
+            order = f" ORDER BY {', '.join(key)}" if key else ""
+            cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stg}{order}{conflict}")
         else:
             marks = ", ".join("?" for _ in columns)
             self.dbapi.cursor().executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks}){conflict}", rows)
