@@ -16,6 +16,7 @@ import gc
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +168,7 @@ class Ingestor:
         self.loader = Loader(self.facilities.values(), PatientKeyer.from_env(settings.home), run_id=self.run_id)
         # Retries of the same DAG run resume a file at once; any other worker waits for the lease.
         self.lease_owner = self.run_id
+        self._renewed_at = 0.0  # monotonic time of the last lease renewal
 
     def sync_facilities(self) -> None:
         """dim_facility mirrors the configuration (upsert; facilities are never deleted)."""
@@ -228,8 +230,7 @@ class Ingestor:
             waiting.clear()
             gc.collect(1)
 
-        for i, spec in enumerate(specs):
-            job = self._open(*spec)
+        for i, job in enumerate(self._open_all(specs)):
             if isinstance(job, FileResult):
                 results[i] = job
                 continue
@@ -287,35 +288,53 @@ class Ingestor:
                 total.add(consume(self, facility_code, opts))
         return total
 
-    def _open(self, path: str | Path, facility_code: str | None, source: str = "folder",
+    def _open_all(self, specs: list[tuple]) -> "list[FileResult | _FileJob]":
+        """Register every file in the ledger and take their leases, in one transaction before any
+        parsing (a write transaction mid-load would wait for another loader's whole chunk on
+        SQLite); a FileResult for a file with nothing to do."""
+        hashed = []
+        for spec in specs:
+            path, facility_code = Path(spec[0]), spec[1]
+            try:
+                hashed.append((spec, *file_sha256(path)))
+            except OSError as exc:
+                raise SourceError(f"cannot read file from facility {facility_code}: {type(exc).__name__}") from None
+        out: list = []
+        opened: set[str] = set()
+        with self.engine.begin() as conn:
+            for spec, sha, size in hashed:
+                if sha in opened:  # the same content twice in one call
+                    out.append(FileResult(sanitize_name(spec[3] if len(spec) > 3 and spec[3] else Path(spec[0]).name),
+                                          sha, "duplicate_file"))
+                    continue
+                opened.add(sha)
+                out.append(self._open(conn, sha, size, *spec))
+        self._renewed_at = time.monotonic()
+        return out
+
+    def _open(self, conn, sha: str, size: int, path: str | Path, facility_code: str | None, source: str = "folder",
               original_name: str | None = None) -> "FileResult | _FileJob":
-        """Register the file in the ledger and take its lease; a FileResult when there is nothing to do."""
         path = Path(path)
         name = sanitize_name(original_name or path.name)
-        try:
-            sha, size = file_sha256(path)
-        except OSError as exc:
-            raise SourceError(f"cannot read file from facility {facility_code}: {type(exc).__name__}") from None
         now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
-                "run_id, first_seen_at) VALUES (:s, :f, :src, :n, :z, 'processing', :r, :t) "
-                "ON CONFLICT (sha256) DO NOTHING"),
-                {"s": sha, "f": facility_code or UNKNOWN_FACILITY, "src": source, "n": name, "z": size,
-                 "r": self.run_id, "t": now})
-            status = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).scalar_one()
-            if status != "processing":
-                return FileResult(name, sha, "duplicate_file")
-            # A lease, not a lock held across the whole file: a worker that dies lets go when it expires.
-            got = conn.execute(text(
-                "UPDATE ingested_file SET lease_owner = :me, lease_until = :until WHERE sha256 = :s "
-                "AND status = 'processing' AND (lease_owner IS NULL OR lease_owner = :me OR lease_until < :now)"),
-                {"me": self.lease_owner, "until": _later(LEASE_SECONDS), "s": sha, "now": now}).rowcount
-            if not got:
-                return FileResult(name, sha, "busy")
-            done = conn.execute(text("SELECT COUNT(*) FROM message_store WHERE file_sha256 = :s"),
-                                {"s": sha}).scalar_one()
+        conn.execute(text(
+            "INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
+            "run_id, first_seen_at) VALUES (:s, :f, :src, :n, :z, 'processing', :r, :t) "
+            "ON CONFLICT (sha256) DO NOTHING"),
+            {"s": sha, "f": facility_code or UNKNOWN_FACILITY, "src": source, "n": name, "z": size,
+             "r": self.run_id, "t": now})
+        status = conn.execute(text("SELECT status FROM ingested_file WHERE sha256 = :s"), {"s": sha}).scalar_one()
+        if status != "processing":
+            return FileResult(name, sha, "duplicate_file")
+        # A lease, not a lock held across the whole file: a worker that dies lets go when it expires.
+        got = conn.execute(text(
+            "UPDATE ingested_file SET lease_owner = :me, lease_until = :until WHERE sha256 = :s "
+            "AND status = 'processing' AND (lease_owner IS NULL OR lease_owner = :me OR lease_until < :now)"),
+            {"me": self.lease_owner, "until": _later(LEASE_SECONDS), "s": sha, "now": now}).rowcount
+        if not got:
+            return FileResult(name, sha, "busy")
+        done = conn.execute(text("SELECT COUNT(*) FROM message_store WHERE file_sha256 = :s"),
+                            {"s": sha}).scalar_one()
         return _FileJob(path, name, sha, facility_code, source, done, _sniff(path))
 
     def _batches(self, job: "_FileJob"):
@@ -330,7 +349,7 @@ class Ingestor:
                 batch.append(Incoming(rm.raw, job.source, f"{job.sha}:{rm.index}", job.facility_code, job.sha,
                                       list(extra)))
                 if len(batch) >= BATCH_SIZE:
-                    self._renew(job.sha)
+                    self._renew()
                     yield batch
                     batch = []
             if batch:
@@ -346,10 +365,15 @@ class Ingestor:
             {"st": status, "m": job.index + 1, "e": err, "t": utcnow(), "s": job.sha})
         return FileResult(job.name, job.sha, status, job.counts, err)
 
-    def _renew(self, sha: str) -> None:
+    def _renew(self) -> None:
+        """Extend every lease this run holds, at most every third of the lease time."""
+        if time.monotonic() - self._renewed_at < LEASE_SECONDS / 3:
+            return
         with self.engine.begin() as conn:
-            conn.execute(text("UPDATE ingested_file SET lease_until = :until WHERE sha256 = :s AND lease_owner = :me"),
-                         {"until": _later(LEASE_SECONDS), "s": sha, "me": self.lease_owner})
+            conn.execute(text("UPDATE ingested_file SET lease_until = :until WHERE lease_owner = :me "
+                              "AND status = 'processing'"),
+                         {"until": _later(LEASE_SECONDS), "me": self.lease_owner})
+        self._renewed_at = time.monotonic()
 
     def _messages(self, fh, facility_code: str | None, sniff: ParseIssue | None):
         fac = self.facilities.get(facility_code or "")
