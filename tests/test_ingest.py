@@ -176,6 +176,17 @@ def test_duplicates_and_control_id_reuse(ingestor, tmp_path):
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 3
 
 
+def test_same_file_twice_in_one_run(ingestor, tmp_path):
+    a = write(tmp_path / "x" / "one.hl7", adt("D-2", "A01", "20261102080000") + adt("D-3", "A08", "20261102090000"))
+    b = tmp_path / "y" / "again.hl7"
+    b.parent.mkdir()
+    shutil.copyfile(a, b)
+    got = ingestor.ingest_files([(a, "CHU-SO"), (b, "CHU-SO")])
+    assert [(r.name, r.status, r.counts.messages) for r in got] == [("one.hl7", "done", 2),
+                                                                   ("again.hl7", "duplicate_file", 0)]
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 2
+
+
 def test_same_file_twice_under_another_name(ingestor, tmp_path):
     a = write(tmp_path / "x" / "one.hl7", adt("D-1", "A01", "20261102080000"))
     b = tmp_path / "y" / "renamed.hl7"

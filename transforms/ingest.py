@@ -194,9 +194,9 @@ class Ingestor:
         ``_ingest_parallel``); one facility's files always stay in one process, in order.
 
         Messages are validated in chunks of up to ``VALIDATION_CHUNK`` across files (the cost of a
-        data-quality run is mostly per expectation, not per row), then committed one batch per
-        transaction in file order; a file's ledger entry is closed once all its batches are
-        committed, so an interrupted run resumes exactly where it stopped.
+        data-quality run is mostly per expectation, not per row), and each chunk is committed in
+        one transaction, in file order; a file's ledger entry is closed in the transaction that
+        commits its last message, so an interrupted run resumes exactly where it stopped.
         """
         groups = partition_by_facility(specs, workers)
         if len(groups) > 1:
@@ -299,23 +299,20 @@ class Ingestor:
                 hashed.append((spec, *file_sha256(path)))
             except OSError as exc:
                 raise SourceError(f"cannot read file from facility {facility_code}: {type(exc).__name__}") from None
-        out: list = []
         opened: set[str] = set()
         with self.engine.begin() as conn:
-            for spec, sha, size in hashed:
-                if sha in opened:  # the same content twice in one call
-                    out.append(FileResult(sanitize_name(spec[3] if len(spec) > 3 and spec[3] else Path(spec[0]).name),
-                                          sha, "duplicate_file"))
-                    continue
-                opened.add(sha)
-                out.append(self._open(conn, sha, size, *spec))
+            out = [self._open(conn, opened, sha, size, *spec) for spec, sha, size in hashed]
         self._renewed_at = time.monotonic()
         return out
 
-    def _open(self, conn, sha: str, size: int, path: str | Path, facility_code: str | None, source: str = "folder",
-              original_name: str | None = None) -> "FileResult | _FileJob":
+    def _open(self, conn, opened: set[str], sha: str, size: int, path: str | Path, facility_code: str | None,
+              source: str = "folder", original_name: str | None = None) -> "FileResult | _FileJob":
+        """Register one file and take its lease (``opened``: hashes already opened in this call)."""
         path = Path(path)
         name = sanitize_name(original_name or path.name)
+        if sha in opened:  # the same content twice in one call
+            return FileResult(name, sha, "duplicate_file")
+        opened.add(sha)
         now = utcnow()
         conn.execute(text(
             "INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
