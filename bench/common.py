@@ -36,14 +36,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def child_peak_rss_mb(code: str, env: dict | None = None, keep: tuple[str, ...] = ()):
-    """Run ``code`` in a fresh interpreter; return its peak RSS in MB (printed by the child).
-    With ``keep``, a dict of that and of the numbers the child printed after those labels."""
+def child_peak_rss_mb(code: str, env: dict | None = None) -> float:
+    """Run ``code`` in a fresh interpreter; return its peak RSS in MB (printed by the child)."""
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent, so a child
     # of a big benchmark process would report the parent's size.
     wrapped = code + ("\nhwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]"
                       "\nprint('PEAK', int(hwm.split()[1]) / 1024)\n")
     out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, env=env, check=True).stdout
-    found = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()
-             if line.split()[:1] and line.split()[0] in ("PEAK", *keep)}
-    return {k: found.get(k, 0.0) for k in ("PEAK", *keep)} if keep else found["PEAK"]
+    return float([l for l in out.splitlines() if l.startswith("PEAK")][-1].split()[1])

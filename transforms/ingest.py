@@ -253,6 +253,10 @@ class Ingestor:
         """
         import multiprocessing
 
+        if self.loader.validator is not None:
+            # Built once here, the data-quality suites are shared by the workers (copy on write)
+            # instead of each building its own.
+            self.loader.validator.engine
         global _PARALLEL
         _PARALLEL = (self, specs)
         try:
