@@ -214,14 +214,20 @@ class GroupCommitter:
             keys = self._keys(group)
             existing: dict[tuple, bytes | None] = {}
             cids = sorted({k[1] for k in keys if k[1]})
-            for sf, cid, sha, ack in w.query_in(
-                    # A scalar subquery, not a join: with stale statistics PostgreSQL chose
-                    # to hash-join the whole mllp_ack table on every group commit.
-                    "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), "
-                    "(SELECT a.ack FROM mllp_ack a WHERE a.message_id = m.id) "
-                    "FROM message_store m WHERE {match} AND m.status <> 'quarantined'", "m.control_id", cids):
-                if (sf, cid, sha) in keys:
-                    existing[(sf, cid, sha)] = bytes(ack) if ack is not None else existing.get((sf, cid, sha))
+            # IN lists, not Writer.query_in's = ANY(array): measured on PostgreSQL, the array form
+            # cost the listener a fifth of its throughput and doubled its paced p99 (the loader's
+            # lookups of thousands of IDs are the other way round).
+            for i in range(0, len(cids), 500):
+                chunk = cids[i:i + 500]
+                for sf, cid, sha, ack in w.query(
+                        # A scalar subquery, not a join: with stale statistics PostgreSQL chose
+                        # to hash-join the whole mllp_ack table on every group commit.
+                        "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), "
+                        "(SELECT a.ack FROM mllp_ack a WHERE a.message_id = m.id) "
+                        "FROM message_store m WHERE m.control_id IN ("
+                        + ", ".join("?" * len(chunk)) + ") AND m.status <> 'quarantined'", chunk):
+                    if (sf, cid, sha) in keys:
+                        existing[(sf, cid, sha)] = bytes(ack) if ack is not None else existing.get((sf, cid, sha))
             out: list[tuple[str, bytes | None]] = []
             to_store: list[Pending] = []
             seen: dict[tuple, Pending] = {}
