@@ -1014,6 +1014,11 @@ def _timing_up(work: Work, structure: str) -> None:
         if obr:
             set_field(obr, 27, "")
         work.note("ORC-7/OBR-27->TQ1")
+    _insert_after(work, segs, inserts)
+
+
+def _insert_after(work: Work, segs: list[list[str]], inserts: dict[int, list]) -> None:
+    """New segments into ``work``: ``inserts[i]`` goes right after ``segs[i]``."""
     if inserts:
         out: list[list[str]] = []
         for i, s in enumerate(segs):
@@ -1094,12 +1099,7 @@ def _specimen_up(work: Work, structure: str) -> None:
         inserts.setdefault(at, []).append(spm)
         set_field(obr, 15, "")
         work.note("OBR-15->SPM")
-    if inserts:
-        out: list[list[str]] = []
-        for i, s in enumerate(segs):
-            out.append(s)
-            out.extend(inserts.get(i, ()))
-        work.segments = out
+    _insert_after(work, segs, inserts)
 
 
 def _merge_deprecated_ids(work: Work) -> None:
