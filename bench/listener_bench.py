@@ -4,7 +4,6 @@ nothing) measured in the same run as the reference; ACK-to-warehouse latency thr
 micro-batch loading the ``mllp_realtime`` DAG runs."""
 from __future__ import annotations
 
-import asyncio
 import os
 import ssl
 import statistics
@@ -16,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+from . import mllp_load
 from .common import table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,44 +48,18 @@ def _message(i: int, tag: str) -> bytes:
             f"PV1|1|O|OPD||||||||||||||||V{i}\r").encode("utf-8")
 
 
-async def _conn(port, msgs, lat, ctx, pace=None, t0=None):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
-                                                   server_hostname="localhost" if ctx else None)
-    # One deadline for the whole connection (a benchmark must never hang): a wait_for per
-    # message would spend the load client's CPU, shared with the server it measures, on tasks.
-    async with asyncio.timeout(30 + len(msgs) * ((pace or 0) + 0.05)):
-        for k, m in enumerate(msgs):
-            if pace is not None:
-                delay = t0 + k * pace - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            s = time.perf_counter()
-            writer.write(b"\x0b" + m + b"\x1c\r")
-            await writer.drain()
-            await reader.readuntil(b"\x1c\r")
-            lat.append(time.perf_counter() - s)
-    writer.close()
-
-
-async def _closed_loop(port, n, conns, ctx, tag):
-    lat: list[float] = []
+def _closed_loop(port, n, conns, ctx, tag):
     per = n // conns
     chunks = [[_message(c * per + i, tag) for i in range(per)] for c in range(conns)]
-    t = time.perf_counter()
-    await asyncio.gather(*(_conn(port, ch, lat, ctx) for ch in chunks))
-    return len(lat) / (time.perf_counter() - t), lat
+    rate, lat, _ = mllp_load.run(port, chunks, ctx)
+    return rate, lat
 
 
-async def _paced(port, rate, seconds, ctx, tag):
-    lat: list[float] = []
+def _paced(port, rate, seconds, ctx, tag):
     conns = 4
-    n = int(rate * seconds)
-    per = n // conns
-    pace = conns / rate
-    t0 = time.perf_counter()
+    per = int(rate * seconds) // conns
     chunks = [[_message(c * per + i, tag) for i in range(per)] for c in range(conns)]
-    await asyncio.gather(*(_conn(port, ch, lat, ctx, pace, t0 + c * pace / conns) for c, ch in enumerate(chunks)))
-    return lat
+    return mllp_load.run(port, chunks, ctx, pace=conns / rate)[1]
 
 
 def _pct(lat, p):
@@ -134,10 +108,10 @@ def run(quick: bool = False) -> dict:
                 try:
                     rates, lats = [], []
                     for r in range(runs):
-                        rate, lat = asyncio.run(_closed_loop(lp.port, n, 32, ctx, f"R{r}{int(tls)}"))
+                        rate, lat = (_closed_loop(lp.port, n, 32, ctx, f"R{r}{int(tls)}"))
                         rates.append(rate)
                         lats.extend(lat)
-                    paced = asyncio.run(_paced(lp.port, 200, 5 if quick else 10, ctx, f"P{int(tls)}"))
+                    paced = (_paced(lp.port, 200, 5 if quick else 10, ctx, f"P{int(tls)}"))
                     mem = _hwm_mb(lp.proc.pid)
                 finally:
                     lp.kill()
@@ -155,10 +129,10 @@ def run(quick: bool = False) -> dict:
                 time.sleep(0.05)
             rates, lats = [], []
             for r in range(runs):
-                rate, lat = asyncio.run(_closed_loop(port, n, 32, None, f"X{r}"))
+                rate, lat = (_closed_loop(port, n, 32, None, f"X{r}"))
                 rates.append(rate)
                 lats.extend(lat)
-            paced = asyncio.run(_paced(port, 200, 5 if quick else 10, None, "XP"))
+            paced = (_paced(port, 200, 5 if quick else 10, None, "XP"))
             mem = _hwm_mb(ref.pid)
         finally:
             ref.kill()
@@ -209,22 +183,11 @@ def _ack_to_warehouse(d: Path, quick: bool) -> dict:
     t = threading.Thread(target=dag_loop)
     t.start()
 
-    async def send_all():
-        reader, writer = await asyncio.open_connection("127.0.0.1", lp.port)
-        total = 300 if quick else 1500
-        t0 = time.perf_counter()
-        for i in range(total):
-            delay = t0 + i / 50 - time.perf_counter()  # 50 msg/s
-            if delay > 0:
-                await asyncio.sleep(delay)
-            writer.write(b"\x0b" + _message(i, "E2E") + b"\x1c\r")
-            await writer.drain()
-            await reader.readuntil(b"\x1c\r")
-            acked[f"E2E-{i:07d}"] = time.time()
-        writer.close()
-
+    total = 300 if quick else 1500
     try:
-        asyncio.run(send_all())
+        # One connection at 50 msg/s: ACKs arrive in sending order.
+        _, _, ack_times = mllp_load.run(lp.port, [[_message(i, "E2E") for i in range(total)]], pace=1 / 50)
+        acked.update((f"E2E-{i:07d}", t) for i, t in enumerate(ack_times))
         deadline = time.time() + 60
         while len(loaded) < len(acked) and time.time() < deadline:
             time.sleep(0.5)

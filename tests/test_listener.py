@@ -57,6 +57,29 @@ def test_aa_only_after_commit_and_ack_echoes_sender(listener, sqlite_url):
     assert rows(sqlite_url, "SELECT ack_code FROM mllp_ack") == [("AA",)]
 
 
+def test_postgresql_commit_path_keeps_bytes_acks_and_reasons(listener, pg_url):
+    """PostgreSQL's group commit is its own code (two round trips, rows sent as JSON): the
+    exact bytes (Ewe letters and a Latin-1 byte), the stored ACK replayed for a resend, and a
+    refused message's quarantine reason must come out as on SQLite."""
+    lp = listener(url=pg_url)
+    ewe = hl7("PG-1", family="Ɖɔvɛ Ŋɔ́ʋĩ")
+    latin1 = hl7("PG-2", msh_tail="|||||||8859/1").replace(b"Kodjo", b"Ad\xe9la")
+    first = exchange(lp.port, ewe)
+    assert msa(first) == ("AA", "PG-1")
+    assert msa(exchange(lp.port, latin1)) == ("AA", "PG-2")
+    assert exchange(lp.port, ewe) == first  # the stored ACK, replayed, no second row
+    ack = exchange(lp.port, hl7("PG-3", mtype="ZZZ^Z01"))
+    assert msa(ack) == ("AR", "PG-3") and err_code(ack) == "200"
+    stored = {r[0]: r[1:] for r in rows(pg_url, "SELECT control_id, raw, status, source FROM message_store")}
+    assert bytes(stored["PG-1"][0]) == ewe and bytes(stored["PG-2"][0]) == latin1
+    assert [stored[c][1] for c in ("PG-1", "PG-2", "PG-3")] == ["received", "received", "quarantined"]
+    assert {v[2] for v in stored.values()} == {"mllp"}
+    assert [bytes(a) for (a,) in rows(pg_url, "SELECT a.ack FROM mllp_ack a JOIN message_store m "
+                                      "ON m.id = a.message_id WHERE m.control_id = 'PG-1'")] == [first]
+    assert rows(pg_url, "SELECT q.reason FROM quarantine q JOIN message_store m ON m.id = q.message_id") == [
+        ("UNSUPPORTED_MESSAGE_TYPE",)]
+
+
 def test_case_01_garbage_before_start_block(listener, sqlite_url):
     lp = listener()
     with connect(lp.port) as s:
