@@ -14,6 +14,7 @@ connections are committed in groups (one transaction, one fsync) to keep through
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import logging
@@ -733,6 +734,9 @@ def serve(cfg: ListenerConfig, warehouse_url: str, facilities, ready_file: str |
 
     async def main():
         port = await listener.start()
+        # Start-up objects (SQLAlchemy, metrics, config) never die: out of the collector's
+        # sight, so the full collections that stall every connection's ACK stay short.
+        gc.freeze()
         if ready_file:
             Path(ready_file).write_text(str(port))
         stop = asyncio.Event()
