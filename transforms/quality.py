@@ -232,6 +232,23 @@ class _Engine:
 
 
 _ENGINES: dict[tuple, _Engine] = {}
+_GX_THREAD: tuple[int, object] | None = None  # (pid, executor): a forked worker makes its own
+
+
+def _off_our_stack(fn, *args):
+    """``fn(*args)`` in a thread of its own, waited for.
+
+    Why: GX raises and catches exceptions internally and keeps some of them in reference cycles.
+    A kept traceback holds its frames, and each frame its caller (``f_back``) with the caller's
+    locals, up to the top of the stack: run from the loader, that was the whole chunk of 20,000
+    prepared messages, alive until the cyclic collector found it (half a second per chunk, and
+    the chunk's memory held meanwhile). A thread's stack ends at the thread."""
+    global _GX_THREAD
+    if _GX_THREAD is None or _GX_THREAD[0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+
+        _GX_THREAD = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="hl7ics-gx"))
+    return _GX_THREAD[1].submit(fn, *args).result()
 
 
 def _engine_for(directory: Path, suites: dict[str, Suite]) -> _Engine:
@@ -273,7 +290,7 @@ class Validator:
             raise QualityConfigError(f"{suite.path.name}: the frame lacks column(s) {', '.join(missing)}")
         if not (frame.index.is_monotonic_increasing and (len(frame) == 0 or frame.index[-1] == len(frame) - 1)):
             frame = frame.reset_index(drop=True)  # positions, not labels, identify failing rows
-        res = self.engine.run(table, frame, self.parameters)
+        res = _off_our_stack(self.engine.run, table, frame, self.parameters)
         out: dict[str, list[int]] = {}
         for r in res.results:
             name = r.expectation_config.meta["name"]
