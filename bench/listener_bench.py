@@ -108,10 +108,10 @@ def run(quick: bool = False) -> dict:
                 try:
                     rates, lats = [], []
                     for r in range(runs):
-                        rate, lat = (_closed_loop(lp.port, n, 32, ctx, f"R{r}{int(tls)}"))
+                        rate, lat = _closed_loop(lp.port, n, 32, ctx, f"R{r}{int(tls)}")
                         rates.append(rate)
                         lats.extend(lat)
-                    paced = (_paced(lp.port, 200, 5 if quick else 10, ctx, f"P{int(tls)}"))
+                    paced = _paced(lp.port, 200, 5 if quick else 10, ctx, f"P{int(tls)}")
                     mem = _hwm_mb(lp.proc.pid)
                 finally:
                     lp.kill()
@@ -129,10 +129,10 @@ def run(quick: bool = False) -> dict:
                 time.sleep(0.05)
             rates, lats = [], []
             for r in range(runs):
-                rate, lat = (_closed_loop(port, n, 32, None, f"X{r}"))
+                rate, lat = _closed_loop(port, n, 32, None, f"X{r}")
                 rates.append(rate)
                 lats.extend(lat)
-            paced = (_paced(port, 200, 5 if quick else 10, None, "XP"))
+            paced = _paced(port, 200, 5 if quick else 10, None, "XP")
             mem = _hwm_mb(ref.pid)
         finally:
             ref.kill()

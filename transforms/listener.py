@@ -176,6 +176,14 @@ class GroupCommitter:
     def start(self) -> None:
         self.task = self.loop.create_task(self._run())
 
+    async def close(self) -> None:
+        """Close the kept PostgreSQL connections (groups still in flight return theirs later)."""
+        while self._pg_pool:
+            try:
+                await self._pg_pool.pop().close()
+            except Exception:
+                pass  # shutting down: a connection already broken needs no goodbye
+
     async def submit(self, p: Pending):
         p.future = self.loop.create_future()
         p.csha = content_sha256(p.raw)
@@ -430,6 +438,7 @@ class Listener:
             await asyncio.sleep(0.05)
         if self.committer and self.committer.task:
             self.committer.task.cancel()
+            await self.committer.close()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
         await asyncio.to_thread(self._beat, True)
@@ -473,26 +482,23 @@ class Listener:
 
     # -- connections --------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer_ip = self._admit(writer)
+        peer_ip = self._admit(writer.get_extra_info("peername"), writer.close)
         if peer_ip is not None:
             await self._serve(reader, writer, peer_ip, peer_ip, None)
 
-    def _admit(self, transport) -> str | None:
-        """The peer's IP if a new connection may proceed; otherwise closes it and returns None."""
-        peer_addr = transport.get_extra_info("peername")
+    def _admit(self, peer_addr, close) -> str | None:
+        """The peer's IP if a new connection may proceed; otherwise ``close()`` and None."""
         peer_ip = peer_addr[0] if peer_addr else "?"
         if self.stopping or self.active >= self.cfg.max_connections:
             _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections")
-            transport.close()
+            close()
             return None
         return peer_ip
 
     async def _tls_accept(self, sock: socket.socket, peer_addr) -> None:
         loop = asyncio.get_running_loop()
-        peer_ip = peer_addr[0] if peer_addr else "?"
-        if self.stopping or self.active >= self.cfg.max_connections:
-            _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections")
-            sock.close()
+        peer_ip = self._admit(peer_addr, sock.close)
+        if peer_ip is None:
             return
         reader = asyncio.StreamReader(limit=1 << 20)
         # Our protocol, not the one returned: uvloop returns its SSL protocol there.
@@ -728,9 +734,9 @@ def serve(cfg: ListenerConfig, warehouse_url: str, facilities, ready_file: str |
     """Run until SIGTERM/SIGINT. Writes the bound port to ``ready_file`` once listening."""
     logging.basicConfig(level=os.environ.get("HL7ICS_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # The commit threads wait on the database for most of a group commit; when an answer comes
-    # back they need the GIL from the event loop. Python's default 5 ms switch interval would add up
-    # to 5 ms per database round trip to every ACK.
+    # SQLite's commit thread waits on the database for most of a group commit; when an answer
+    # comes back it needs the GIL from the event loop. Python's default 5 ms switch interval would
+    # add up to 5 ms per database call to every ACK. (PostgreSQL commits on the event loop.)
     sys.setswitchinterval(float(os.environ.get("HL7ICS_SWITCH_INTERVAL", "0.0005")))
     listener = Listener(cfg, warehouse_url, facilities)
     if cfg.metrics_port:
