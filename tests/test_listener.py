@@ -364,6 +364,37 @@ def test_third_party_client_python_hl7(listener, sqlite_url):
     assert count(sqlite_url) == 1
 
 
+def test_bench_load_client_measures_only_acknowledged_messages(listener, sqlite_url, tmp_path):
+    """The load client behind the listener's bench figures: every message is stored and
+    answered AA before it counts, and a refusal fails the run instead of flattering it."""
+    from bench import mllp_load
+
+    lp = listener()
+    chunks = [[hl7(f"LC-{c}-{i}") for i in range(5)] for c in range(3)]
+    rate, lat, acked_at = mllp_load.run(lp.port, chunks, deadline_s=30)
+    assert rate > 0 and len(lat) == len(acked_at) == 15 and min(lat) > 0
+    assert count(sqlite_url) == 15
+    _, paced, _ = mllp_load.run(lp.port, [[hl7("LC-P-1"), hl7("LC-P-2")]], pace=0.05, deadline_s=30)
+    assert len(paced) == 2
+    with pytest.raises(AssertionError, match="not an AA"):
+        mllp_load.run(lp.port, [[hl7("LC-X", mtype="ZZZ^Z01")]], deadline_s=30)
+
+
+def test_latency_book_buckets_and_minutes():
+    from transforms.listener import LatencyBook
+
+    book = LatencyBook()
+    t = 1_764_633_599.5  # 2025-12-01 23:59:59.5 UTC: the next record is in the next minute
+    book.record("F", "ADT", 0.004, at=t)
+    book.record("F", "ADT", 0.005, at=t)  # 5 ms is the 5 ms bucket's edge
+    book.record("F", "ADT", 0.0051, at=t + 1)
+    book.record("F", "ORU", 99.0, at=t + 1)  # slower than the last bucket
+    assert book.take() == {("2025-12-01 23:59:00", "F", "ADT", 5): 2,
+                           ("2025-12-02 00:00:00", "F", "ADT", 10): 1,
+                           ("2025-12-02 00:00:00", "F", "ORU", -1): 1}
+    assert book.take() == {}
+
+
 def test_sigterm_is_graceful(listener, sqlite_url):
     lp = listener()
     assert msa(exchange(lp.port, hl7("T-1"))) == ("AA", "T-1")
