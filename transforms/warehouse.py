@@ -50,9 +50,10 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
-    # 64 MiB of page cache (default 2 MiB): a day's index pages stay in memory, so a batch's
-    # inserts do not re-read the same B-tree pages from the OS for every row.
-    cur.execute("PRAGMA cache_size=-65536")
+    # 8 MiB of page cache (default 2 MiB) for the hot index pages. Measured on a 200,000-message
+    # day: 64 MiB loaded no faster (the OS caches the file too) and cost ~60 MB per connection,
+    # which made the ingest workers' memory grow with the day.
+    cur.execute("PRAGMA cache_size=-8192")
     cur.close()
 
 
