@@ -20,10 +20,11 @@ END = b"\x1c\r"
 
 
 class _Conn:
-    __slots__ = ("sock", "msgs", "k", "sent_at", "buf", "due")
+    __slots__ = ("sock", "msgs", "i", "k", "sent_at", "buf", "due")
 
-    def __init__(self, sock, msgs):
+    def __init__(self, sock, msgs, i):
         self.sock = sock
+        self.i = i  # position among the connections: its slot in the pacing schedule
         self.msgs = msgs
         self.k = 0
         self.sent_at = 0.0
@@ -46,7 +47,7 @@ def run(port: int, chunks: list[list[bytes]], ctx: ssl.SSLContext | None = None,
 
     ``pace``: seconds between two sends on one connection (connections are staggered evenly);
     None = closed loop, the next message leaves as soon as the ACK arrives."""
-    conns = [_Conn(_open(port, ctx), [b"\x0b" + m + END for m in ch]) for ch in chunks]
+    conns = [_Conn(_open(port, ctx), [b"\x0b" + m + END for m in ch], i) for i, ch in enumerate(chunks)]
     ep = select.epoll()
     by_fd = {}
     for c in conns:
@@ -64,12 +65,15 @@ def run(port: int, chunks: list[list[bytes]], ctx: ssl.SSLContext | None = None,
         c.sent_at = clock()
         c.sock.sendall(c.msgs[c.k])
 
-    for i, c in enumerate(conns):
+    def next_message(c: _Conn) -> None:
         if pace is None:
             send(c)
-        else:
-            c.due = t0 + i * pace / len(conns)
+        else:  # message k of connection i is due at slot k * n + i of the schedule
+            c.due = t0 + (c.k * len(conns) + c.i) * pace / len(conns)
             waiting.append(c)
+
+    for c in conns:
+        next_message(c)
     done = 0
     try:
         while done < total:
@@ -108,11 +112,7 @@ def run(port: int, chunks: list[list[bytes]], ctx: ssl.SSLContext | None = None,
                     done += 1
                     c.k += 1
                     if c.k < len(c.msgs):
-                        if pace is None:
-                            send(c)
-                        else:
-                            c.due = t0 + (c.k * len(conns) + conns.index(c)) * pace / len(conns)
-                            waiting.append(c)
+                        next_message(c)
                 c.buf = buf
     finally:
         ep.close()

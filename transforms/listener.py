@@ -231,8 +231,9 @@ class GroupCommitter:
         """SQLite, in a thread: returns per message ("stored", ack) or ("duplicate", stored_ack)."""
         with self.engine.begin() as conn:
             w = Writer(conn)
-            rows = [r for sql, params in self._lookups(group) for r in w.query(sql, params)]
-            out, to_store = self._decide(group, self._match(rows, group))
+            keys = self._keys(group)
+            rows = [r for sql, params in self._lookups(keys) for r in w.query(sql, params)]
+            out, to_store = self._decide(group, self._match(rows, keys))
             self._write(w.copy, to_store, w.allocate_ids("message_store", len(to_store)))
         return out
 
@@ -256,7 +257,8 @@ class GroupCommitter:
         try:
             # One id per message of the group: ids of duplicates are left unused (sequence gaps
             # are harmless) so that the lookup and the reservation share a round trip.
-            parts = [(f"SELECT *, NULL::bigint FROM ({sql}) AS found", params) for sql, params in self._lookups(group)]
+            keys = self._keys(group)
+            parts = [(f"SELECT *, NULL::bigint FROM ({sql}) AS found", params) for sql, params in self._lookups(keys)]
             parts.append(("SELECT NULL, NULL, NULL, NULL::bytea, nextval('message_store_id_seq') "
                           "FROM generate_series(1, ?)", [len(group)]))
             cur = await pg.execute(" UNION ALL ".join(sql for sql, _ in parts).replace("?", "%s"),
@@ -268,7 +270,7 @@ class GroupCommitter:
                 else:
                     ids.append(mid)
             ids.sort()
-            out, to_store = self._decide(group, self._match(found, group))
+            out, to_store = self._decide(group, self._match(found, keys))
             docs: dict[str, str] = {}
 
             def stage(table, columns, rows):
@@ -293,10 +295,11 @@ class GroupCommitter:
         self._pg_pool.append(pg)
         return out
 
-    def _lookups(self, group: list[Pending]) -> list[tuple[str, list]]:
-        """Queries (``?`` placeholders) for the stored copies of the group's messages: rows of
-        (sending facility, control ID, content hash, stored ACK)."""
-        cids = sorted({k[1] for k in self._keys(group) if k[1]})
+    @staticmethod
+    def _lookups(keys: set[tuple]) -> list[tuple[str, list]]:
+        """Queries (``?`` placeholders) for the stored copies of the group's messages (``_keys``):
+        rows of (sending facility, control ID, content hash, stored ACK)."""
+        cids = sorted({k[1] for k in keys if k[1]})
         # IN lists, not Writer.query_in's = ANY(array): measured on PostgreSQL, the array form
         # cost the listener a fifth of its throughput and doubled its paced p99 (the loader's
         # lookups of thousands of IDs are the other way round).
@@ -309,8 +312,8 @@ class GroupCommitter:
             + ", ".join("?" * len(chunk)) + ") AND m.status <> 'quarantined'", chunk)
             for chunk in (cids[i:i + 500] for i in range(0, len(cids), 500))]
 
-    def _match(self, rows: list[tuple], group: list[Pending]) -> dict[tuple, bytes | None]:
-        keys = self._keys(group)
+    @staticmethod
+    def _match(rows: list[tuple], keys: set[tuple]) -> dict[tuple, bytes | None]:
         existing: dict[tuple, bytes | None] = {}
         for sf, cid, sha, ack in rows:
             if (sf, cid, sha) in keys:
