@@ -382,3 +382,17 @@ def test_generated_dq_faults_are_each_caught_once(ingestor, tmp_path):
     got = dict(rows(ingestor.engine, "SELECT reason, COUNT(*) FROM quarantine WHERE stage = 'dq' GROUP BY reason"))
     assert got == planted
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store WHERE status = 'quarantined'") == sum(planted.values())
+
+
+def test_no_gx_thread_is_left_running_when_ingest_forks():
+    """GX runs in a thread of its own; before forking workers, ingest stops it, so no thread can
+    hold a lock while the workers are copied (a copied held lock deadlocks the child)."""
+    import threading
+
+    from transforms.quality import _off_our_stack, before_fork
+
+    assert _off_our_stack(lambda x: x + 1, 1) == 2
+    assert any(t.name.startswith("hl7ics-gx") for t in threading.enumerate())
+    before_fork()
+    assert not any(t.name.startswith("hl7ics-gx") and t.is_alive() for t in threading.enumerate())
+    assert _off_our_stack(lambda x: x * 2, 4) == 8  # a later run starts a fresh thread

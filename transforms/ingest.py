@@ -257,6 +257,9 @@ class Ingestor:
             # Built once here, the data-quality suites are shared by the workers (copy on write)
             # instead of each building its own.
             self.loader.validator.engine
+        from .quality import before_fork
+
+        before_fork()
         global _PARALLEL
         _PARALLEL = (self, specs)
         try:

@@ -251,6 +251,16 @@ def _off_our_stack(fn, *args):
     return _GX_THREAD[1].submit(fn, *args).result()
 
 
+def before_fork() -> None:
+    """Stop the GX thread and wait for it. After ``result()`` returns, the thread is still
+    freeing the run's objects; a fork at that moment can copy a lock it holds (allocator,
+    logging) into the child, which then deadlocks. A forked worker starts its own thread."""
+    global _GX_THREAD
+    if _GX_THREAD is not None and _GX_THREAD[0] == os.getpid():
+        _GX_THREAD[1].shutdown(wait=True)
+    _GX_THREAD = None
+
+
 def _engine_for(directory: Path, suites: dict[str, Suite]) -> _Engine:
     key = (str(directory), tuple(sorted((s.path.name, s.path.stat().st_mtime_ns) for s in suites.values())))
     eng = _ENGINES.get(key)
