@@ -143,6 +143,53 @@ def test_parallel_ingest_loads_what_one_process_loads(warehouse_url, second_ware
     assert len(expected["messages"]) == sum(r.counts.messages for r in first) > 500
 
 
+def test_ingest_workers_die_on_sigterm_even_if_the_parent_ignores_it(monkeypatch):
+    """Airflow's task runner, also run in-process by ``dag.test()``, installs a SIGTERM handler
+    that ignores the signal in forked children. Ingest workers must restore the default, or
+    ``Pool.terminate()`` (error path, interpreter exit) waits for them forever: CI hung so."""
+    import multiprocessing
+    import os
+    import signal
+    import types
+
+    from sqlalchemy import create_engine
+
+    from transforms import ingest
+
+    parent_pid = os.getpid()
+
+    def airflow_like(signum, frame):
+        if os.getpid() != parent_pid:
+            return
+
+    monkeypatch.setattr(ingest, "_PARALLEL", (types.SimpleNamespace(engine=create_engine("sqlite://")), []))
+    previous = signal.signal(signal.SIGTERM, airflow_like)
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    worker = ctx.Process(target=_started_worker, args=(ready,))
+    try:
+        worker.start()
+        assert ready.wait(30)
+        worker.terminate()  # SIGTERM, what Pool.terminate sends
+        worker.join(30)
+        assert worker.exitcode == -signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if worker.exitcode is None:
+            worker.kill()
+            worker.join()
+
+
+def _started_worker(ready) -> None:
+    import time
+
+    from transforms import ingest
+
+    ingest._worker_start()
+    ready.set()
+    time.sleep(60)
+
+
 def test_raw_bytes_are_stored_exactly_and_names_survive(ingestor, tmp_path):
     f = tmp_path / "CHU-SO" / "day.hl7"
     f.parent.mkdir()

@@ -16,6 +16,7 @@ import gc
 import hashlib
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,10 @@ _PARALLEL: "tuple[Ingestor, list[tuple]] | None" = None
 
 
 def _worker_start() -> None:
+    # A SIGTERM handler inherited from the parent must not outlive the fork: Airflow's task runner
+    # (also run in-process by ``dag.test()``) installs one that ignores the signal in any child,
+    # and a pool worker that ignores SIGTERM hangs ``Pool.terminate()`` and interpreter exit.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # The parent's pooled connections must not be shared: this process opens its own.
     _PARALLEL[0].engine.dispose(close=False)
 
@@ -263,8 +268,17 @@ class Ingestor:
         global _PARALLEL
         _PARALLEL = (self, specs)
         try:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(groups)), _worker_start) as pool:
+            pool = multiprocessing.get_context("fork").Pool(min(workers, len(groups)), _worker_start)
+            try:
                 outs = list(pool.imap_unordered(_ingest_group, groups, chunksize=1))
+                # close + join lets each worker finish on its stop sentinel; terminate (what the
+                # pool's context manager does) is only for the error path.
+                pool.close()
+            except BaseException:
+                pool.terminate()
+                raise
+            finally:
+                pool.join()
         finally:
             _PARALLEL = None
         results: list[FileResult | None] = [None] * len(specs)
