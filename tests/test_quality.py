@@ -396,3 +396,19 @@ def test_no_gx_thread_is_left_running_when_ingest_forks():
     before_fork()
     assert not any(t.name.startswith("hl7ics-gx") and t.is_alive() for t in threading.enumerate())
     assert _off_our_stack(lambda x: x * 2, 4) == 8  # a later run starts a fresh thread
+
+
+def test_gx_results_carry_failing_positions_but_never_the_values():
+    """Quarantine needs only which rows failed; GX is asked not to gather the failing values, so a
+    patient's member ID cannot travel in a validation result (or whatever logs or keeps one)."""
+    import pandas as pd
+
+    from transforms.quality import QualityOptions, Validator, _off_our_stack
+
+    v = Validator(QualityOptions(True), ["CHU-SO"])
+    frame = pd.DataFrame([
+        {"insurer_code": "INAM", "member_id": "SECRET-ID-42", "valid_from": "2026-01-01", "valid_to": "2026-12-31"},
+        {"insurer_code": "INAM", "member_id": "123456789", "valid_from": "2026-01-01", "valid_to": "2026-12-31"}])
+    assert v.failures("fact_coverage", frame)["inam_member_id_format"] == [0]
+    res = _off_our_stack(v.engine.run, "fact_coverage", frame, v.parameters)
+    assert "SECRET-ID-42" not in repr(res.to_json_dict())
