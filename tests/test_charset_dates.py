@@ -3,6 +3,8 @@ transforms.datetimes (HL7 DTM -> ISO 8601 keeping precision, ISO -> naive UTC)."
 from __future__ import annotations
 
 import pytest
+from datetime import datetime
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -320,6 +322,20 @@ def test_to_utc_partial_values_start_of_period(iso, utc):
 ])
 def test_to_utc_offsets(iso, utc):
     assert to_utc(iso) == utc
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(2999, 12, 31, 23, 59, 59)),
+       st.sampled_from([4, 6, 8, 10, 12, 14]),
+       st.sampled_from(["", "+0000", "+0100", "-0530"]),
+       st.sampled_from(["Africa/Lome", "UTC", "Africa/Accra", "Africa/Abidjan", "Europe/Paris", "America/New_York"]))
+def test_to_utc_shortcut_agrees_with_the_datetime_path(dt, precision, offset, tz):
+    """to_utc answers parse_dtm's full-second values in UTC+0 zones without datetime arithmetic;
+    for every precision, offset and zone it must agree with the general path."""
+    from transforms.datetimes import _to_utc
+
+    iso = parse_dtm(dt.strftime("%Y%m%d%H%M%S")[:precision] + offset)
+    assert to_utc(iso, tz) == _to_utc(iso, tz)
 
 
 @pytest.mark.parametrize("tz", ["Africa/Lome", "UTC", "Africa/Accra", "Africa/Abidjan"])

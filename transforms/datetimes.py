@@ -129,6 +129,10 @@ def to_utc(iso: str | None, tz: str = "Africa/Lome") -> str | None:
     """
     if not iso:
         return None
+    if len(iso) == 19 and iso[13] == ":" and iso[16] == ":" and tz in _UTC_PLUS_0:
+        # parse_dtm's full-second form in a zone at UTC+0 all year (Togo): already UTC. A day
+        # has more distinct seconds than the cache holds, so this is the common case.
+        return iso[:10] + " " + iso[11:]
     key = (iso, tz)
     hit = _UTC_CACHE.get(key)
     if hit is not None:
@@ -141,6 +145,8 @@ def to_utc(iso: str | None, tz: str = "Africa/Lome") -> str | None:
 
 
 _UTC_CACHE: dict[tuple[str, str], str] = {}
+# Zones at UTC+0 with no daylight saving time: local time is UTC.
+_UTC_PLUS_0 = frozenset(("UTC", "Africa/Lome", "Africa/Abidjan", "Africa/Accra"))
 
 
 def _to_utc(iso: str, tz: str) -> str:
@@ -159,7 +165,7 @@ def _to_utc(iso: str, tz: str) -> str:
         sign = 1 if off[0] == "+" else -1
         delta = timedelta(hours=int(off[1:3]), minutes=int(off[4:6]))
         dt = dt - sign * delta
-    elif tz not in ("UTC", "Africa/Lome", "Africa/Abidjan", "Africa/Accra"):
+    elif tz not in _UTC_PLUS_0:
         zone = _ZONES.get(tz) or _ZONES.setdefault(tz, ZoneInfo(tz))
         dt = dt.replace(tzinfo=zone).astimezone(_UTC).replace(tzinfo=None)
     # isoformat, not strftime: the same text, several times faster on the load path.
