@@ -190,6 +190,30 @@ def _started_worker(ready) -> None:
     time.sleep(60)
 
 
+def test_binary_copy_of_message_store_keeps_every_byte_and_value(warehouse_url):
+    """message_store rows go to PostgreSQL in COPY's binary format: every byte value, text
+    timestamps (converted on the way) and NULLs arrive as the text format would have stored them."""
+    from transforms.load import MS_COLUMNS
+    from transforms.warehouse import Writer
+
+    engine = get_engine(warehouse_url)
+    raw = bytes(range(256)) + "Ɖogbé Kɔmlaʋi".encode("utf-8") + b"\x00\\x\t\n"
+    row = dict.fromkeys(MS_COLUMNS)
+    row.update(id=990001, facility_code="CHU-SO", sending_facility="CHU-SO", control_id="C\t1\\x",
+               message_datetime="2026-11-02 08:00:00", received_at="2026-11-02 08:00:05", source="folder",
+               source_ref="binary-test#1", sha256=hashlib.sha256(raw).hexdigest(), raw=raw, size_bytes=len(raw),
+               status="loaded", updated_at="2026-11-02 08:00:05", flags="É,ŋ")
+    with engine.begin() as conn:
+        Writer(conn).copy("message_store", MS_COLUMNS, [tuple(row[c] for c in MS_COLUMNS)], binary=True)
+    got = rows(engine, "SELECT raw, control_id, message_datetime, received_at, trigger_event, flags, size_bytes "
+                       "FROM message_store WHERE id = 990001")
+    assert len(got) == 1
+    stored, cid, mdt, rat, te, flags, size = got[0]
+    assert bytes(stored) == raw and size == len(raw)
+    assert (cid, te, flags) == ("C\t1\\x", None, "É,ŋ")
+    assert str(mdt).startswith("2026-11-02 08:00:00") and str(rat).startswith("2026-11-02 08:00:05")
+
+
 def test_raw_bytes_are_stored_exactly_and_names_survive(ingestor, tmp_path):
     f = tmp_path / "CHU-SO" / "day.hl7"
     f.parent.mkdir()

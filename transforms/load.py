@@ -274,8 +274,8 @@ class Loader:
                             dq_errors.get(p.item.message_id) or _issue_text(r.get("errors")),
                             r["_flags"], now, r["content_sha256"]))
         # New rows have ids allocated in this transaction and a source_ref no other row has (file
-        # leases, unique listener refs): a straight COPY.
-        w.copy("message_store", MS_COLUMNS, ms_rows)
+        # leases, unique listener refs): a straight COPY, binary for the raw bytes.
+        w.copy("message_store", MS_COLUMNS, ms_rows, binary=True)
         old = [p for p in prepared if id(p) not in new_ids]
         if old:
             conn.execute(text(

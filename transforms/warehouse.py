@@ -215,20 +215,50 @@ class Writer:
                                       [*params, *chunk]))
         return out
 
-    def copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+    def copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], binary: bool = False) -> None:
         """Plain bulk INSERT for rows that cannot conflict (new ids): COPY straight into the table on
-        PostgreSQL, executemany on SQLite. A conflict would fail the batch, never skip rows."""
+        PostgreSQL, executemany on SQLite. A conflict would fail the batch, never skip rows.
+
+        ``binary``: COPY in PostgreSQL's binary format, for rows that carry raw bytes (see
+        ``_copy_binary``); their values must be of their columns' types (text timestamps are
+        converted)."""
         rows = list(rows)
         if not rows:
             return
         cols = ", ".join(columns)
         if self.dialect == "postgresql":
+            if binary:
+                self._copy_binary(table, cols, self._column_types(table, columns), rows)
+                return
             with self.dbapi.cursor().copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
                 for r in rows:
                     cp.write_row(r)
         else:
             marks = ", ".join("?" for _ in columns)
             self.dbapi.cursor().executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+
+    def _column_types(self, table: str, columns: Sequence[str]) -> list[str]:
+        """PostgreSQL type names of ``columns`` of ``table``, from the catalog."""
+        got = dict(self.query("SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+                              "WHERE attrelid = ?::regclass AND attnum > 0 AND NOT attisdropped", [table]))
+        return [got[c] for c in columns]
+
+    def _copy_binary(self, table: str, cols: str, types: list[str], rows: list[Sequence]) -> None:
+        """COPY in binary format: raw message bytes go as they are, where the text format would
+        send them as hex and make both sides convert them (measured on message_store rows: 3.7
+        instead of 7.9 µs per row, client and server together). Binary values must have their
+        column's exact type, so text timestamps become datetimes."""
+        stamps = [i for i, t in enumerate(types) if t.startswith("timestamp")]
+        with self.dbapi.cursor().copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
+            cp.set_types(types)
+            iso = datetime.fromisoformat
+            for r in rows:
+                if stamps:
+                    r = list(r)
+                    for i in stamps:
+                        if type(r[i]) is str:
+                            r[i] = iso(r[i])
+                cp.write_row(r)
 
     def insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], on_conflict_nothing: Sequence[str] = ()):
         self.upsert(table, columns, rows, key=on_conflict_nothing, update=())
