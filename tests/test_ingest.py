@@ -247,6 +247,22 @@ def test_duplicates_and_control_id_reuse(ingestor, tmp_path):
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 3
 
 
+def test_files_written_in_one_chunk_keep_their_own_counts(ingestor, tmp_path):
+    """A chunk is written in one go; each file still gets its own counts, and a duplicate of a
+    message in an earlier file of the same chunk is found."""
+    a = write(tmp_path / "a.hl7", adt("K-1", "A01", "20261102080000") + "MSH|^~\\&|broken\n")
+    b = write(tmp_path / "b.hl7", adt("K-1", "A01", "20261102080000") + adt("K-2", "A08", "20261102090000"))
+    c = write(tmp_path / "c.hl7", adt("K-3", "A03", "20261102100000"))
+    got = ingestor.ingest_files([(a, "CHU-SO"), (b, "CHU-SO"), (c, "CHU-SO")])
+    assert [r.counts.as_dict() for r in got] == [
+        {"messages": 2, "loaded": 1, "duplicates": 0, "quarantined": 1},
+        {"messages": 2, "loaded": 1, "duplicates": 1, "quarantined": 0},
+        {"messages": 1, "loaded": 1, "duplicates": 0, "quarantined": 0}]
+    assert rows(ingestor.engine, "SELECT control_id, status FROM message_store WHERE control_id LIKE 'K-%' "
+                                 "ORDER BY id") == [("K-1", "loaded"), ("K-1", "duplicate"), ("K-2", "loaded"),
+                                                    ("K-3", "loaded")]
+
+
 def test_same_file_twice_in_one_run(ingestor, tmp_path):
     a = write(tmp_path / "x" / "one.hl7", adt("D-2", "A01", "20261102080000") + adt("D-3", "A08", "20261102090000"))
     b = tmp_path / "y" / "again.hl7"

@@ -223,16 +223,21 @@ class Ingestor:
         waiting: list[tuple[int, _FileJob]] = []
 
         def flush() -> None:
-            self.loader.validate([p for _, b in pending for p in b])
-            # One transaction for the whole chunk: a commit is an fsync, and a file's ledger entry
-            # only counts what is committed, so a crash still resumes at the right message.
+            chunk = [p for _, b in pending for p in b]
+            self.loader.validate(chunk)
+            # One transaction and one write for the whole chunk: a commit is an fsync, every
+            # statement has a fixed cost, and a patient seen in several files is upserted once. A
+            # file's ledger entry only counts what is committed, so a crash still resumes at the
+            # right message.
             with self.engine.begin() as conn:
+                self.loader.write(conn, chunk)
                 for job, b in pending:
-                    job.counts.add(self.loader.write(conn, b))
+                    job.counts.add(self.loader.counts_of(b))
                 for i, job in waiting:  # files whose last message is in this chunk
                     results[i] = self._finish(conn, job)
             pending.clear()
             waiting.clear()
+            chunk.clear()  # freed now by reference counting; the collector would scan it all
             gc.collect(1)
 
         for i, job in enumerate(self._open_all(specs)):

@@ -203,10 +203,9 @@ class Loader:
 
     # -- database --------------------------------------------------------------------------------
     def write(self, conn: Connection, prepared: list[Prepared]) -> Counts:
-        counts = Counts(messages=len(prepared))
         self.outcomes: dict[int, tuple[str, set]] = {}
         if not prepared:
-            return counts
+            return Counts()
         w = Writer(conn)
         now = utcnow()
         new = [p for p in prepared if p.item.message_id is None]
@@ -296,10 +295,16 @@ class Loader:
         self._write_facts(conn, w, facts_by_table, now)
         if dq_counted:
             self._write_dq(conn, dq_counted, checks, now)
-        for s in statuses.values():
-            if s == "loaded":
+        return self.counts_of(prepared)
+
+    def counts_of(self, prepared: list[Prepared]) -> Counts:
+        """Counts for some of the messages of the last ``write`` (e.g. one file of a chunk)."""
+        counts = Counts(messages=len(prepared))
+        for p in prepared:
+            status = self.outcomes[p.item.message_id][0]
+            if status == "loaded":
                 counts.loaded += 1
-            elif s == "duplicate":
+            elif status == "duplicate":
                 counts.duplicates += 1
             else:
                 counts.quarantined += 1
