@@ -117,7 +117,7 @@ def test_parallel_ingest_loads_what_one_process_loads(warehouse_url, second_ware
                                                       tmp_path):
     """``workers=2`` (facilities spread over two processes) ends in the same warehouse content
     as one process, every message in exactly one state."""
-    from transforms.ingest import partition_by_facility
+    from transforms.ingest import assign_to_workers, partition_by_facility
 
     s = Settings.load(warehouse_url=warehouse_url)
     facs = [f.as_dict() for f in s.facilities()]
@@ -130,6 +130,15 @@ def test_parallel_ingest_loads_what_one_process_loads(warehouse_url, second_ware
     assert [len({specs[i][1] for i in g}) for g in groups] == [1] * len(groups)  # one facility per group
     assert len(groups) == len({s[1] for s in specs}) > 2
     assert all(g == sorted(g) for g in groups)  # a facility's files in their order
+    shares = assign_to_workers(specs, groups, 2)
+    assert len(shares) == 2 and sorted(i for s_ in shares for i in s_) == list(range(len(specs)))
+    for g in groups:  # each facility whole, in order, in one share
+        assert sum(1 for s_ in shares if set(g) <= set(s_)) == 1
+        share = next(s_ for s_ in shares if set(g) <= set(s_))
+        assert [i for i in share if i in g] == g
+    loads = [sum(files[i].stat().st_size for i in s_) for s_ in shares]
+    biggest = max(sum(files[i].stat().st_size for i in g) for g in groups)
+    assert max(loads) - min(loads) <= biggest  # dealt largest first to the lighter worker
     one = Ingestor(s, run_id="run-1")
     one.sync_facilities()
     first = one.ingest_files(specs)
@@ -261,6 +270,29 @@ def test_files_written_in_one_chunk_keep_their_own_counts(ingestor, tmp_path):
     assert rows(ingestor.engine, "SELECT control_id, status FROM message_store WHERE control_id LIKE 'K-%' "
                                  "ORDER BY id") == [("K-1", "loaded"), ("K-1", "duplicate"), ("K-2", "loaded"),
                                                     ("K-3", "loaded")]
+
+
+def test_first_chunk_commits_early_and_the_next_ones_are_full(ingestor, tmp_path, monkeypatch):
+    """``first_chunk`` (parallel SQLite workers stagger their commits with it) only moves the
+    first commit; the chunks after it are full, across files, and the content is unchanged."""
+    from transforms import ingest as ingest_mod
+
+    monkeypatch.setattr(ingest_mod, "BATCH_SIZE", 10)
+    monkeypatch.setattr(ingest_mod, "VALIDATION_CHUNK", 50)
+    sizes = []
+    real_write = ingestor.loader.write
+
+    def counting_write(conn, prepared):
+        sizes.append(len(prepared))
+        return real_write(conn, prepared)
+
+    monkeypatch.setattr(ingestor.loader, "write", counting_write)
+    files = [write(tmp_path / f"f{n}.hl7", "".join(adt(f"S-{n}-{i}", "A08", "20261102080000", visit=f"V{n}-{i}")
+                                                   for i in range(40))) for n in range(3)]
+    got = ingestor.ingest_files([(f, "CHU-SO") for f in files], first_chunk=20)
+    assert [n for n in sizes if n] == [20, 50, 50]
+    assert [r.counts.loaded for r in got] == [40, 40, 40]
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store WHERE control_id LIKE 'S-%'") == 120
 
 
 def test_same_file_twice_in_one_run(ingestor, tmp_path):

@@ -99,9 +99,9 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 def partition_by_facility(specs: list[tuple], workers: int) -> list[list[int]]:
-    """Group file specs (as indexes) by facility, largest facility first, so that ``workers``
-    processes taking the next group as they finish end close together; a facility's files stay
-    in order in one group. One group when ``workers`` <= 1 or there is only one facility."""
+    """Group file specs (as indexes) by facility, largest facility first (in bytes), so that
+    dealing them to ``workers`` processes in that order evens out their loads; a facility's files
+    stay in order in one group. One group when ``workers`` <= 1 or there is only one facility."""
     by_fac: dict = {}
     for i, spec in enumerate(specs):
         by_fac.setdefault(spec[1], []).append(i)
@@ -117,6 +117,27 @@ def partition_by_facility(specs: list[tuple], workers: int) -> list[list[int]]:
     return sorted(by_fac.values(), key=lambda ix: -sum(size(i) for i in ix))
 
 
+def assign_to_workers(specs: list[tuple], groups: list[list[int]], workers: int) -> list[list[int]]:
+    """Facility groups (largest first, from ``partition_by_facility``) dealt to ``workers``
+    processes up front: each group goes to the worker with the fewest bytes so far. A worker then
+    loads all its facilities in one ``ingest_files`` call, so its validation chunks run on from
+    one facility to the next instead of ending part-full at each (a data-quality run costs
+    mostly per expectation, not per row). A facility's files stay together and in order."""
+    def size(i: int) -> int:
+        try:
+            return Path(specs[i][0]).stat().st_size
+        except OSError:
+            return 0
+
+    loads = [0] * workers
+    out: list[list[int]] = [[] for _ in range(workers)]
+    for g in groups:
+        k = loads.index(min(loads))
+        out[k].extend(g)
+        loads[k] += sum(size(i) for i in g)
+    return [o for o in out if o]
+
+
 # The forked workers of ``Ingestor._ingest_parallel`` find their ingestor here (fork copies it).
 _PARALLEL: "tuple[Ingestor, list[tuple]] | None" = None
 
@@ -130,10 +151,16 @@ def _worker_start() -> None:
     _PARALLEL[0].engine.dispose(close=False)
 
 
-def _ingest_group(indexes: list[int]) -> tuple[list[tuple[int, FileResult]], list[dict]]:
+def _ingest_group(job: tuple[int, int, list[int]]) -> tuple[list[tuple[int, FileResult]], list[dict]]:
+    k, n, indexes = job
     ing, specs = _PARALLEL
     ing.loader.dq_breaches = []
-    done = ing.ingest_files([specs[i] for i in indexes])
+    # On SQLite, staggered first chunks (worker k of n commits its first after (k+1)/n of a
+    # chunk): workers that start together would otherwise finish their chunks together, and one
+    # would sit idle through the other's whole write (measured: 2.9-3.4 s of lock waits in a 21 s
+    # run, 0-1 s staggered). PostgreSQL writers do not wait for each other: no extra chunk there.
+    first = VALIDATION_CHUNK * (k + 1) // n if ing.engine.dialect.name == "sqlite" else None
+    done = ing.ingest_files([specs[i] for i in indexes], first_chunk=first)
     return list(zip(indexes, done)), ing.loader.dq_breaches
 
 
@@ -192,7 +219,7 @@ class Ingestor:
         """Store and load one file. ``facility_code`` None means "trust MSH-4" (hand-run ingest)."""
         return self.ingest_files([(path, facility_code, source, original_name)])[0]
 
-    def ingest_files(self, specs: list[tuple], workers: int = 1) -> list[FileResult]:
+    def ingest_files(self, specs: list[tuple], workers: int = 1, first_chunk: int | None = None) -> list[FileResult]:
         """Store and load files given as ``(path, facility_code[, source[, original_name]])``.
 
         ``workers`` > 1 loads different facilities' files in that many processes at once (see
@@ -202,6 +229,7 @@ class Ingestor:
         data-quality run is mostly per expectation, not per row), and each chunk is committed in
         one transaction, in file order; a file's ledger entry is closed in the transaction that
         commits its last message, so an interrupted run resumes exactly where it stopped.
+        ``first_chunk`` commits the first chunk after that many messages (see ``_ingest_group``).
         """
         groups = partition_by_facility(specs, workers)
         if len(groups) > 1:
@@ -212,17 +240,19 @@ class Ingestor:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._ingest_files(specs)
+            return self._ingest_files(specs, first_chunk or VALIDATION_CHUNK)
         finally:
             if was_enabled:
                 gc.enable()
 
-    def _ingest_files(self, specs: list[tuple]) -> list[FileResult]:
+    def _ingest_files(self, specs: list[tuple], first_chunk: int) -> list[FileResult]:
         results: list[FileResult | None] = [None] * len(specs)
+        limit = first_chunk
         pending: list[tuple[_FileJob, list]] = []
         waiting: list[tuple[int, _FileJob]] = []
 
         def flush() -> None:
+            nonlocal limit
             chunk = [p for _, b in pending for p in b]
             self.loader.validate(chunk)
             # One transaction and one write for the whole chunk: a commit is an fsync, every
@@ -239,6 +269,7 @@ class Ingestor:
             waiting.clear()
             chunk.clear()  # freed now by reference counting; the collector would scan it all
             gc.collect(1)
+            limit = VALIDATION_CHUNK
 
         for i, job in enumerate(self._open_all(specs)):
             if isinstance(job, FileResult):
@@ -246,7 +277,7 @@ class Ingestor:
                 continue
             for batch in self._batches(job):
                 pending.append((job, self.loader.prepare(batch)))
-                if sum(len(b) for _, b in pending) >= VALIDATION_CHUNK:
+                if sum(len(b) for _, b in pending) >= limit:
                     flush()
             waiting.append((i, job))
         flush()
@@ -254,8 +285,9 @@ class Ingestor:
         return results
 
     def _ingest_parallel(self, specs: list[tuple], groups: list[list[int]], workers: int) -> list[FileResult]:
-        """Groups of spec indexes over ``workers`` forked processes, each taking the next group
-        when it is done with one; results back in spec order.
+        """Facility groups of spec indexes dealt over ``workers`` forked processes
+        (``assign_to_workers``), each loading its share in one ``ingest_files`` call; results back
+        in spec order.
 
         Why processes: parsing is CPU-bound Python, and on PostgreSQL the writes of different
         facilities do not contend (each transaction's upserts are in key order, so no deadlock);
@@ -273,9 +305,11 @@ class Ingestor:
         global _PARALLEL
         _PARALLEL = (self, specs)
         try:
-            pool = multiprocessing.get_context("fork").Pool(min(workers, len(groups)), _worker_start)
+            shares = assign_to_workers(specs, groups, workers)
+            pool = multiprocessing.get_context("fork").Pool(len(shares), _worker_start)
             try:
-                outs = list(pool.imap_unordered(_ingest_group, groups, chunksize=1))
+                outs = list(pool.imap_unordered(_ingest_group, [(k, len(shares), share)
+                                                                for k, share in enumerate(shares)], chunksize=1))
                 # close + join lets each worker finish on its stop sentinel; terminate (what the
                 # pool's context manager does) is only for the error path.
                 pool.close()
