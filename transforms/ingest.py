@@ -107,14 +107,18 @@ def partition_by_facility(specs: list[tuple], workers: int) -> list[list[int]]:
         by_fac.setdefault(spec[1], []).append(i)
     if workers <= 1 or len(by_fac) <= 1:
         return [list(range(len(specs)))] if specs else []
+    return sorted(by_fac.values(), key=lambda ix: -_bytes(specs, ix))
 
-    def size(i: int) -> int:
+
+def _bytes(specs: list[tuple], indexes: list[int]) -> int:
+    """Size on disk of some specs' files (a file that vanished counts as empty)."""
+    total = 0
+    for i in indexes:
         try:
-            return Path(specs[i][0]).stat().st_size
+            total += Path(specs[i][0]).stat().st_size
         except OSError:
-            return 0
-
-    return sorted(by_fac.values(), key=lambda ix: -sum(size(i) for i in ix))
+            pass
+    return total
 
 
 def assign_to_workers(specs: list[tuple], groups: list[list[int]], workers: int) -> list[list[int]]:
@@ -123,18 +127,12 @@ def assign_to_workers(specs: list[tuple], groups: list[list[int]], workers: int)
     loads all its facilities in one ``ingest_files`` call, so its validation chunks run on from
     one facility to the next instead of ending part-full at each (a data-quality run costs
     mostly per expectation, not per row). A facility's files stay together and in order."""
-    def size(i: int) -> int:
-        try:
-            return Path(specs[i][0]).stat().st_size
-        except OSError:
-            return 0
-
     loads = [0] * workers
     out: list[list[int]] = [[] for _ in range(workers)]
     for g in groups:
         k = loads.index(min(loads))
         out[k].extend(g)
-        loads[k] += sum(size(i) for i in g)
+        loads[k] += _bytes(specs, g)
     return [o for o in out if o]
 
 
