@@ -99,9 +99,9 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 def partition_by_facility(specs: list[tuple], workers: int) -> list[list[int]]:
-    """Group file specs (as indexes) by facility, largest facility first (in bytes), so that
-    dealing them to ``workers`` processes in that order evens out their loads; a facility's files
-    stay in order in one group. One group when ``workers`` <= 1 or there is only one facility."""
+    """Group file specs (as indexes) by facility, largest facility first (in bytes); a
+    facility's files stay in order in one group. One group when ``workers`` <= 1 or there is
+    only one facility."""
     by_fac: dict = {}
     for i, spec in enumerate(specs):
         by_fac.setdefault(spec[1], []).append(i)
@@ -121,18 +121,36 @@ def _bytes(specs: list[tuple], indexes: list[int]) -> int:
     return total
 
 
+def _weight(specs: list[tuple], indexes: list[int]) -> float:
+    """About how many messages some specs' files hold: MSH occurrences in each file's first
+    256 KiB, scaled to its size (a file that vanished counts as empty). Work follows messages
+    more than bytes: dealt by bytes, the shares of the benchmark day were 3% apart, but one
+    worker had 15% more messages and ran 4 s longer than the other."""
+    total = 0.0
+    for i in indexes:
+        try:
+            with open(specs[i][0], "rb") as fh:
+                head = fh.read(1 << 18)
+                size = os.fstat(fh.fileno()).st_size
+        except OSError:
+            continue
+        if head:
+            total += head.count(b"MSH") * size / len(head)
+    return total
+
+
 def assign_to_workers(specs: list[tuple], groups: list[list[int]], workers: int) -> list[list[int]]:
-    """Facility groups (largest first, from ``partition_by_facility``) dealt to ``workers``
-    processes up front: each group goes to the worker with the fewest bytes so far. A worker then
+    """Facility groups (from ``partition_by_facility``) dealt to ``workers`` processes up
+    front, most messages first, each to the worker with the fewest messages so far. A worker then
     loads all its facilities in one ``ingest_files`` call, so its validation chunks run on from
     one facility to the next instead of ending part-full at each (a data-quality run costs
     mostly per expectation, not per row). A facility's files stay together and in order."""
-    loads = [0] * workers
+    loads = [0.0] * workers
     out: list[list[int]] = [[] for _ in range(workers)]
-    for g in groups:
+    for g, w in sorted(((g, _weight(specs, g)) for g in groups), key=lambda gw: -gw[1]):
         k = loads.index(min(loads))
         out[k].extend(g)
-        loads[k] += _bytes(specs, g)
+        loads[k] += w
     return [o for o in out if o]
 
 
