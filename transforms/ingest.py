@@ -99,26 +99,14 @@ def file_sha256(path: Path) -> tuple[str, int]:
 
 
 def partition_by_facility(specs: list[tuple], workers: int) -> list[list[int]]:
-    """Group file specs (as indexes) by facility, largest facility first (in bytes); a
-    facility's files stay in order in one group. One group when ``workers`` <= 1 or there is
-    only one facility."""
+    """Group file specs (as indexes) by facility; a facility's files stay in order in one group.
+    One group when ``workers`` <= 1 or there is only one facility."""
     by_fac: dict = {}
     for i, spec in enumerate(specs):
         by_fac.setdefault(spec[1], []).append(i)
     if workers <= 1 or len(by_fac) <= 1:
         return [list(range(len(specs)))] if specs else []
-    return sorted(by_fac.values(), key=lambda ix: -_bytes(specs, ix))
-
-
-def _bytes(specs: list[tuple], indexes: list[int]) -> int:
-    """Size on disk of some specs' files (a file that vanished counts as empty)."""
-    total = 0
-    for i in indexes:
-        try:
-            total += Path(specs[i][0]).stat().st_size
-        except OSError:
-            pass
-    return total
+    return list(by_fac.values())
 
 
 def _weight(specs: list[tuple], indexes: list[int]) -> float:
@@ -173,8 +161,8 @@ def _ingest_group(job: tuple[int, int, list[int]]) -> tuple[list[tuple[int, File
     ing.loader.dq_breaches = []
     # On SQLite, staggered first chunks (worker k of n commits its first after (k+1)/n of a
     # chunk): workers that start together would otherwise finish their chunks together, and one
-    # would sit idle through the other's whole write (measured: 2.9-3.4 s of lock waits in a 21 s
-    # run, 0-1 s staggered). PostgreSQL writers do not wait for each other: no extra chunk there.
+    # would sit idle through the other's whole write (docs/performance.md has the lock waits
+    # measured). PostgreSQL writers do not wait for each other: no extra chunk there.
     first = VALIDATION_CHUNK * (k + 1) // n if ing.engine.dialect.name == "sqlite" else None
     done = ing.ingest_files([specs[i] for i in indexes], first_chunk=first)
     return list(zip(indexes, done)), ing.loader.dq_breaches
