@@ -411,4 +411,36 @@ def test_gx_results_carry_failing_positions_but_never_the_values():
         {"insurer_code": "INAM", "member_id": "123456789", "valid_from": "2026-01-01", "valid_to": "2026-12-31"}])
     assert v.failures("fact_coverage", frame)["inam_member_id_format"] == [0]
     res = _off_our_stack(v.engine.run, "fact_coverage", frame, v.parameters)
-    assert "SECRET-ID-42" not in repr(res.to_json_dict())
+    assert "SECRET-ID-42" not in repr([r.to_json_dict() for r in res])
+
+
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_screening_then_locating_finds_the_rows_one_complete_run_finds(validator, table):
+    """Expectations are screened pass/fail first and only the failed ones run again for positions;
+    every row a single COMPLETE run of the whole suite flags must still be flagged, and no other."""
+    from transforms.quality import _RESULT_FORMAT, _off_our_stack
+
+    cases = [c for c in CASES.values() if c[0] == table]
+    frame = _frame(table, [{}] + [c for _, good, bad in cases for c in (good, bad)] + [{}])
+
+    def one_complete_run():
+        eng = validator.engine
+        batch = eng.batches[table].get_batch(batch_parameters={"dataframe": frame})
+        return batch.validate(eng.suites[table], result_format=_RESULT_FORMAT,
+                              expectation_parameters=validator.parameters).results
+
+    expected = {r.expectation_config.meta["name"]: r.result.get("unexpected_index_list") or []
+                for r in _off_our_stack(one_complete_run)}
+    assert any(expected.values()), "the frame must fail some expectation"
+    assert validator.failures(table, frame) == expected
+    results = _off_our_stack(validator.engine.run, table, frame, validator.parameters)
+    # Passing expectations were only screened: GX computed no positions for them.
+    assert all("unexpected_index_list" not in (r.result or {}) for r in results
+               if not expected[r.expectation_config.meta["name"]])
+
+
+def test_mostly_is_refused(tmp_path):
+    suites = _suite_dir(tmp_path, lambda d: _edit_json(
+        d / "fact_charge.json", lambda doc: doc["expectations"][1]["kwargs"].update(mostly=0.9)))
+    with pytest.raises(QualityConfigError, match="'mostly' is not supported.*HL7ICS_DQ_MAX_FAILURE_RATE"):
+        load_suites(suites)
