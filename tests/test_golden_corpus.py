@@ -1010,3 +1010,49 @@ def _pid3_first_repetition_empty():
 ])
 def test_parser_regression(check):
     assert check()
+
+
+def _units(data: bytes, **kw) -> list[tuple]:
+    import io
+
+    from transforms.parser import iter_units
+
+    return [(u.kind, u.offset, u.raw) for u in iter_units(io.BytesIO(data), **kw)]
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(CORPUS).as_posix() for p in CORPUS.rglob("*.hl7")))
+def test_files_without_batch_segments_split_the_same_looking_for_msh_only(path):
+    """A file with no line starting FHS/BHS/BTS/FTS is split looking for MSH alone (each other
+    name costs a scan of the whole buffer): the units must be exactly those of the full search."""
+    import io
+
+    from transforms.extract import has_batch_segments
+
+    data = _data(path)
+    if has_batch_segments(io.BytesIO(data)):
+        assert {k for k, _, _ in _units(data)} & {"FHS", "BHS", "BTS", "FTS"}
+    else:
+        assert _units(data, batch_segments=False) == _units(data)
+        assert _units(data, chunk_size=64, batch_segments=False) == _units(data, chunk_size=64)
+
+
+def test_a_batch_segment_behind_a_bom_counts_as_one():
+    """The pre-scan and the splitter agree on what starts a line: a BOM may precede the name."""
+    import io
+
+    from transforms.extract import has_batch_segments
+
+    msg = _data("python-hl7/sample_hl7.hl7").rstrip(WS)
+    data = msg + b"\r" + BOM + b"BTS|1\r"
+    assert has_batch_segments(io.BytesIO(data))
+    assert [k for k, _, _ in _units(data)] == ["MSH", "BTS"]
+
+
+def test_a_message_behind_a_bom_mid_file_is_a_message_whatever_the_read_size():
+    """A BOM-prefixed message after the first one used to become a FRAGMENT (quarantined) when a
+    read boundary fell just before it, because the carried-over buffer then began with the BOM."""
+    msg = _data("python-hl7/sample_hl7.hl7").rstrip(WS)
+    data = msg + b"\r" + BOM + msg + b"\r" + msg + b"\r"
+    expected = [("MSH", 0), ("MSH", len(msg) + 1), ("MSH", 2 * len(msg) + 5)]
+    for size in (1 << 20, len(msg) + 100, 64, 2):
+        assert [(k, o) for k, o, _ in _units(data, chunk_size=size)] == expected, size

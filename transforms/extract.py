@@ -330,10 +330,11 @@ def to_record(msg: Message, source: dict | None = None, extra_issues: list[Parse
 
 # ---------------------------------------------------------------------------------------------
 # Files -> records
-_BATCH_SEG = re.compile(rb"(?:^|[\r\n])(?:FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
+# The same line starts as parser._starts finds (a BOM may precede the segment name).
+_BATCH_SEG = re.compile(rb"(?:^|[\r\n])(?:\xef\xbb\xbf)?(?:FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
 
 
-def _has_batch_segments(stream) -> bool:
+def has_batch_segments(stream) -> bool:
     """Whether any line starts with FHS/BHS/BTS/FTS (a streaming byte scan; no decoding)."""
     tail = b""
     try:
@@ -373,10 +374,11 @@ def iter_parsed(stream, facility_charset: str | None = None, parse_messages: boo
     from .parser import iter_file, parse
 
     by_batch: dict = {}
-    if _has_batch_segments(stream):
+    batch = has_batch_segments(stream)
+    if batch:
         by_batch = envelope_issues(stream)
     file_level = by_batch.get(None, [])
-    for rm in iter_file(stream):
+    for rm in iter_file(stream, batch_segments=batch):
         extra = list(file_level)
         # Any batch problem holds back the whole file, not only the batch concerned.
         for b, lst in by_batch.items():

@@ -331,7 +331,8 @@ def parse(raw: bytes, facility_charset: str | None = None) -> Message:
 # ---------------------------------------------------------------------------------------------
 # Streams of bytes -> units
 _START = re.compile(rb"[\r\n](?=(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n])")
-_HEAD = re.compile(rb"(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
+# A unit carried over from the previous read starts the buffer, BOM included (as _START allows).
+_HEAD = re.compile(rb"(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
 
 
 def _kind(buf: bytes, a: int) -> str:
@@ -343,13 +344,15 @@ _HEADS = (b"MSH", b"FHS", b"BHS", b"BTS", b"FTS")
 _NOT_AFTER_HEAD = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789\r\n")
 
 
-def _starts(buf: bytes) -> list[int]:
+def _starts(buf: bytes, heads: tuple[bytes, ...] = _HEADS) -> list[int]:
     """Offsets where a message or batch segment begins (at the buffer start or after CR/LF,
     optionally behind a BOM). Same matches as ``_START`` but found with ``bytes.find``, which
-    runs at memory speed; a regex scan tries its pattern at every CR/LF."""
+    runs at memory speed; a regex scan tries its pattern at every CR/LF. ``heads``: the segment
+    names to look for (only MSH in a file known to hold no batch segments: each other name costs
+    a scan of the whole buffer)."""
     out = []
     n = len(buf)
-    for h in _HEADS:
+    for h in heads:
         i = buf.find(h, 1)
         while i != -1:
             if i + 3 < n and buf[i + 3] not in _NOT_AFTER_HEAD:
@@ -369,8 +372,12 @@ class Unit(NamedTuple):
     offset: int  # byte offset in the stream
 
 
-def iter_units(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[Unit]:
-    """Split a byte stream into units without decoding. Memory is bounded by the largest unit."""
+def iter_units(stream: BinaryIO, chunk_size: int = CHUNK, batch_segments: bool = True) -> Iterator[Unit]:
+    """Split a byte stream into units without decoding. Memory is bounded by the largest unit.
+
+    ``batch_segments=False`` is for a stream known to have no line starting with FHS, BHS, BTS
+    or FTS (``extract.has_batch_segments``): only MSH then starts a unit."""
+    heads = _HEADS if batch_segments else _HEADS[:1]
     buf = b""
     base = 0  # stream offset of buf[0]
     first = True
@@ -393,7 +400,7 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[Unit]:
             if not buf and not eof:
                 continue
             first = False
-        starts = _starts(buf)
+        starts = _starts(buf, heads)
         if not eof:
             if not starts:
                 if len(buf) > MAX_UNIT_BYTES:
@@ -473,7 +480,8 @@ def _split_envelopes(units: Iterator[Unit]) -> Iterator[Unit]:
         yield u
 
 
-def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: int = CHUNK) -> Iterator[RawMessage]:
+def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: int = CHUNK,
+              batch_segments: bool = True) -> Iterator[RawMessage]:
     """Messages of a file (plain, several concatenated, or FHS/BHS batches), in order.
 
     Pass an ``Envelope`` to receive the batch reconciliation once the generator is exhausted;
@@ -484,7 +492,7 @@ def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: in
     batch: int | None = None
     in_batch_count = 0
     fts_seen = False
-    for unit in _split_envelopes(iter_units(stream, chunk_size)):
+    for unit in _split_envelopes(iter_units(stream, chunk_size, batch_segments)):
         kind = unit.kind
         if kind == "MSH" or kind == "FRAGMENT":
             env.messages += 1
