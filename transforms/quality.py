@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from operator import itemgetter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,35 +372,40 @@ class Validator:
                 slot = gathered.get(table)
                 if slot is not None and own:
                     slot[0].extend(own)
-                    slot[1].extend([i] * len(own))
+                    if len(own) == 1:
+                        slot[1].append(i)
+                    else:
+                        slot[1].extend([i] * len(own))
                     counts[table] = len(own)
         if "message_store" in self.suites:
             gathered["message_store"] = ([p.check for p in todo], list(range(len(todo))))
             for p in todo:
                 p.dq.rows["message_store"] = 1
+        erring: set[int] = set()  # positions in todo of messages failing an error-severity check
         for table, suite in self.suites.items():
             cols = TABLES[table]
             rows, owner = gathered[table]
             if not rows:
                 continue
             # Only the columns the suite reads: names, addresses and phone numbers never reach GX.
-            keep = [i for i, c in enumerate(cols) if c in suite.columns]
-            if len(keep) < len(cols):
-                pick = itemgetter(*keep)
-                rows = [pick(r) for r in rows] if len(keep) > 1 else [(pick(r),) for r in rows]
-            frame = pd.DataFrame.from_records(rows, columns=[cols[i] for i in keep])
+            # Built column by column: a fifth cheaper than from row tuples.
+            frame = pd.DataFrame({c: [r[i] for r in rows] for i, c in enumerate(cols) if c in suite.columns},
+                                 index=pd.RangeIndex(len(rows)))
             pos = np.asarray(owner)
             for name, values in zip(CONTEXT_COLUMNS, context):
                 if name in suite.columns:
                     frame[name] = values[pos]
             if "_now" in suite.columns:
                 frame["_now"] = now
-            owners = [todo[i] for i in owner]
             for name, indexes in self.failures(table, frame).items():
+                error = self.checks[name].severity == "error"
                 for idx in indexes:
-                    p = owners[idx]
-                    p.dq.failed[name] = p.dq.failed.get(name, 0) + 1
-        result.failed_messages = sum(1 for p in todo if p.dq.errors(self.checks))
+                    i = owner[idx]
+                    failed = todo[i].dq.failed
+                    failed[name] = failed.get(name, 0) + 1
+                    if error:
+                        erring.add(i)
+        result.failed_messages = len(erring)
         if result.validated >= self.options.min_batch \
                 and result.failed_messages / result.validated > self.options.max_failure_rate:
             result.held = True
