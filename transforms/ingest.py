@@ -258,6 +258,8 @@ class Ingestor:
         def flush() -> None:
             nonlocal limit
             chunk = [p for _, b in pending for p in b]
+            if not chunk and not waiting:
+                return  # nothing to commit (the last chunk ended exactly with the last file)
             self.loader.validate(chunk)
             # One transaction and one write for the whole chunk: a commit is an fsync, every
             # statement has a fixed cost, and a patient seen in several files is upserted once. A

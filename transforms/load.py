@@ -75,6 +75,8 @@ class Prepared:
     dq: "Verdict | None" = None  # set by quality.Validator
 
 
+_NO_REASONS: frozenset = frozenset()  # the quarantine reasons of most messages (shared, never changed)
+
 # Facts are extracted before the message has its message_store id; this sentinel marks the id
 # columns, which ``write`` fills in. Column positions come from facts.COLUMNS.
 _PLACEHOLDER = -1
@@ -216,7 +218,6 @@ class Loader:
         existing = self._existing_keys(w, prepared)
         seen: dict[tuple, int] = {}
         seen_ids: dict[tuple, set] = {}  # (facility, control id) -> SHA-256s loaded in this batch
-        statuses: dict[int, str] = {}
         quarantine_rows = []
         facts_by_table: dict[str, list] = {}
         if any(p.dq is None and p.facts is not None for p in prepared):
@@ -258,10 +259,11 @@ class Loader:
                     if checks and p.dq is not None:
                         flags.extend(f"dq:{n}" for n in p.dq.warnings(checks))
                         dq_counted.append(p)
-            statuses[mid] = status
-            self.outcomes[mid] = (status, {(q[1], q[2]) for q in quarantine_rows[qstart:]})
+            self.outcomes[mid] = (status, {(q[1], q[2]) for q in quarantine_rows[qstart:]}
+                                  if len(quarantine_rows) > qstart else _NO_REASONS)
             p.rec["_flags"] = ",".join(dict.fromkeys(flags)) or None
         # message_store: new rows inserted with their final state; listener rows updated in place.
+        outcomes = self.outcomes
         ms_rows = []
         for p in new:
             r = p.rec
@@ -269,7 +271,7 @@ class Loader:
                             r.get("control_id"), r.get("message_type"), r.get("trigger_event"), r.get("version"),
                             _utc(r.get("message_datetime"), p.tz), p.item.received_at or now, p.item.source,
                             p.item.source_ref, p.item.file_sha256, r["sha256"], p.item.raw, len(p.item.raw),
-                            r.get("charset"), statuses[p.item.message_id],
+                            r.get("charset"), outcomes[p.item.message_id][0],
                             dq_errors.get(p.item.message_id) or _issue_text(r.get("errors")),
                             r["_flags"], now, r["content_sha256"]))
         # New rows have ids allocated in this transaction and a source_ref no other row has (file
@@ -282,7 +284,7 @@ class Loader:
                 "sending_facility = :sf, sending_application = :sa, control_id = :cid, message_type = :mt, "
                 "trigger_event = :te, version = :v, message_datetime = :mdt, charset = :cs, updated_at = :now, "
                 "content_sha256 = :csha WHERE id = :id"),
-                [{"status": statuses[p.item.message_id],
+                [{"status": outcomes[p.item.message_id][0],
                   "error": dq_errors.get(p.item.message_id) or _issue_text(p.rec.get("errors")),
                   "flags": p.rec["_flags"], "fac": p.facility, "sf": p.rec.get("sending_facility"),
                   "sa": p.rec.get("sending_application"), "cid": p.rec.get("control_id"),
