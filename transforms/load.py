@@ -385,8 +385,11 @@ class Loader:
                      update=("sex", "birth_year", "district", "updated_at"))
         if "encounter_event" in facts:
             ev = facts["encounter_event"]
+            # The visits' earlier events are read before this batch's are written: folded with the
+            # new ones in memory, they are the same events, and only the earlier ones travel back.
+            earlier = self._stored_events(w, {(r[1], r[2]) for r in ev})
             w.copy("encounter_event", COLUMNS["encounter_event"], ev)
-            self._refold(conn, w, {(r[1], r[2]) for r in ev}, now)
+            self._refold(w, earlier + ev, now)
         if "fact_lab_order" in facts:
             w.upsert("fact_lab_order", COLUMNS["fact_lab_order"], dedupe(facts["fact_lab_order"], (0, 1, 2)),
                      key=("facility_code", "placer_order_number", "test_code"),
@@ -416,18 +419,27 @@ class Loader:
             for old_key, new_key, _mid, _at in merges:
                 merge_patient(conn, old_key, new_key)
 
-    def _refold(self, conn: Connection, w: Writer, visits: set[tuple[str, str]], now: str) -> None:
+    @staticmethod
+    def _stored_events(w: Writer, visits: set[tuple[str, str]]) -> list[tuple]:
+        """The stored ``encounter_event`` rows of ``visits`` ((facility, visit number) pairs)."""
         by_fac: dict[str, list[str]] = {}
         for f, v in visits:
             by_fac.setdefault(f, []).append(v)
         cols = ", ".join(COLUMNS["encounter_event"])
-        grouped: dict[tuple, list] = {}
+        out = []
         for fac, vs in by_fac.items():
             for r in w.query_in(f"SELECT {cols} FROM encounter_event WHERE facility_code = ? AND {{match}}",
                                 "visit_number", vs, [fac]):
                 # PostgreSQL returns datetimes, SQLite strings: fold on one representation.
-                grouped.setdefault((r[1], r[2]), []).append(
-                    tuple(_ts_text(v) if i in (4, 8, 9) else v for i, v in enumerate(r)))
+                out.append(tuple(_ts_text(v) if i in (4, 8, 9) else v for i, v in enumerate(r)))
+        return out
+
+    @staticmethod
+    def _refold(w: Writer, events: list[tuple], now: str) -> None:
+        """``fact_encounter`` rows of the visits of ``events`` (all of each visit's events)."""
+        grouped: dict[tuple, list] = {}
+        for r in events:
+            grouped.setdefault((r[1], r[2]), []).append(r)
         rows = []
         for evs in grouped.values():
             state = fold_encounter(evs)
