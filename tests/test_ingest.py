@@ -573,6 +573,19 @@ def test_same_message_with_other_line_endings_is_a_duplicate(ingestor, tmp_path)
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM fact_charge") == 1
 
 
+def test_content_hash_ignores_only_the_framing():
+    """Leading whitespace and BOMs, the final terminator and CR/LF/CRLF do not change what a
+    message is; any other byte does."""
+    from transforms.load import content_sha256
+
+    body = dft("H-1").strip("\n").replace("\n", "\r").encode()
+    same = [body, body + b"\r", body + b"\r\n\r\n", body.replace(b"\r", b"\n") + b"\n",
+            body.replace(b"\r", b"\r\n"), b"\xef\xbb\xbf" + body, b" \r\n\xef\xbb\xbf\xef\xbb\xbf\n" + body + b"\r"]
+    assert {content_sha256(v) for v in same} == {hashlib.sha256(body).hexdigest()}
+    other = [body.replace(b"Kodjo", b"Kodjo "), b"X" + body, body.replace(b"\r", b"\r\r", 1)]
+    assert hashlib.sha256(body).hexdigest() not in {content_sha256(v) for v in other}
+
+
 def test_adt_event_without_any_time_loads_and_orders_by_arrival(ingestor, tmp_path):
     write(tmp_path / "1.hl7", adt("NT-1", "A01", "20261102080000"))
     no_time = adt("NT-2", "A11", "").replace("EVN|A11|\n", "EVN|A11\n")

@@ -103,9 +103,14 @@ def _ts(value: str, tz: str) -> str | None:
 
 def _c(value: str, d: Delimiters, i: int = 0, codec: str = "utf-8") -> str | None:
     """Component i (0-based) of the first repetition, unescaped; None when empty."""
+    if not value:  # a sixth of the calls: empty fields are common
+        return None
     comps = components(value, d)
     if i < len(comps) and comps[i]:
-        return unescape(comps[i].split(d.subcomponent, 1)[0], d, codec) or None
+        c = comps[i]
+        if d.subcomponent in c:
+            c = c.split(d.subcomponent, 1)[0]
+        return (unescape(c, d, codec) if d.escape in c else c) or None
     return None
 
 

@@ -39,11 +39,14 @@ MS_COLUMNS = ("id", "facility_code", "sending_facility", "sending_application", 
 def content_sha256(raw: bytes) -> str:
     """Hash of what a message *is*: its bytes without a leading BOM or trailing line endings, with
     one segment terminator. Duplicates are judged on this; ``sha256`` stays the exact-bytes hash."""
-    body = raw.lstrip(b" \t\r\n")
-    while body[:3] == b"\xef\xbb\xbf":
-        body = body[3:].lstrip(b" \t\r\n")
-    # CR, LF and CRLF are the same segment terminator to HL7.
-    body = body.rstrip(b" \t\r\n").replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    body = raw
+    if body[:3] != b"MSH":  # the usual start needs no stripping
+        body = body.lstrip(b" \t\r\n")
+        while body[:3] == b"\xef\xbb\xbf":
+            body = body[3:].lstrip(b" \t\r\n")
+    body = body.rstrip(b" \t\r\n")
+    if b"\n" in body:  # CR, LF and CRLF are the same segment terminator to HL7
+        body = body.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
     return hashlib.sha256(body).hexdigest()
 
 
