@@ -99,18 +99,21 @@ def _slim(rec: dict, raw: bytes) -> dict:
     return out
 
 
-def _with_id(facts: dict, mid: int) -> dict:
-    out = {}
+def _add_with_id(out: dict[str, list], facts: dict, mid: int) -> None:
+    """Append ``facts``' rows to ``out`` (table -> rows), the placeholder ids set to ``mid``."""
     for table, rows in facts.items():
+        dest = out.get(table)
+        if dest is None:
+            dest = out[table] = []
         idx = _ID_COLUMNS.get(table)
         if not idx:
-            out[table] = rows
+            dest.extend(rows)
         elif len(idx) == 1:  # every fact table but one: a single id column
             i = idx[0]
-            out[table] = [r[:i] + (mid,) + r[i + 1:] if r[i] == _PLACEHOLDER else r for r in rows]
+            for r in rows:
+                dest.append(r[:i] + (mid,) + r[i + 1:] if r[i] == _PLACEHOLDER else r)
         else:
-            out[table] = [tuple(mid if k in idx and v == _PLACEHOLDER else v for k, v in enumerate(r)) for r in rows]
-    return out
+            dest.extend(tuple(mid if k in idx and v == _PLACEHOLDER else v for k, v in enumerate(r)) for r in rows)
 
 
 @dataclass
@@ -252,15 +255,15 @@ class Loader:
                         status = "quarantined"
                         quarantine_rows.append((mid, "load", "LOAD_ERROR",
                                                 f"fact extraction failed ({p.fact_error})", now))
-                    elif checks and p.dq is not None and (p.dq.held or p.dq.errors(checks)):
+                    elif checks and p.dq is not None and (p.dq.held or (p.dq.failed and p.dq.errors(checks))):
                         status = "quarantined"
                         dq_errors[mid] = self._dq_quarantine(p.dq, checks, mid, now, quarantine_rows)
                     else:
                         status = "loaded"
-                        for t, rows in _with_id(p.facts, mid).items():
-                            facts_by_table.setdefault(t, []).extend(rows)
+                        _add_with_id(facts_by_table, p.facts, mid)
                     if checks and p.dq is not None:
-                        flags.extend(f"dq:{n}" for n in p.dq.warnings(checks))
+                        if p.dq.failed:
+                            flags.extend(f"dq:{n}" for n in p.dq.warnings(checks))
                         dq_counted.append(p)
             self.outcomes[mid] = (status, {(q[1], q[2]) for q in quarantine_rows[qstart:]}
                                   if len(quarantine_rows) > qstart else _NO_REASONS)
