@@ -377,7 +377,7 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK, batch_segments: bool =
 
     ``batch_segments=False`` is for a stream known to have no line starting with FHS, BHS, BTS
     or FTS (``extract.has_batch_segments``): only MSH then starts a unit."""
-    heads = _HEADS if batch_segments else _HEADS[:1]
+    heads = _HEADS if batch_segments else (b"MSH",)
     buf = b""
     base = 0  # stream offset of buf[0]
     first = True
