@@ -225,6 +225,25 @@ def test_binary_copy_of_message_store_keeps_every_byte_and_value(warehouse_url):
     assert str(mdt).startswith("2026-11-02 08:00:00") and str(rat).startswith("2026-11-02 08:00:05")
 
 
+def test_allocated_ids_are_ascending_unused_and_never_handed_out_twice(warehouse_url):
+    """``Writer.allocate_ids`` gives the loader ids in ascending order (it assigns them in message
+    order), ahead of the rows already stored and of every earlier reservation."""
+    from transforms.warehouse import Writer
+
+    engine = get_engine(warehouse_url)
+    with engine.begin() as conn:
+        first = Writer(conn).allocate_ids("message_store", 2500)
+        Writer(conn).copy("message_store", ("id", "received_at", "source", "source_ref", "sha256", "raw",
+                                            "size_bytes", "status", "updated_at"),
+                          [(i, "2026-11-02 08:00:00", "folder", f"ids-test#{i}", "0" * 64, b"MSH|", 4, "received",
+                            "2026-11-02 08:00:00") for i in first])
+    with engine.begin() as conn:
+        second = Writer(conn).allocate_ids("message_store", 3)
+        assert Writer(conn).allocate_ids("message_store", 0) == []
+    assert len(first) == 2500 and first == sorted(set(first))
+    assert len(second) == 3 and second == sorted(second) and second[0] > first[-1]
+
+
 def test_raw_bytes_are_stored_exactly_and_names_survive(ingestor, tmp_path):
     f = tmp_path / "CHU-SO" / "day.hl7"
     f.parent.mkdir()

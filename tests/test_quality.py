@@ -444,3 +444,28 @@ def test_mostly_is_refused(tmp_path):
         d / "fact_charge.json", lambda doc: doc["expectations"][1]["kwargs"].update(mostly=0.9)))
     with pytest.raises(QualityConfigError, match="'mostly' is not supported.*HL7ICS_DQ_MAX_FAILURE_RATE"):
         load_suites(suites)
+
+
+@pytest.mark.parametrize("values", [
+    ["Kɔmlaʋi", None, "Ɖogbé", "ŋ", ""],    # text with missing values: built by pyarrow
+    ["ORU", "ADT"] * 3,
+    [None, None],                           # nothing but missing values: pandas' object
+    [],
+    [1.5, None, 2.0],                       # numbers, flags and mixed types: pandas' own inference
+    [1, 2, 3],
+    [True, False, True],
+    ["12", 12, None],
+    ["a", float("nan")],
+], ids=["text", "codes", "all-missing", "empty", "floats", "ints", "bools", "mixed", "text-and-nan"])
+def test_frame_columns_have_the_dtype_and_values_pandas_would_infer(values):
+    """The frames GX validates are built with ``quality._column``; a column must come out exactly
+    as ``pd.DataFrame`` infers it, or expectations could judge other values or types."""
+    import pandas as pd
+
+    from transforms.quality import _column
+
+    expected = pd.DataFrame({"c": list(values)}, index=pd.RangeIndex(len(values)))
+    got = pd.DataFrame({"c": _column(list(values))}, index=pd.RangeIndex(len(values)))
+    pd.testing.assert_frame_equal(got, expected)
+    assert got["c"].dtype == expected["c"].dtype
+    assert got["c"].isna().tolist() == expected["c"].isna().tolist()

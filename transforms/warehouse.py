@@ -179,8 +179,11 @@ class Writer:
         if n == 0:
             return []
         if self.dialect == "postgresql":
-            rows = self.conn.execute(text(f"SELECT nextval('{table}_id_seq') FROM generate_series(1, :n)"), {"n": n})
-            return [r[0] for r in rows]
+            # One array value instead of n rows: a row each through SQLAlchemy cost 1 µs per id.
+            # Ascending, as the callers assign them in order; not always consecutive (other writers
+            # draw from the same sequence).
+            return self.query(f"SELECT array_agg(v ORDER BY v) FROM (SELECT nextval('{table}_id_seq') AS v "
+                              "FROM generate_series(1, ?)) s", [n])[0][0]
         # SQLite: the transaction began IMMEDIATE, so no other writer can interleave.
         start = self.conn.execute(text(f"SELECT COALESCE(MAX(id), 0) FROM {table}")).scalar_one()
         seq = self.conn.execute(text("SELECT seq FROM sqlite_sequence WHERE name = :t"), {"t": table}).scalar()
