@@ -595,7 +595,7 @@ def test_same_message_with_other_line_endings_is_a_duplicate(ingestor, tmp_path)
 def test_content_hash_ignores_only_the_framing():
     """Leading whitespace and BOMs, the final terminator and CR/LF/CRLF do not change what a
     message is; any other byte does."""
-    from transforms.load import content_sha256
+    from transforms.load import content_sha256, message_hashes
 
     body = dft("H-1").strip("\n").replace("\n", "\r").encode()
     same = [body, body + b"\r", body + b"\r\n\r\n", body.replace(b"\r", b"\n") + b"\n",
@@ -603,6 +603,9 @@ def test_content_hash_ignores_only_the_framing():
     assert {content_sha256(v) for v in same} == {hashlib.sha256(body).hexdigest()}
     other = [body.replace(b"Kodjo", b"Kodjo "), b"X" + body, body.replace(b"\r", b"\r\r", 1)]
     assert hashlib.sha256(body).hexdigest() not in {content_sha256(v) for v in other}
+    # The loader's one-pass pair is the same two hashes, whichever way the framing goes.
+    for v in same + other + [b"", b"\r\n", body + b" \t"]:
+        assert message_hashes(v) == (hashlib.sha256(v).hexdigest(), content_sha256(v))
 
 
 def test_adt_event_without_any_time_loads_and_orders_by_arrival(ingestor, tmp_path):

@@ -300,8 +300,10 @@ def check_structure(msg: Message, header: dict, issues: list[ParseIssue]) -> Non
             break
 
 
-def to_record(msg: Message, source: dict | None = None, extra_issues: list[ParseIssue] = ()) -> dict:
-    """The canonical record for one message."""
+def to_record(msg: Message, source: dict | None = None, extra_issues: list[ParseIssue] = (),
+              sha256: str | None = None) -> dict:
+    """The canonical record for one message. ``sha256``: the hash of its bytes, when the caller
+    already has it (the loader hashes the exact bytes and the content in one pass)."""
     issues: list[ParseIssue] = list(msg.issues)
     header = header_of(msg, issues)
     has_msh = header["control_id"] is not None or (msg.segments and msg.segments[0][0] == "MSH")
@@ -316,7 +318,7 @@ def to_record(msg: Message, source: dict | None = None, extra_issues: list[Parse
     rec.update({
         "charset": msg.codec,
         "source": source,
-        "sha256": msg.sha256,
+        "sha256": sha256 or msg.sha256,
         "patient": patient,
         "observations": obs,
         "status": "error" if errors else "ok",

@@ -39,6 +39,22 @@ MS_COLUMNS = ("id", "facility_code", "sending_facility", "sending_application", 
 def content_sha256(raw: bytes) -> str:
     """Hash of what a message *is*: its bytes without a leading BOM or trailing line endings, with
     one segment terminator. Duplicates are judged on this; ``sha256`` stays the exact-bytes hash."""
+    return hashlib.sha256(_content(raw)).hexdigest()
+
+
+def message_hashes(raw: bytes) -> tuple[str, str]:
+    """(exact-bytes SHA-256, ``content_sha256``) of a message. When the content is the start of
+    the bytes (a usual message: only its last terminator differs), both come from one pass."""
+    body = _content(raw)
+    if not raw.startswith(body):
+        return hashlib.sha256(raw).hexdigest(), hashlib.sha256(body).hexdigest()
+    h = hashlib.sha256(body)
+    content = h.hexdigest()
+    h.update(raw[len(body):])  # hexdigest does not finalize: the same state goes on to the whole bytes
+    return h.hexdigest(), content
+
+
+def _content(raw: bytes) -> bytes:
     body = raw
     if body[:3] != b"MSH":  # the usual start needs no stripping
         body = body.lstrip(b" \t\r\n")
@@ -47,7 +63,7 @@ def content_sha256(raw: bytes) -> str:
     body = body.rstrip(b" \t\r\n")
     if b"\n" in body:  # CR, LF and CRLF are the same segment terminator to HL7
         body = body.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    return hashlib.sha256(body).hexdigest()
+    return body
 
 
 @dataclass
@@ -91,10 +107,10 @@ _SLIM_KEYS = ("status", "errors", "sha256", "sending_facility", "sending_applica
               "message_type", "trigger_event", "version", "message_datetime", "charset")
 
 
-def _slim(rec: dict, raw: bytes) -> dict:
+def _slim(rec: dict, content_hash: str) -> dict:
     """What ``write`` needs of a record: keeps batches small in memory."""
     out = {k: rec.get(k) for k in _SLIM_KEYS}
-    out["content_sha256"] = content_sha256(raw)
+    out["content_sha256"] = content_hash
     out["flag_codes"] = list(dict.fromkeys(list(rec.get("flags") or []) + [w["code"] for w in rec.get("warnings") or []]))
     return out
 
@@ -185,8 +201,9 @@ class Loader:
                 fac = self.facilities.get(code)
                 if fac is not None and fac.charset and not it.raw.isascii():
                     msg = parse(it.raw, fac.charset)  # only 8-bit text can decode differently
+            exact, content = message_hashes(it.raw)
             try:
-                rec = to_record(msg, None, it.extra_issues)
+                rec = to_record(msg, None, it.extra_issues, exact)
             except Exception as exc:  # never lose a message to a parser bug
                 rec = internal_error_record(msg, {}, exc)
             facility = it.facility_code or (fac.code if fac else None) or UNKNOWN_FACILITY
@@ -206,7 +223,7 @@ class Loader:
                                _utc(rec.get("message_datetime"), tz))
                 except Exception as exc:
                     fact_error = type(exc).__name__
-            out.append(Prepared(it, _slim(rec, it.raw), facility, tz, facts, fact_error, check, ctx))
+            out.append(Prepared(it, _slim(rec, content), facility, tz, facts, fact_error, check, ctx))
         return out
 
     # -- database --------------------------------------------------------------------------------
