@@ -469,3 +469,20 @@ def test_frame_columns_have_the_dtype_and_values_pandas_would_infer(values):
     pd.testing.assert_frame_equal(got, expected)
     assert got["c"].dtype == expected["c"].dtype
     assert got["c"].isna().tolist() == expected["c"].isna().tolist()
+
+
+def test_gx_does_not_fingerprint_frames():
+    """GX would hash every frame into a batch marker nobody reads (a fifth of its time per
+    chunk); the engine turns that off through the pinned GX's ``HASH_THRESHOLD``. If an upgrade
+    renames the setting, this fails instead of the ingest silently slowing down."""
+    import pandas as pd
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    from transforms.quality import QualityOptions, Validator
+
+    v = Validator(QualityOptions(True), ["CHU-SO"])
+    batch = v.engine.batches["fact_coverage"].get_batch(batch_parameters={"dataframe": pd.DataFrame(
+        {"insurer_code": ["INAM"], "member_id": ["123456789"], "valid_from": [None], "valid_to": [None]})})
+    assert pandas_execution_engine.HASH_THRESHOLD == 0
+    assert "pandas_data_fingerprint" not in batch.batch_markers
+    assert "ge_load_time" in batch.batch_markers  # the markers themselves are still there
