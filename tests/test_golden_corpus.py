@@ -1056,3 +1056,31 @@ def test_a_message_behind_a_bom_mid_file_is_a_message_whatever_the_read_size():
     expected = [("MSH", 0), ("MSH", len(msg) + 1), ("MSH", 2 * len(msg) + 5)]
     for size in (1 << 20, len(msg) + 100, 64, 2):
         assert [(k, o) for k, o, _ in _units(data, chunk_size=size)] == expected, size
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\n", b"\r\n"])
+def test_the_batch_pre_scan_finds_a_batch_segment_wherever_a_read_ends(ending):
+    """``has_batch_segments`` reads in pieces: a batch segment name split over two reads, behind
+    a BOM or not, at the very start or after any line ending, is found at every read size; a
+    name that does not start a line is not."""
+    import io
+
+    from transforms.extract import has_batch_segments
+
+    msg = _data("python-hl7/sample_hl7.hl7").rstrip(WS).replace(b"\r", ending)
+    cases = {
+        msg + ending + b"BTS|1" + ending: True,
+        msg + ending + BOM + b"FTS|1" + ending: True,
+        b"FHS|^~\\&|X" + ending + msg + ending: True,
+        BOM + b"BHS|^~\\&" + ending + msg + ending: True,
+        msg + ending: False,
+        msg + ending + b"OBX|1|TX|||BTS|" + ending: False,  # a value, not a segment
+        msg + ending + b"BTSX|1" + ending: False,  # another segment name
+    }
+    for data, expected in cases.items():
+        for size in (1 << 20, 64, 9, 5, 3, 1):
+            stream = io.BytesIO(data)
+            assert has_batch_segments(stream, read_size=size) is expected, (data[-20:], size)
+            assert stream.tell() == 0
+        if expected:  # the splitter sees the same segment
+            assert {k for k, _, _ in _units(data)} & {"FHS", "BHS", "BTS", "FTS"}

@@ -332,20 +332,25 @@ def to_record(msg: Message, source: dict | None = None, extra_issues: list[Parse
 
 # ---------------------------------------------------------------------------------------------
 # Files -> records
-# The same line starts as parser._starts finds (a BOM may precede the segment name).
-_BATCH_SEG = re.compile(rb"(?:^|[\r\n])(?:\xef\xbb\xbf)?(?:FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
+# The same line starts as parser._starts finds (a BOM may precede the segment name). One pattern
+# per line ending: a pattern that starts with a literal byte is searched for at memory speed,
+# where ``[\r\n]`` or ``^|`` in front made the regex engine try every position.
+_BATCH_NAME = rb"(?:\xef\xbb\xbf)?(?:FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]"
+_BATCH_AFTER = (re.compile(b"\r" + _BATCH_NAME), re.compile(b"\n" + _BATCH_NAME))
+_BATCH_LONGEST = 8  # a line end, a BOM, the name and the byte after it
 
 
-def has_batch_segments(stream) -> bool:
+def has_batch_segments(stream, read_size: int = 1 << 20) -> bool:
     """Whether any line starts with FHS/BHS/BTS/FTS (a streaming byte scan; no decoding)."""
-    tail = b""
     try:
-        while chunk := stream.read(1 << 20):
-            buf = tail + chunk
-            # bytes.find runs at memory speed; the regex, only when a batch segment name occurs.
-            if any(h in buf for h in (b"FHS", b"BHS", b"BTS", b"FTS")) and _BATCH_SEG.search(buf):
+        buf = stream.read(read_size)
+        tail = b"\n"  # the start of the stream is the start of a line
+        while buf:
+            window = tail + buf
+            if any(p.search(window) for p in _BATCH_AFTER):
                 return True
-            tail = chunk[-8:]
+            tail = window[1 - _BATCH_LONGEST:]  # where a match straddling two reads starts
+            buf = stream.read(read_size)
         return False
     finally:
         stream.seek(0)
