@@ -1073,6 +1073,12 @@ def test_the_batch_pre_scan_finds_a_batch_segment_wherever_a_read_ends(ending):
         msg + ending + BOM + b"FTS|1" + ending: True,
         b"FHS|^~\\&|X" + ending + msg + ending: True,
         BOM + b"BHS|^~\\&" + ending + msg + ending: True,
+        # Whitespace and BOMs before the first segment: the splitter skips them, and so must
+        # the pre-scan (a truncated batch, with its header as its only batch segment, was loaded).
+        b" \t" + ending + b"BHS|^~\\&" + ending + msg + ending: True,
+        BOM + b" " + BOM + b"FHS|^~\\&" + ending + msg + ending: True,
+        BOM + BOM + b"BHS|^~\\&" + ending + msg + ending: True,
+        b" " + BOM + msg + ending: False,
         msg + ending: False,
         msg + ending + b"OBX|1|TX|||BTS|" + ending: False,  # a value, not a segment
         msg + ending + b"BTSX|1" + ending: False,  # another segment name

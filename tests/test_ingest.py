@@ -449,6 +449,22 @@ def test_batch_count_mismatch_quarantines_the_whole_file(ingestor, tmp_path):
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 0
 
 
+@pytest.mark.parametrize("lead", [b" ", b"\t\r\n", b"\xef\xbb\xbf \xef\xbb\xbf"], ids=["space", "blank-line", "two-boms"])
+def test_a_truncated_batch_behind_leading_whitespace_is_held(ingestor, tmp_path, lead):
+    """A batch header whose trailer never arrived (a truncated transfer) holds the file back, also
+    when whitespace or BOMs come before the header: the pre-scan for batch segments used to look
+    for them only at the very first byte, and the file's messages were loaded."""
+    body = ("BHS|^~\\&|SIH|CHU-SO\n" + adt("T-1", "A01", "20261102080000")
+            + adt("T-2", "A01", "20261102090000", visit="V2")).encode()
+    f = tmp_path / "truncated.hl7"
+    f.write_bytes(lead + body)
+    r = ingestor.ingest_file(f, "CHU-SO")
+    assert r.status == "quarantined"
+    assert rows(ingestor.engine, "SELECT status FROM message_store") == [("quarantined",), ("quarantined",)]
+    assert {x[0] for x in rows(ingestor.engine, "SELECT reason FROM quarantine")} == {"BATCH_STRUCTURE"}
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 0
+
+
 def test_one_bad_message_in_a_good_batch(ingestor, tmp_path):
     """Bad input 61: the good messages load, the bad one is quarantined with its reason."""
     msgs = [adt(f"G-{i}", "A01", "20261102080000", visit=f"V{i}") for i in range(50)]

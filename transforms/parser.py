@@ -335,6 +335,16 @@ _START = re.compile(rb"[\r\n](?=(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z
 _HEAD = re.compile(rb"(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
 
 
+def leading_junk(buf: bytes) -> int:
+    """How many bytes of whitespace and BOMs ``buf`` starts with: a stream's first unit begins
+    after them (``iter_units`` skips them; ``extract.has_batch_segments`` looks past them)."""
+    lead = len(buf) - len(buf.lstrip(b" \t\r\n"))
+    while buf[lead:lead + 3] == BOM:
+        lead += 3
+        lead += len(buf[lead:]) - len(buf[lead:].lstrip(b" \t\r\n"))
+    return lead
+
+
 def _kind(buf: bytes, a: int) -> str:
     head = buf[a + 3:a + 6] if buf[a:a + 3] == BOM else buf[a:a + 3]
     return head.decode("ascii")
@@ -387,11 +397,8 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK, batch_segments: bool =
         if chunk:
             buf += chunk
         if first:
-            # Strip leading whitespace and one BOM, however the stream happens to be chunked.
-            lead = len(buf) - len(buf.lstrip(b" \t\r\n"))
-            while buf[lead:lead + 3] == BOM:
-                lead += 3
-                lead += len(buf[lead:]) - len(buf[lead:].lstrip(b" \t\r\n"))
+            # Strip leading whitespace and BOMs, however the stream happens to be chunked.
+            lead = leading_junk(buf)
             if len(buf) - lead < 3 and BOM.startswith(buf[lead:]) and buf[lead:] and not eof:
                 continue  # could be the start of a BOM: read more before deciding
             if lead:
