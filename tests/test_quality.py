@@ -486,3 +486,21 @@ def test_gx_does_not_fingerprint_frames():
     assert pandas_execution_engine.HASH_THRESHOLD == 0
     assert "pandas_data_fingerprint" not in batch.batch_markers
     assert "ge_load_time" in batch.batch_markers  # the markers themselves are still there
+
+
+def test_an_expectation_gx_cannot_evaluate_is_an_error_not_a_pass(tmp_path):
+    """GX reports an exception in one of an expectation's metrics (here a numeric range on a text
+    column) under the metric's id and marks the result unsuccessful, with no failing rows. Read as
+    is, every row passed the check; it must stop the batch with a clear error instead."""
+    import pandas as pd
+
+    suites = _suite_dir(tmp_path, lambda d: _edit_json(d / "fact_charge.json", lambda doc: doc["expectations"].append(
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "charge_code", "min_value": 0,
+                                                                   "max_value": 10},
+         "meta": {"name": "charge_code_in_range", "severity": "error"}})))
+    v = Validator(QualityOptions(True, suites), ["CHU-SO"])
+    frame = pd.DataFrame({"charge_code": ["CONS-01", "LAB-02"], "amount": [1500.0, 2500.0],
+                          "currency": ["XOF", "XOF"]})
+    with pytest.raises(QualityConfigError, match="fact_charge.json: expectation 'charge_code_in_range' could not "
+                                                 "be evaluated"):
+        v.failures("fact_charge", frame)

@@ -245,7 +245,7 @@ class _Engine:
         screened = batch.validate(self.suites[table], result_format=_SCREEN_FORMAT,
                                   expectation_parameters=parameters).results
         failed = tuple(r.expectation_config.meta["name"] for r in screened
-                       if not r.success and not (r.exception_info or {}).get("raised_exception"))
+                       if not r.success and _raised(r) is None)
         if not failed:
             return screened
         located = batch.validate(self._locating(table, failed), result_format=_RESULT_FORMAT,
@@ -277,6 +277,21 @@ def _skip_fingerprints() -> None:
 
     if hasattr(pandas_execution_engine, "HASH_THRESHOLD"):
         pandas_execution_engine.HASH_THRESHOLD = 0
+
+
+def _raised(result) -> str | None:
+    """The message of an exception GX caught while evaluating ``result``'s expectation, or None.
+
+    GX reports an exception of the expectation itself at the top of ``exception_info``, but one
+    of a metric it computes (a range check on a text column, say) under that metric's id, with
+    the result merely unsuccessful: read as a failure with no failing rows, the check passed."""
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        return str(info.get("exception_message") or "")
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception") not in (None, False, "False"):
+            return str(value.get("exception_message") or "")
+    return None
 
 
 _SCREEN_FORMAT = {"result_format": "BOOLEAN_ONLY"}
@@ -385,11 +400,11 @@ class Validator:
         out: dict[str, list[int]] = {}
         for r in results:
             name = r.expectation_config.meta["name"]
-            info = r.exception_info or {}
-            if info.get("raised_exception"):
-                # The exception text may quote data; the class name and the check are enough.
+            problem = _raised(r)
+            if problem is not None:
+                # The exception text may quote data; its start and the check are enough.
                 raise QualityConfigError(f"{suite.path.name}: expectation '{name}' could not be evaluated "
-                                         f"({(info.get('exception_message') or '').split(':', 1)[0][:80]})")
+                                         f"({problem.split(':', 1)[0][:80]})")
             out[name] = list((r.result or {}).get("unexpected_index_list") or ())
         return out
 
