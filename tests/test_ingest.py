@@ -670,6 +670,34 @@ def test_replay_for_another_reason_keeps_the_batch_hold(ingestor, tmp_path):
     assert scalar(ingestor.engine, "SELECT status FROM message_store") == "quarantined"
 
 
+def test_a_message_from_the_listener_and_a_file_is_loaded_once(ingestor, tmp_path):
+    """The listener stored a message (``received``, waiting for the real-time loop) and the same
+    bytes then came in a file: the file's copy is its duplicate, and the listener's row must still
+    load. A ``duplicate`` row used to count as an earlier copy, so both ended ``duplicate`` and the
+    message never reached the warehouse."""
+    from transforms.load import MS_COLUMNS, content_sha256
+    from transforms.realtime import process_received
+    from transforms.warehouse import Writer
+
+    raw = adt("L-1", "A01", "20261102080000", visit="VL").strip("\n").replace("\n", "\r").encode() + b"\r"
+    row = dict.fromkeys(MS_COLUMNS)
+    row.update(received_at="2026-11-02 08:00:01", source="mllp", source_ref="mllp:test:1",
+               sha256=hashlib.sha256(raw).hexdigest(), content_sha256=content_sha256(raw), raw=raw,
+               size_bytes=len(raw), status="received", updated_at="2026-11-02 08:00:01", facility_code="CHU-SO",
+               sending_facility="CHU-SO", control_id="L-1")
+    with ingestor.engine.begin() as conn:
+        w = Writer(conn)
+        row["id"] = w.allocate_ids("message_store", 1)[0]
+        w.copy("message_store", MS_COLUMNS, [tuple(row[c] for c in MS_COLUMNS)], binary=True)
+    f = tmp_path / "same.hl7"
+    f.write_bytes(raw)
+    assert ingestor.ingest_file(f, "CHU-SO").counts.duplicates == 1
+    assert process_received(ingestor.engine, ingestor.loader).loaded == 1
+    assert rows(ingestor.engine, "SELECT source, status FROM message_store ORDER BY id") == [
+        ("mllp", "loaded"), ("folder", "duplicate")]
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 1
+
+
 def test_a_file_leased_by_another_worker_is_left_alone(ingestor, tmp_path):
     from transforms.ingest import Ingestor
 

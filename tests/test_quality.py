@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from transforms import faults, generator
 from transforms.config import Settings
@@ -343,6 +344,70 @@ def test_replay_by_expectation_after_a_suite_fix(ingestor, tmp_path, monkeypatch
     before = checksum(eng)
     assert replay(eng, loader, reason="sex_in_hl7_table_0001").messages == 0
     assert checksum(eng) == before
+
+
+def _sex_x_allowed(tmp_path):
+    return _suite_dir(tmp_path, lambda d: _edit_json(
+        d / "phi_patient.json", lambda doc: [e["kwargs"]["value_set"].append("X") for e in doc["expectations"]
+                                             if e["meta"]["name"] == "sex_in_hl7_table_0001"]))
+
+
+def _replayer(ingestor, suites, run_id="replay-1"):
+    from transforms.facts import PatientKeyer
+    from transforms.load import Loader
+
+    return Loader(ingestor.facilities.values(), PatientKeyer.from_env(ingestor.settings.home),
+                  QualityOptions(True, suites), run_id=run_id)
+
+
+def test_a_copy_of_a_quarantined_message_is_not_its_duplicate(ingestor, tmp_path):
+    """The same message sent twice, its first copy quarantined: the second is judged on its own
+    (quarantined too), not counted as a duplicate of a message that was never loaded. After the
+    fix a replay loads exactly one of them; the other becomes its duplicate."""
+    from transforms.replay import replay
+
+    msg = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|S-2|P|2.5\n"
+           "EVN|A04|20261102080000\n"
+           "PID|1||P8^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|X\n"
+           "PV1|1|O|CONS||||||||||||||||V8\n")
+    write(tmp_path / "x.hl7", msg + msg)
+    ingestor.ingest_file(tmp_path / "x.hl7", "CHU-SO")
+    eng = ingestor.engine
+    assert rows(eng, "SELECT status FROM message_store ORDER BY id") == [("quarantined",), ("quarantined",)]
+    assert replay(eng, _replayer(ingestor, _sex_x_allowed(tmp_path)), reason="sex_in_hl7_table_0001").loaded == 1
+    assert rows(eng, "SELECT status FROM message_store ORDER BY id") == [("loaded",), ("duplicate",)]
+    assert scalar(eng, "SELECT COUNT(*) FROM encounter_event") == 1
+    assert scalar(eng, "SELECT COUNT(*) FROM quarantine WHERE resolved_at IS NULL") == 0
+    flags = rows(eng, "SELECT flags FROM message_store ORDER BY id")
+    assert all("CONTROL_ID_REUSE" not in (f or "") for (f,) in flags)  # the same content, not a reuse
+
+
+def test_a_reason_that_applies_again_reopens_its_quarantine_row(ingestor, tmp_path):
+    """A message held with its batch (DQ_THRESHOLD) and for its own reason. Replayed alone, it is
+    no longer in a batch over the threshold, so that row is resolved. Replayed again after its own
+    reason is fixed, with the still-bad rest, the threshold applies again: the resolved row must
+    open again, or the message stays quarantined with no open row and no replay finds it."""
+    from transforms.replay import replay
+
+    def adt04(cid, sex="F", patient_class="O"):
+        return (f"MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|{cid}|P|2.5\n"
+                f"EVN|A04|20261102080000\nPID|1||P-{cid}^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|{sex}\n"
+                f"PV1|1|{patient_class}|CONS||||||||||||||||V-{cid}\n")
+
+    write(tmp_path / "x.hl7", adt04("M-1", sex="X") + "".join(adt04(f"B-{i}", patient_class="Z") for i in range(24)))
+    ingestor.ingest_file(tmp_path / "x.hl7", "CHU-SO")
+    eng = ingestor.engine
+    m1 = "SELECT reason FROM quarantine WHERE resolved_at IS NULL AND message_id = (SELECT id FROM message_store " \
+         "WHERE control_id = 'M-1') ORDER BY reason"
+    assert rows(eng, m1) == [("DQ_THRESHOLD",), ("sex_in_hl7_table_0001",)]
+    strict = _suite_dir(tmp_path / "strict", lambda d: None)
+    replay(eng, _replayer(ingestor, strict), reason="sex_in_hl7_table_0001")
+    assert rows(eng, m1) == [("sex_in_hl7_table_0001",)]  # alone, it is no batch over the threshold
+    replay(eng, _replayer(ingestor, _sex_x_allowed(tmp_path), "replay-2"))
+    assert scalar(eng, "SELECT status FROM message_store WHERE control_id = 'M-1'") == "quarantined"
+    assert rows(eng, m1) == [("DQ_THRESHOLD",)]
+    assert scalar(eng, "SELECT COUNT(*) FROM message_store m WHERE status = 'quarantined' AND NOT EXISTS "
+                       "(SELECT 1 FROM quarantine q WHERE q.message_id = m.id AND q.resolved_at IS NULL)") == 0
 
 
 def test_validation_can_be_switched_off(warehouse_url, hl7ics_home, tmp_path, monkeypatch):

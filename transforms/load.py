@@ -239,8 +239,11 @@ class Loader:
         for p, i in zip(new, ids):
             p.item.message_id = i
         existing = self._existing_keys(w, prepared)
-        seen: dict[tuple, int] = {}
-        seen_ids: dict[tuple, set] = {}  # (facility, control id) -> SHA-256s loaded in this batch
+        seen: dict[tuple, int] = {}  # (facility, control id, content hash) -> id loaded in this batch
+        seen_ids: dict[tuple, set] = {}  # (facility, control id) -> content hashes in this batch
+        # A stored row of a message in this batch has a status this write is about to replace:
+        # its copies are judged by what this batch decides for it (``seen``), not by that status.
+        in_batch = {p.item.message_id for p in prepared}
         quarantine_rows = []
         facts_by_table: dict[str, list] = {}
         if any(p.dq is None and p.facts is not None for p in prepared):
@@ -259,13 +262,12 @@ class Loader:
                     quarantine_rows.append((mid, "parse", e["code"], f"{e['location']}: {e['message']}"[:500], now))
             else:
                 key = (rec.get("sending_facility"), rec.get("control_id"), rec["content_sha256"])
-                same_id = [x for x in existing.get(key[:2], []) if x[0] != mid and _counts_before(x, mid)]
+                same_id = [x for x in existing.get(key[:2], []) if x[0] not in in_batch and _counts_before(x, mid)]
                 if any(x[1] == key[2] for x in same_id) or key in seen:
                     status = "duplicate"
                 else:
-                    seen[key] = mid
                     others = seen_ids.setdefault(key[:2], set())
-                    if others or same_id:
+                    if (others and others != {key[2]}) or same_id:
                         flags.append("CONTROL_ID_REUSE")
                     others.add(key[2])
                     if p.fact_error is not None or p.facts is None:
@@ -277,6 +279,9 @@ class Loader:
                         dq_errors[mid] = self._dq_quarantine(p.dq, checks, mid, now, quarantine_rows)
                     else:
                         status = "loaded"
+                        # Only a loaded copy makes later ones duplicates: a copy of a quarantined
+                        # message is judged on its own, so a replay can still load one of them.
+                        seen[key] = mid
                         _add_with_id(facts_by_table, p.facts, mid)
                     if checks and p.dq is not None:
                         if p.dq.failed:
@@ -315,8 +320,12 @@ class Loader:
                   "mdt": _utc(p.rec.get("message_datetime"), p.tz), "cs": p.rec.get("charset"), "now": now,
                   "csha": p.rec["content_sha256"],
                   "id": p.item.message_id} for p in old])
-        w.insert("quarantine", ("message_id", "stage", "reason", "detail", "created_at"),
-                 dedupe(quarantine_rows, (0, 1, 2)), on_conflict_nothing=("message_id", "stage", "reason"))
+        # A reason that applies again re-opens its row: replay resolved it while the message was
+        # out of quarantine or held for another reason, and a quarantined message needs an open
+        # row for the next replay to find it.
+        w.upsert("quarantine", ("message_id", "stage", "reason", "detail", "created_at", "resolved_at"),
+                 [q + (None,) for q in dedupe(quarantine_rows, (0, 1, 2))], key=("message_id", "stage", "reason"),
+                 update=("detail", "resolved_at"))
         self._write_facts(conn, w, facts_by_table, now)
         if dq_counted:
             self._write_dq(conn, dq_counted, checks, now)
@@ -499,8 +508,9 @@ def _ts_text(v) -> str | None:
 def _counts_before(row: tuple, mid: int) -> bool:
     """Whether a stored row with the same key is the earlier copy of message ``mid``: anything
     already loaded (whatever its id: a replayed message keeps its old id), or a row the listener
-    stored before it that is still waiting."""
-    return row[2] in ("loaded", "duplicate") or row[0] < mid
+    stored before it that is still waiting (and will be loaded first). A ``duplicate`` row never
+    is: it was not loaded, and the copy that was is among the rows too."""
+    return row[2] == "loaded" or (row[2] == "received" and row[0] < mid)
 
 
 def _utc(iso: str | None, tz: str) -> str | None:
