@@ -569,3 +569,23 @@ def test_an_expectation_gx_cannot_evaluate_is_an_error_not_a_pass(tmp_path):
     with pytest.raises(QualityConfigError, match="fact_charge.json: expectation 'charge_code_in_range' could not "
                                                  "be evaluated"):
         v.failures("fact_charge", frame)
+
+
+def test_replay_does_not_count_its_messages_in_dq_result_again(ingestor, tmp_path):
+    """dq_result counted a message when it arrived; replays (here two, with nothing fixed) must not
+    count it again, or dq_daily's failure rates grow with every replay."""
+    from transforms.replay import replay
+
+    msg = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|S-4|P|2.5\n"
+           "EVN|A04|20261102080000\n"
+           "PID|1||P10^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|X\n"
+           "PV1|1|O|CONS||||||||||||||||V10\n")
+    write(tmp_path / "x.hl7", msg)
+    ingestor.ingest_file(tmp_path / "x.hl7", "CHU-SO")
+    eng = ingestor.engine
+    counted = "SELECT expectation, SUM(evaluated), SUM(failed) FROM dq_result GROUP BY expectation ORDER BY 1"
+    before = rows(eng, counted)
+    assert ("sex_in_hl7_table_0001", 1, 1) in before
+    for run in ("replay-1", "replay-2"):
+        assert replay(eng, _replayer(ingestor, SUITES, run)).quarantined == 1
+    assert rows(eng, counted) == before

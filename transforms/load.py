@@ -166,6 +166,9 @@ class Loader:
         self.keyer = keyer
         self.quality = quality or QualityOptions.from_env()
         self.run_id = run_id
+        # Whether write adds what it validated to dq_result; replay turns it off (its messages
+        # were counted when they arrived, and counting each replay again inflates dq_daily).
+        self.count_quality = True
         self._validator: Validator | None = None
         self.dq_breaches: list[dict] = []  # batches held by the failure-rate threshold (no patient data)
         self.pending_alerts: list[tuple[str, str]] = []  # (kind, facility code), sent by flush_alerts
@@ -327,7 +330,7 @@ class Loader:
                  [q + (None,) for q in dedupe(quarantine_rows, (0, 1, 2))], key=("message_id", "stage", "reason"),
                  update=("detail", "resolved_at"))
         self._write_facts(conn, w, facts_by_table, now)
-        if dq_counted:
+        if dq_counted and self.count_quality:
             self._write_dq(conn, dq_counted, checks, now)
         return self.counts_of(prepared)
 

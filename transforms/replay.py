@@ -4,7 +4,7 @@ Input: a warehouse engine and optional filters (reason code, facility). Output: 
 message goes through the same ``Loader`` again, from its stored raw bytes; messages that now pass
 become ``loaded`` (or ``duplicate``) and their quarantine rows get ``resolved_at``; messages that
 still fail stay quarantined with their current reasons. Idempotent: a second replay finds nothing
-new to do. Batch-envelope holds are only replayed when their reason is named explicitly, because
+new to do. ``dq_result`` is not added to: it counted these messages when they arrived. Batch-envelope holds are only replayed when their reason is named explicitly, because
 releasing a truncated transfer is an operator's decision, not a default.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ BATCH = 1000
 
 
 def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: str | None = None) -> Counts:
+    loader.count_quality = False  # dq_result counted these messages when they arrived
     where = ["q.resolved_at IS NULL", "m.status = 'quarantined'"]
     params: dict = {}
     if reason:
