@@ -670,31 +670,71 @@ def test_replay_for_another_reason_keeps_the_batch_hold(ingestor, tmp_path):
     assert scalar(ingestor.engine, "SELECT status FROM message_store") == "quarantined"
 
 
+def store_received(engine, raw: bytes, control_id: str) -> int:
+    """A row as the MLLP listener stores it: committed, ``received``, waiting for the real-time loop."""
+    from transforms.load import MS_COLUMNS, content_sha256
+    from transforms.warehouse import Writer
+
+    row = dict.fromkeys(MS_COLUMNS)
+    row.update(received_at="2026-11-02 08:00:01", source="mllp", source_ref=f"mllp:test:{control_id}",
+               sha256=hashlib.sha256(raw).hexdigest(), content_sha256=content_sha256(raw), raw=raw,
+               size_bytes=len(raw), status="received", updated_at="2026-11-02 08:00:01", facility_code="CHU-SO",
+               sending_facility="CHU-SO", control_id=control_id)
+    with engine.begin() as conn:
+        w = Writer(conn)
+        row["id"] = w.allocate_ids("message_store", 1)[0]
+        w.copy("message_store", MS_COLUMNS, [tuple(row[c] for c in MS_COLUMNS)], binary=True)
+    return row["id"]
+
+
 def test_a_message_from_the_listener_and_a_file_is_loaded_once(ingestor, tmp_path):
     """The listener stored a message (``received``, waiting for the real-time loop) and the same
     bytes then came in a file: the file's copy is its duplicate, and the listener's row must still
     load. A ``duplicate`` row used to count as an earlier copy, so both ended ``duplicate`` and the
     message never reached the warehouse."""
-    from transforms.load import MS_COLUMNS, content_sha256
     from transforms.realtime import process_received
-    from transforms.warehouse import Writer
 
     raw = adt("L-1", "A01", "20261102080000", visit="VL").strip("\n").replace("\n", "\r").encode() + b"\r"
-    row = dict.fromkeys(MS_COLUMNS)
-    row.update(received_at="2026-11-02 08:00:01", source="mllp", source_ref="mllp:test:1",
-               sha256=hashlib.sha256(raw).hexdigest(), content_sha256=content_sha256(raw), raw=raw,
-               size_bytes=len(raw), status="received", updated_at="2026-11-02 08:00:01", facility_code="CHU-SO",
-               sending_facility="CHU-SO", control_id="L-1")
-    with ingestor.engine.begin() as conn:
-        w = Writer(conn)
-        row["id"] = w.allocate_ids("message_store", 1)[0]
-        w.copy("message_store", MS_COLUMNS, [tuple(row[c] for c in MS_COLUMNS)], binary=True)
+    store_received(ingestor.engine, raw, "L-1")
     f = tmp_path / "same.hl7"
     f.write_bytes(raw)
     assert ingestor.ingest_file(f, "CHU-SO").counts.duplicates == 1
     assert process_received(ingestor.engine, ingestor.loader).loaded == 1
     assert rows(ingestor.engine, "SELECT source, status FROM message_store ORDER BY id") == [
         ("mllp", "loaded"), ("folder", "duplicate")]
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 1
+
+
+def test_two_real_time_loops_at_once_write_each_message_once(ingestor, tmp_path):
+    """A stalled real-time task and its retry can run together. The second loop here runs whole
+    while the first is between reading its rows and writing them: the first must then write
+    nothing, instead of loading the messages a second time (or failing its whole batch on a
+    result's primary key)."""
+    from transforms.facts import PatientKeyer
+    from transforms.load import Loader
+    from transforms.realtime import process_received
+
+    oru = ("MSH|^~\\&|LAB|CHU-SO|HL7ICS|MOH|20261102080000||ORU^R01|R-1|P|2.5\r"
+           "PID|1||P1^^^CHU-SO^MR||Kodjo^Ama||19900101|F\r"
+           "OBR|1|PL-1|FL-1|718-7^Hemoglobin^LN\r"
+           "OBX|1|NM|718-7^Hemoglobin^LN||12.5|g/dL|12-16|N|||F|||20261102075000\r").encode()
+    store_received(ingestor.engine, oru, "R-1")
+    store_received(ingestor.engine, adt("L-2", "A01", "20261102080000", visit="VL2").replace("\n", "\r").encode(),
+                   "L-2")
+    other = Loader(ingestor.facilities.values(), PatientKeyer.from_env(ingestor.settings.home))
+    first = ingestor.loader
+    read_and_parsed = first.prepare
+
+    def prepare_while_the_other_loop_runs(items):
+        out = read_and_parsed(items)
+        first.prepare = read_and_parsed
+        assert process_received(ingestor.engine, other).loaded == 2
+        return out
+
+    first.prepare = prepare_while_the_other_loop_runs
+    assert process_received(ingestor.engine, first).messages == 0
+    assert rows(ingestor.engine, "SELECT status FROM message_store ORDER BY id") == [("loaded",), ("loaded",)]
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM fact_lab_result") == 1
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 1
 
 

@@ -2,7 +2,8 @@
 
 Input: a warehouse engine and a ``Loader``. Output: each ``received`` row becomes ``loaded``,
 ``duplicate`` or ``quarantined`` in place (same row, same id: the ACK already sent refers to it).
-Used by the ``mllp_realtime`` DAG; idempotent, since only ``received`` rows are picked up.
+Used by the ``mllp_realtime`` DAG; idempotent, since only ``received`` rows are picked up, and
+two loops at once write each row once (claimed in the write transaction).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from .load import Counts, Incoming, Loader
+from .warehouse import Writer
 
 
 def count_received(engine: Engine) -> int:
@@ -39,6 +41,14 @@ def process_received(engine: Engine, loader: Loader, batch: int = 2000, max_batc
             if r[4] and r[4] != "UNKNOWN":
                 p.facility = r[4]
         with engine.begin() as conn:
-            total.add(loader.write(conn, prepared))
+            # Claim the rows: another loop (a stalled task whose retry has started, say) may have
+            # processed some since they were read. Only rows still waiting are written; on
+            # PostgreSQL they stay locked until the commit, and a second loop waits here and then
+            # finds them done (SQLite's write transaction already excludes it).
+            lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+            waiting = {r[0] for r in Writer(conn).query_in(
+                f"SELECT id FROM message_store WHERE status = 'received' AND {{match}}{lock}", "id",
+                [p.item.message_id for p in prepared])}
+            total.add(loader.write(conn, [p for p in prepared if p.item.message_id in waiting]))
         loader.flush_alerts(engine)
     return total
