@@ -119,6 +119,30 @@ def test_case_04_end_block_without_cr(listener, sqlite_url):
         assert msa(read_frame(s)) == ("AA", "L-1")
 
 
+def test_end_block_then_the_sender_half_closes_still_gets_its_ack(listener, sqlite_url):
+    """The last frame's end block arrives without its CR, then the sender shuts down its side: the
+    message is committed, so the ACK must still reach a sender that keeps reading."""
+    lp = listener()
+    with connect(lp.port) as s:
+        s.sendall(VT + hl7("H-1") + FS)
+        s.shutdown(socket.SHUT_WR)
+        assert msa(read_frame(s)) == ("AA", "H-1")
+    assert count(sqlite_url) == 1
+
+
+def test_a_start_block_inside_an_open_frame_starts_a_new_frame(listener, sqlite_url):
+    """A frame cut short (no end block) followed by the next one: the cut frame is dropped without
+    an ACK (its sender sends it again), and the next is stored and acknowledged as itself, not
+    spliced into the cut one under the cut one's control ID."""
+    lp = listener()
+    with connect(lp.port) as s:
+        s.sendall(VT + hl7("C-1", pid="P-CUT")[:-4] + VT + hl7("C-2", pid="P-NEXT") + FS + CR)
+        assert msa(read_frame(s)) == ("AA", "C-2")
+    assert rows(sqlite_url, "SELECT control_id, status FROM message_store") == [("C-2", "received")]
+    raw = rows(sqlite_url, "SELECT raw FROM message_store")[0][0]
+    assert b"P-NEXT" in bytes(raw) and b"P-CUT" not in bytes(raw)
+
+
 def test_case_05_and_06_pipelined_and_one_byte_segments(listener, sqlite_url):
     lp = listener()
     with connect(lp.port) as s:

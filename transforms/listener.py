@@ -557,17 +557,21 @@ class Listener:
                 except (ConnectionError, ssl.SSLError, OSError):
                     break
                 if not data:
-                    frames = framer.close()
-                    for fr in frames:
-                        await self._frame(fr, writer, peer_ip, allowed, closing=True)
+                    # The peer stopped sending; on TCP it may still read (a half-close), so the
+                    # last frame is acknowledged like the others.
+                    for fr in framer.close():
+                        await self._frame(fr, writer, peer_ip, allowed)
                     if framer.partial:
                         self.metrics.frame_errors.labels("partial_frame").inc()
                     break
                 self.metrics.bytes.inc(len(data))
-                garbage_before = framer.garbage
+                garbage_before, restarts_before = framer.garbage, framer.restarts
                 frames = framer.push(data, loop.time())
                 if framer.garbage > garbage_before:
                     self.metrics.frame_errors.labels("garbage_bytes").inc(framer.garbage - garbage_before)
+                if framer.restarts > restarts_before:
+                    self.metrics.frame_errors.labels("frame_cut_by_start_block").inc(framer.restarts - restarts_before)
+                    _jlog(logging.WARNING, "frame_cut_by_start_block", peer=peer_ip)
                 for fr in frames:
                     if not await self._frame(fr, writer, peer_ip, allowed):
                         return
@@ -582,7 +586,7 @@ class Listener:
             except Exception:
                 pass
 
-    async def _frame(self, fr, writer, peer: str, allowed: set[str] | None, closing: bool = False) -> bool:
+    async def _frame(self, fr, writer, peer: str, allowed: set[str] | None) -> bool:
         t0 = time.perf_counter()
         self.inflight += 1
         try:
@@ -600,7 +604,7 @@ class Listener:
                 ack = build_ack(pending.msg, plan)
                 outcome = "storage_failure"
             self.metrics.messages.labels(facility, outcome if outcome != "stored" else (pending.plan.code or "none")).inc()
-            if ack is not None and not closing:
+            if ack is not None:
                 try:
                     writer.write(b"\x0b" + ack + b"\x1c\r")
                     await writer.drain()

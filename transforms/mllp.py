@@ -3,7 +3,8 @@
 ``Framer`` turns a byte stream (any fragmentation: 1-byte TCP segments, TLS records) into frames:
 bytes before 0x0B are discarded and counted (never logged), a frame larger than the limit stops
 being buffered, and an end block not followed by 0x0D is accepted leniently when configured
-(bad inputs 1, 4, 5, 6, 9, 10, 11). Pipelined frames in one read are kept in order.
+(bad inputs 1, 4, 5, 6, 9, 10, 11). Pipelined frames in one read are kept in order. A start
+block inside an open frame starts a new frame: the cut one is discarded unacknowledged.
 
 ``send`` is the client behind ``hl7ics send`` and the outbound MLLP destination: it frames each
 message, waits for the reply frame, and returns the ACK bytes.
@@ -36,6 +37,7 @@ class Framer:
         self.in_frame = False
         self.garbage = 0  # bytes discarded outside frames
         self.overflow = 0  # bytes dropped from an oversized frame
+        self.restarts = 0  # frames cut short by the start of another
         self.frame_started_at: float | None = None
 
     @property
@@ -76,6 +78,19 @@ class Framer:
                 self.frame_started_at = now
                 continue
             j = p.find(0x1C)
+            k = p.find(0x0B, 0, j if j >= 0 else len(p))
+            if k >= 0:
+                # A start block inside an open frame: the frame was cut short (no end block, so
+                # no ACK, and its sender sends it again). Its bytes are discarded like any outside
+                # a frame, and a new frame starts here: the next message is neither lost nor
+                # spliced into the cut one (and acknowledged under its control ID).
+                self.garbage += len(self.buf) + self.overflow + k
+                self.restarts += 1
+                self.buf.clear()
+                self.overflow = 0
+                del p[:k + 1]
+                self.frame_started_at = now
+                continue
             if j < 0:
                 self._append(p)
                 p.clear()
