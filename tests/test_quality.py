@@ -585,7 +585,12 @@ def test_replay_does_not_count_its_messages_in_dq_result_again(ingestor, tmp_pat
     eng = ingestor.engine
     counted = "SELECT expectation, SUM(evaluated), SUM(failed) FROM dq_result GROUP BY expectation ORDER BY 1"
     before = rows(eng, counted)
+    with eng.begin() as conn:  # a time no replay can write (the clock has second precision)
+        conn.execute(text("UPDATE message_store SET updated_at = '2026-11-02 08:00:05'"))
+    stored = rows(eng, "SELECT status, error, flags, updated_at FROM message_store")
     assert ("sex_in_hl7_table_0001", 1, 1) in before
     for run in ("replay-1", "replay-2"):
         assert replay(eng, _replayer(ingestor, SUITES, run)).quarantined == 1
     assert rows(eng, counted) == before
+    # Nothing changed for the message either, so neither did the time its row last changed.
+    assert rows(eng, "SELECT status, error, flags, updated_at FROM message_store") == stored

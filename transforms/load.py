@@ -313,7 +313,11 @@ class Loader:
             conn.execute(text(
                 "UPDATE message_store SET status = :status, error = :error, flags = :flags, facility_code = :fac, "
                 "sending_facility = :sf, sending_application = :sa, control_id = :cid, message_type = :mt, "
-                "trigger_event = :te, version = :v, message_datetime = :mdt, charset = :cs, updated_at = :now, "
+                "trigger_event = :te, version = :v, message_datetime = :mdt, charset = :cs, "
+                # updated_at says when the row's outcome last changed (routing reads by it): a
+                # replay that finds the same outcome leaves it.
+                "updated_at = CASE WHEN status = :status AND COALESCE(error, '') = COALESCE(:error, '') "
+                "AND COALESCE(flags, '') = COALESCE(:flags, '') THEN updated_at ELSE :now END, "
                 "content_sha256 = :csha WHERE id = :id"),
                 [{"status": outcomes[p.item.message_id][0],
                   "error": dq_errors.get(p.item.message_id) or _issue_text(p.rec.get("errors")),
