@@ -132,6 +132,18 @@ def test_names_survive_and_ids_fall_back_to_content_hash(ingestor, queue):
     assert scalar(ingestor.engine, "SELECT source_ref FROM message_store").startswith(f"queue:{queue}:")
 
 
+def test_a_reused_message_id_with_another_body_is_another_message(ingestor, queue):
+    """Publishers restart their message-ID counters: a new message under an ID already seen must be
+    stored, not taken for a redelivery and acknowledged away."""
+    first, second = generate_mix(2, seed=8)
+    publish(queue, [first])
+    assert ingestor.ingest_queues("CHU-SO").messages == 1
+    publish(queue, [second])  # message_id "m-0" again
+    assert ingestor.ingest_queues("CHU-SO").messages == 1
+    assert depth(queue) == 0
+    assert scalar(ingestor.engine, "SELECT COUNT(DISTINCT sha256) FROM message_store") == 2
+
+
 def test_queue_source_configuration_errors(tmp_path):
     from transforms.config import parse_facilities
 

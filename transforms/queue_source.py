@@ -62,8 +62,12 @@ def _amqp_url(conn: dict) -> str:
 
 
 def source_ref(queue: str, properties, body: bytes) -> str:
+    """What identifies one delivery's message, so a redelivery after a crash is recognised: the
+    publisher's message ID with the start of the body's hash (publishers restart their counters,
+    and a reused ID with another body is another message), or the body's hash alone."""
     mid = getattr(properties, "message_id", None)
-    ident = mid if mid and len(mid) <= 200 else hashlib.sha256(body).hexdigest()
+    digest = hashlib.sha256(body).hexdigest()
+    ident = f"{mid}:{digest[:16]}" if mid and len(mid) <= 200 else digest
     return f"queue:{queue}:{ident}"
 
 
