@@ -564,6 +564,20 @@ def test_cli_ingest_counts_and_exit_codes(tmp_path, hl7ics_home, capsys):
     assert "facility x: code must be" in capsys.readouterr().err
 
 
+def test_cli_ingest_never_prints_the_warehouse_password(tmp_path, hl7ics_home, pg_url, capsys):
+    """The warehouse URL may carry a password (this PostgreSQL trusts any): the summary shows the
+    URL with the password masked."""
+    from transforms.cli import main
+
+    url = pg_url.replace("postgres@", "postgres:s3cret-Pw@")
+    d = tmp_path / "CHU-SO"
+    write(d / "a.hl7", adt("PW-1", "A01", "20261102080000"))
+    assert main(["ingest", str(d), "--warehouse", url]) == 0
+    out = capsys.readouterr()
+    assert "s3cret-Pw" not in out.out + out.err
+    assert "warehouse: postgresql+psycopg://postgres:***@127.0.0.1:5432/" in out.out
+
+
 def test_archive_files_are_not_extracted(ingestor, tmp_path):
     """Bad input 65: archives are never unpacked; a zip named .hl7 is quarantined whole."""
     import zipfile

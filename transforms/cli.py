@@ -151,6 +151,7 @@ def _print_counts(results: dict, out=None) -> None:
 def cmd_ingest(args) -> int:
     from .errors import SourceError
     from .ingest import Ingestor
+    from .warehouse import printable_url
 
     settings = _settings(args)
     ing = Ingestor(settings)
@@ -185,7 +186,7 @@ def cmd_ingest(args) -> int:
             row[k] += v
     ing.record_run(sorted(results))
     _print_counts(results)
-    print(f"warehouse: {settings.warehouse_url}")
+    print(f"warehouse: {printable_url(settings.warehouse_url)}")
     _print_breaches(ing.loader.dq_breaches)
     return 0
 

@@ -95,7 +95,7 @@ def print_quality(settings: Settings, report_state: str, out=None) -> None:
 
 def print_summary(settings: Settings, out=None) -> None:
     out = out or sys.stdout
-    from .warehouse import get_engine
+    from .warehouse import get_engine, printable_url
 
     eng = get_engine(settings.warehouse_url)
     with eng.connect() as c:
@@ -123,7 +123,7 @@ def print_summary(settings: Settings, out=None) -> None:
     print("\nRows per warehouse table / Lignes par table", file=out)
     for t, n in counts.items():
         print(f"  {t:<20}{n:>9}", file=out)
-    print(f"\nWarehouse / Entrepôt: {settings.warehouse_url}", file=out)
+    print(f"\nWarehouse / Entrepôt: {printable_url(settings.warehouse_url)}", file=out)
     if settings.warehouse_url.startswith("sqlite"):
         print(f"  open it with: sqlite3 {settings.warehouse_url.split('///', 1)[1]}", file=out)
     print("\nTwo queries to paste / Deux requêtes à coller:", file=out)
