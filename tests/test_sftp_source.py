@@ -28,13 +28,14 @@ def server(tmp_path):
         yield srv
 
 
-def _settings(tmp_path, warehouse_url, monkeypatch, server, host_key=None) -> Settings:
+def _settings(tmp_path, warehouse_url, monkeypatch, server, host_key=None, **options) -> Settings:
     cfg = tmp_path / "config"
     shutil.copytree(ROOT / "config", cfg)
     doc = yaml.safe_load((cfg / "facilities.yaml").read_text(encoding="utf-8"))
     for f in doc["facilities"]:
         if f["code"] == "HD-TSEVIE":
-            f["sources"] = [{"type": "sftp", "conn_id": "hl7ics_sftp_test", "path": "/outbound", "glob": "*.hl7"}]
+            f["sources"] = [{"type": "sftp", "conn_id": "hl7ics_sftp_test", "path": "/outbound", "glob": "*.hl7",
+                             **options}]
     (cfg / "facilities.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     conn = server.connection("/")
     if host_key:
@@ -92,3 +93,58 @@ def test_a_wrong_host_key_stages_nothing(tmp_path, warehouse_url, hl7ics_home, m
         ing.stage("HD-TSEVIE")
     assert not list(ing.settings.home.rglob("staging/*/*.hl7"))
     assert (server.root / "outbound" / "day3.hl7").exists()
+
+
+def test_a_file_that_grew_after_staging_is_not_archived_until_loaded_whole(tmp_path, warehouse_url, hl7ics_home,
+                                                                         monkeypatch, server):
+    """The sender was still writing when the file was staged: the remote file, now longer, is left
+    in place at archiving time, and the next run loads the rest (the first part as duplicates)."""
+    remote = server.root / "outbound"
+    msgs = generate_mix(50, seed=10)
+    (remote / "day.hl7").write_bytes(b"\r".join(msgs[:30]) + b"\r")
+    ing = Ingestor(_settings(tmp_path, warehouse_url, monkeypatch, server), run_id="run-1")
+    ing.sync_facilities()
+    staged = ing.stage("HD-TSEVIE")
+    ing.ingest_staged("HD-TSEVIE", staged)
+    (remote / "day.hl7").write_bytes(b"\r".join(msgs) + b"\r")  # the sender finished writing
+    ing.archive_staged("HD-TSEVIE", staged[0])
+    assert (remote / "day.hl7").exists()
+    again = Ingestor(ing.settings, run_id="run-2")
+    staged2 = again.stage("HD-TSEVIE")
+    [r] = again.ingest_staged("HD-TSEVIE", staged2)
+    assert (r.counts.messages, r.counts.duplicates) == (50, 30)
+    again.archive_staged("HD-TSEVIE", staged2[0])
+    assert not (remote / "day.hl7").exists()
+    assert scalar(ing.engine, "SELECT COUNT(*) FROM message_store WHERE status <> 'duplicate'") == 50
+
+
+def test_a_remote_file_already_moved_counts_as_finished(tmp_path, warehouse_url, hl7ics_home, monkeypatch, server):
+    """An attempt moved the remote file and stopped before recording it: the retry finishes
+    instead of failing on the missing file at every run."""
+    remote = server.root / "outbound"
+    (remote / "day3.hl7").write_bytes(b"\r".join(generate_mix(10, seed=11)))
+    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
+    ing = Ingestor(settings, run_id="run-1")
+    ing.sync_facilities()
+    staged = ing.stage("HD-TSEVIE")
+    ing.ingest_staged("HD-TSEVIE", staged)
+    (remote / "archive").mkdir()
+    (remote / "day3.hl7").rename(remote / "archive" / "day3.hl7")
+    assert ing.archive_staged("HD-TSEVIE", staged[0]) is not None
+    assert not list((settings.home / "staging" / "HD-TSEVIE").glob(f"{staged[0]}.*"))
+
+
+def test_stable_size_leaves_a_file_still_being_written(tmp_path, warehouse_url, hl7ics_home, monkeypatch, server):
+    import os
+    import time
+
+    remote = server.root / "outbound"
+    (remote / "old.hl7").write_bytes(b"\r".join(generate_mix(5, seed=12)))
+    os.utime(remote / "old.hl7", (time.time() - 120, time.time() - 120))
+    (remote / "new.hl7").write_bytes(b"\r".join(generate_mix(5, seed=13)))  # modified just now
+    ing = Ingestor(_settings(tmp_path, warehouse_url, monkeypatch, server, partial_upload="stable_size",
+                             stable_seconds=60), run_id="run-1")
+    ing.sync_facilities()
+    assert len(ing.stage("HD-TSEVIE")) == 1
+    names = [p.read_text(encoding="utf-8") for p in (ing.settings.home / "staging" / "HD-TSEVIE").glob("*.name")]
+    assert names == ["old.hl7"]

@@ -482,11 +482,12 @@ class Ingestor:
             for ref in src.ready():
                 path = src.local_path(ref)
                 try:
-                    sha, _ = file_sha256(path)
+                    sha, size = file_sha256(path)
                     dest = d / f"{sha}.hl7"
                     if src.type != "folder":
-                        # A remote origin is finished (moved or deleted there) only after the commit.
-                        _remember_origin(d / f"{sha}.src", ref)
+                        # A remote origin is finished (moved or deleted there) only after the commit,
+                        # and only if it still has the size staged (see SftpSource.finish).
+                        _remember_origin(d / f"{sha}.src", {**ref, "staged_size": size})
                     if dest.exists():
                         path.unlink()  # the same content is already waiting
                         continue

@@ -52,15 +52,13 @@ class FolderSource:
         if not self.folder.is_dir():
             return []
         now = time.time() if now is None else now
-        rule = self.options.get("partial_upload", "tmp_rename")
-        stable = int(self.options.get("stable_seconds", 30))
         out: list[tuple[float, str]] = []
         for p in self.folder.glob(self.options.get("glob", "*.hl7")):
             # Symlinks could point anywhere on the host; only regular files uploaded here count.
             if p.is_symlink() or not p.is_file() or p.name.startswith(".") or p.suffix in (".tmp", ".part"):
                 continue
             st = p.stat()
-            if rule == "stable_size" and now - st.st_mtime < stable:
+            if not settled(self.options, st.st_mtime, now):
                 continue
             out.append((st.st_mtime, str(p)))
         return [{"source": self.type, "ref": p, "name": Path(p).name} for _, p in sorted(out)]
@@ -70,6 +68,14 @@ class FolderSource:
 
     def finish(self, ref: SourceRef, sha256: str) -> str | None:
         return archive_local(self.settings, self.facility.code, Path(ref["ref"]), sha256)
+
+
+def settled(options: dict, mtime: float, now: float) -> bool:
+    """Whether a file is done uploading under the ``stable_size`` rule (untouched for
+    ``stable_seconds``); under ``tmp_rename`` its final name already says so."""
+    if options.get("partial_upload", "tmp_rename") != "stable_size":
+        return True
+    return now - mtime >= int(options.get("stable_seconds", 30))
 
 
 def archive_local(settings: Settings, facility_code: str, path: Path, sha256: str) -> str | None:
@@ -114,14 +120,21 @@ class SftpSource:
             raise SourceError(f"sftp source of {self.facility.code}: connection {self.options['conn_id']} is not defined")
         return SftpClient(SftpTarget.from_connection(conn, path=self.options.get("path", "/")))
 
+    @property
+    def origin(self) -> str:
+        """Which of the facility's SFTP sources a ref came from (it may have several)."""
+        return f"{self.options.get('conn_id')}:{self.options.get('path', '/')}"
+
     def ready(self, now: float | None = None) -> list[SourceRef]:
         import fnmatch
 
+        now = time.time() if now is None else now
         pattern = self.options.get("glob", "*.hl7")
         with self._client() as c:
             files = [f for f in c.list(pattern) if fnmatch.fnmatch(f.name, pattern)
-                     and not f.name.endswith((".tmp", ".part")) and not f.name.startswith(".")]
-        return [{"source": self.type, "ref": f.name, "name": f.name, "size": f.size}
+                     and not f.name.endswith((".tmp", ".part")) and not f.name.startswith(".")
+                     and settled(self.options, f.mtime, now)]
+        return [{"source": self.type, "ref": f.name, "name": f.name, "size": f.size, "origin": self.origin}
                 for f in sorted(files, key=lambda f: (f.mtime, f.name))]
 
     def local_path(self, ref: SourceRef) -> Path:
@@ -132,7 +145,17 @@ class SftpSource:
         return local
 
     def finish(self, ref: SourceRef, sha256: str) -> str | None:
+        """Move (or delete) the remote file, only if it is still what was staged. A file that
+        grew or was replaced since (a sender still writing, or re-sending under the same name)
+        stays, and the next run loads its new content; a file already gone (moved by an attempt
+        that stopped before recording it) counts as finished."""
         with self._client() as c:
+            now = [f for f in c.list(self.options.get("glob", "*.hl7")) if f.name == ref["ref"]]
+            if not now:
+                return None
+            staged = ref.get("staged_size")
+            if staged is not None and now[0].size != staged:
+                return None
             if self.options.get("after", "move") == "delete":
                 c.remove(ref["ref"])
                 return f"sftp:deleted:{ref['ref']}"
@@ -150,6 +173,7 @@ def sources_for(settings: Settings, facility: Facility) -> list[Source]:
 
 def source_for_ref(settings: Settings, facility: Facility, ref: SourceRef) -> Source:
     for s in sources_for(settings, facility):
-        if s.type == ref["source"]:
+        # Refs staged before "origin" existed name only the type: the first such source.
+        if s.type == ref["source"] and ref.get("origin") in (None, getattr(s, "origin", None)):
             return s
     raise SourceError(f"facility {facility.code} has no {ref['source']} source configured")
