@@ -181,6 +181,17 @@ def test_lab_hospital_immunization_and_completeness(ingestor, tmp_path):
     assert comp["CHR-SOKODE"] == (7, 0, 0, 0)
 
 
+def test_an_open_stay_counts_bed_days_up_to_the_build_not_to_the_month_end(ingestor, tmp_path):
+    """A patient admitted and not yet discharged: the month's bed-days are the days up to when the
+    report is built, not days that have not happened yet."""
+    d = W45 + timedelta(days=1)  # 2026-11-03
+    m, _v = admission(d, "H2", "19700101", "M", "I10")
+    load(ingestor, tmp_path, [m], "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45, now=f"{(d + timedelta(days=2)).isoformat()} 08:00:00")
+    [(admissions, bed_days)] = rows(ingestor.engine, "SELECT admissions, bed_days FROM moh_hospital_activity")
+    assert admissions == 1 and bed_days == 2
+
+
 def test_rebuild_is_idempotent(ingestor, tmp_path):
     d = W45 + timedelta(days=1)
     load(ingestor, tmp_path, [admission(d, f"P{i}", "19900101", "F", "B54")[0] for i in range(7)], "CHU-SO")

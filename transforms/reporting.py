@@ -441,6 +441,7 @@ def _hospital_activity(conn, facilities, m0: date, m1: date, now: str) -> list[t
             agg[(mm.strftime("%Y-%m"), fac)] = {"adm": 0, "dis": 0, "dead": 0, "bed": 0.0, "los": []}
     limit = datetime.combine(m1, datetime.min.time())
     first = datetime.combine(m0, datetime.min.time())
+    built_at = _d(now)  # a stay still open counts the days up to now, not to the month's end
     for fac, admit, disch, disp in conn.execute(text(
             "SELECT facility_code, admit_at, discharge_at, discharge_disposition FROM fact_encounter "
             "WHERE cancelled = 0 AND patient_class = 'I' AND admit_at < :e AND (discharge_at IS NULL OR discharge_at >= :s)"),
@@ -458,7 +459,7 @@ def _hospital_activity(conn, facilities, m0: date, m1: date, now: str) -> list[t
                 a["dis"] += 1
                 a["dead"] += disp == EXPIRED
                 a["los"].append(max((disch - admit).total_seconds() / 86400, 0.0))
-            lo, hi = max(admit, ms), min(disch or me, me)
+            lo, hi = max(admit, ms), min(disch or built_at, me)
             if hi > lo:
                 a["bed"] += (hi - lo).total_seconds() / 86400
     out = []
