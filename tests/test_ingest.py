@@ -752,6 +752,28 @@ def test_two_real_time_loops_at_once_write_each_message_once(ingestor, tmp_path)
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 1
 
 
+def test_leases_are_renewed_file_by_file(ingestor, tmp_path, monkeypatch):
+    """A run of small files (none fills a batch) keeps its leases on the files still waiting, so
+    another run cannot take them while this one works."""
+    import time
+
+    import transforms.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "LEASE_SECONDS", 3)  # renewed after a third: 1 s
+    files = [write(tmp_path / f"f{i}.hl7", adt(f"LS-{i}", "A01", "20261102080000", visit=f"VL{i}")) for i in range(3)]
+    until = []
+    real = ingestor.loader.prepare
+
+    def slow(items):
+        time.sleep(1.1)  # each file takes longer than a third of the lease
+        until.append(scalar(ingestor.engine, "SELECT MIN(lease_until) FROM ingested_file WHERE status = 'processing'"))
+        return real(items)
+
+    monkeypatch.setattr(ingestor.loader, "prepare", slow)
+    assert [r.status for r in ingestor.ingest_files([(f, "CHU-SO") for f in files])] == ["done"] * 3
+    assert until[-1] > until[0]
+
+
 def test_a_file_leased_by_another_worker_is_left_alone(ingestor, tmp_path):
     from transforms.ingest import Ingestor
 

@@ -401,6 +401,9 @@ class Ingestor:
         return _FileJob(path, name, sha, facility_code, source, done, _sniff(path))
 
     def _batches(self, job: "_FileJob"):
+        # Renewed at each file too: a run of many small files never fills a batch, and its leases
+        # on the files still waiting would otherwise run out under it.
+        self._renew()
         with open(job.path, "rb") as fh:
             batch: list[Incoming] = []
             for rm, _msg, extra in self._messages(fh, job.facility_code, job.sniff):
