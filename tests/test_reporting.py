@@ -192,6 +192,17 @@ def test_an_open_stay_counts_bed_days_up_to_the_build_not_to_the_month_end(inges
     assert admissions == 1 and bed_days == 2
 
 
+def test_a_hidden_number_of_tests_with_no_positives_shows_zero_positives(ingestor, tmp_path):
+    """Three negative tests: the number of tests is hidden (below k), but "no positives" is 0, not
+    a hidden 1 to k-1 that a reader would take as some positives."""
+    d = W45 + timedelta(days=1)
+    load(ingestor, tmp_path, [result(d, f"N{i}", "19900101", "F", "70569-9", "260385009") for i in range(3)],
+         "INH-LOME")
+    build(ingestor.engine, CFG, W45, W45)
+    assert rows(ingestor.engine, "SELECT tests_done, positives, positivity_rate, suppressed FROM moh_lab_activity") == [
+        (None, 0, None, 1)]
+
+
 def test_rebuild_is_idempotent(ingestor, tmp_path):
     d = W45 + timedelta(days=1)
     load(ingestor, tmp_path, [admission(d, f"P{i}", "19900101", "F", "B54")[0] for i in range(7)], "CHU-SO")

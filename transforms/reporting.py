@@ -395,7 +395,9 @@ def _lab_activity(conn, cfg: IdsrConfig, facilities, start: datetime, end: datet
     for key, (n, pos) in sorted(agg.items()):
         hide_n, hide_p = 0 < n < k, 0 < pos < k
         rate = None if (hide_n or hide_p) else (pos / n if n else None)
-        out.append((*key, None if hide_n else n, None if hide_p or hide_n else pos, rate, int(hide_n or hide_p), now))
+        # A hidden count stands for 1 to k-1: no positives at all is shown as 0 even when the
+        # number of tests is hidden (it reveals nothing about who was tested).
+        out.append((*key, None if hide_n else n, None if hide_p else pos, rate, int(hide_n or hide_p), now))
     return out
 
 
