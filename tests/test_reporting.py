@@ -49,10 +49,10 @@ def discharge(day, pid_, birth, sex, dx, visit, admit_day, disposition="01", fac
                f"DG1|1||{dx}^diag^I10||", facility=facility, mtype="ADT^A03")
 
 
-def result(day, pid_, birth, sex, loinc, value, facility="INH-LOME"):
+def result(day, pid_, birth, sex, loinc, value, facility="INH-LOME", status="F", placer=None):
     ts = f"{day:%Y%m%d}100000"
-    return hl7(day, 11, pid(pid_, birth, sex, facility), f"OBR|1|O{next(_n)}||{loinc}^test^LN|||{ts}",
-               f"OBX|1|CWE|{loinc}^test^LN||{value}^res^SCT||||||F|||{ts}", facility=facility, mtype="ORU^R01")
+    return hl7(day, 11, pid(pid_, birth, sex, facility), f"OBR|1|{placer or f'O{next(_n)}'}||{loinc}^test^LN|||{ts}",
+               f"OBX|1|CWE|{loinc}^test^LN||{value}^res^SCT||||||{status}|||{ts}", facility=facility, mtype="ORU^R01")
 
 
 def vaccination(day, pid_, birth, sex, cvx, facility="USP-NANERGOU"):
@@ -201,6 +201,24 @@ def test_a_hidden_number_of_tests_with_no_positives_shows_zero_positives(ingesto
     build(ingestor.engine, CFG, W45, W45)
     assert rows(ingestor.engine, "SELECT tests_done, positives, positivity_rate, suppressed FROM moh_lab_activity") == [
         (None, 0, None, 1)]
+
+
+def test_a_test_reported_again_counts_once_with_its_last_value(ingestor, tmp_path):
+    """Six smears sent as preliminary, then as final: six tests, not twelve. A cholera culture
+    reported positive, then corrected to negative (OBX-11 C): not a confirmed case."""
+    d = W45 + timedelta(days=1)
+    prelim = [result(d, f"S{i}", "19900101", "F", "70569-9", "10828004", status="P", placer=f"SM-{i}")
+              for i in range(6)]
+    final = [result(d, f"S{i}", "19900101", "F", "70569-9", "10828004", placer=f"SM-{i}") for i in range(6)]
+    load(ingestor, tmp_path, prelim, "INH-LOME")
+    load(ingestor, tmp_path, final, "INH-LOME")
+    load(ingestor, tmp_path, [result(d, "K9", "19900101", "M", "625-4", "10828004", placer="CU-1")], "INH-LOME")
+    load(ingestor, tmp_path, [result(d, "K9", "19900101", "M", "625-4", "260385009", status="C", placer="CU-1")],
+         "INH-LOME")
+    build(ingestor.engine, CFG, W45, W45)
+    assert rows(ingestor.engine, "SELECT test, tests_done, positives FROM moh_lab_activity WHERE test = 'MALARIA_RDT'"
+                ) == [("MALARIA_RDT", 6, 6)]
+    assert rows(ingestor.engine, "SELECT suspected, confirmed FROM rpt_idsr_case WHERE disease = 'CHOLERA'") == [(1, 0)]
 
 
 def test_rebuild_is_idempotent(ingestor, tmp_path):

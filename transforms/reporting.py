@@ -262,13 +262,27 @@ def collect_cases(engine: Engine, cfg: IdsrConfig, start: datetime, end: datetim
                     f"WHERE test_code IN ({marks}) AND ordered_at >= :s AND ordered_at < :e"), {**params, "s": s, "e": e}):
                 add(tests[code], fac, pk, _d(at))
             positives = {d.code: set(d.positive) for d in diseases}
-            for fac, pk, code, value, at in conn.execute(text(
-                    f"SELECT facility_code, patient_key, test_code, value, observed_at FROM fact_lab_result "
-                    f"WHERE test_code IN ({marks}) AND observed_at >= :s AND observed_at < :e"),
-                    {**params, "s": s, "e": e}):
+            for fac, pk, code, value, at in latest_results(conn, marks, params, s, e):
                 dis = tests[code]
                 add(dis, fac, pk, _d(at), confirmed=1 if (value or "").strip() in positives[dis] else 0)
     return cases
+
+
+def latest_results(conn, marks: str, params: dict, s: str, e: str) -> list[tuple]:
+    """(facility, patient key, test code, value, observed at) of the tests ``marks`` names, one per
+    test of an order: its latest result. A preliminary result followed by the final one, or a
+    final one corrected (OBX-11 C), is one test with the last value, not two tests; a result
+    cancelled (X) or deleted (D) last counts as none."""
+    latest: dict[tuple, tuple] = {}
+    for mid, fac, pk, order, code, value, status, at in conn.execute(text(
+            f"SELECT message_id, facility_code, patient_key, placer_order_number, test_code, value, result_status, "
+            f"observed_at FROM fact_lab_result WHERE test_code IN ({marks}) AND observed_at >= :s AND observed_at < :e"),
+            {**params, "s": s, "e": e}):
+        # Without an order number, each message's result stands alone.
+        key = (fac, pk, code, order) if order else (fac, pk, code, None, mid)
+        if key not in latest or mid > latest[key][0]:
+            latest[key] = (mid, fac, pk, code, value, status, at)
+    return [r[1:5] + (r[6],) for r in sorted(latest.values()) if (r[5] or "").strip() not in ("X", "D")]
 
 
 def build(engine: Engine, cfg: IdsrConfig, first: date, last: date, now: str | None = None) -> BuildResult:
@@ -380,9 +394,7 @@ def _lab_activity(conn, cfg: IdsrConfig, facilities, start: datetime, end: datet
         return []
     marks, params = _in(codes)
     agg: dict[tuple, list[int]] = {}
-    for fac, code, value, at in conn.execute(text(
-            f"SELECT facility_code, test_code, value, observed_at FROM fact_lab_result WHERE test_code IN ({marks}) "
-            f"AND observed_at >= :s AND observed_at < :e"), {**params, "s": _ts(start), "e": _ts(end)}):
+    for fac, _pk, code, value, at in latest_results(conn, marks, params, _ts(start), _ts(end)):
         t = codes[code]
         at = _d(at)
         region, district = facilities.get(fac, ("?", "?"))
