@@ -221,6 +221,18 @@ def test_a_test_reported_again_counts_once_with_its_last_value(ingestor, tmp_pat
     assert rows(ingestor.engine, "SELECT suspected, confirmed FROM rpt_idsr_case WHERE disease = 'CHOLERA'") == [(1, 0)]
 
 
+def test_a_death_in_a_later_week_is_not_a_second_case(ingestor, tmp_path):
+    """Admitted with cholera on the Saturday of W45, died on the Monday of W46: one suspected case
+    (W45) and one death (W46), not two suspected cases."""
+    sat, mon = W45 + timedelta(days=5), W45 + timedelta(days=7)
+    m, v = admission(sat, "D1", "19800101", "F", "A00.9")
+    load(ingestor, tmp_path, [m, discharge(mon, "D1", "19800101", "F", "A00.9", v, sat, disposition="20")], "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45 + timedelta(days=7))
+    assert rows(ingestor.engine, "SELECT iso_week, SUM(suspected), SUM(deaths) FROM rpt_idsr_weekly "
+                                 "WHERE disease = 'CHOLERA' GROUP BY iso_week ORDER BY 1") == [
+        ("2026-W45", 1, 0), ("2026-W46", 0, 1)]
+
+
 def test_rebuild_is_idempotent(ingestor, tmp_path):
     d = W45 + timedelta(days=1)
     load(ingestor, tmp_path, [admission(d, f"P{i}", "19900101", "F", "B54")[0] for i in range(7)], "CHU-SO")

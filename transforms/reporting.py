@@ -225,14 +225,15 @@ def collect_cases(engine: Engine, cfg: IdsrConfig, start: datetime, end: datetim
     diseases = diseases or cfg.diseases
     cases: dict[tuple, dict] = {}
 
-    def add(dis, fac, pk, at: datetime, suspected=0, confirmed=0, died=0):
+    def add(dis, fac, pk, at: datetime, suspected=1, confirmed=0, died=0):
         if not pk or at is None:
             return
         key = (dis, fac, pk, iso_week(at))
         c = cases.get(key)
         if c is None:
-            cases[key] = {"suspected": 1, "confirmed": confirmed, "died": died, "first_at": at}
+            cases[key] = {"suspected": suspected, "confirmed": confirmed, "died": died, "first_at": at}
         else:
+            c["suspected"] |= suspected
             c["confirmed"] |= confirmed
             c["died"] |= died
             c["first_at"] = min(c["first_at"], at)
@@ -253,7 +254,9 @@ def collect_cases(engine: Engine, cfg: IdsrConfig, start: datetime, end: datetim
                 if admit is not None and start <= admit < end:
                     add(dis, fac, pk, admit)
                 if disp == EXPIRED and disch is not None and start <= disch < end:
-                    add(dis, fac, pk, disch, died=1)
+                    # Counted in the week of the death; the case itself was counted at admission
+                    # (a later week's death is not a second suspected case).
+                    add(dis, fac, pk, disch, suspected=0, died=1)
         tests = {t: d.code for d in diseases for t in d.tests}
         if tests:
             marks, params = _in(tests)
