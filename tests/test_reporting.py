@@ -233,6 +233,21 @@ def test_a_death_in_a_later_week_is_not_a_second_case(ingestor, tmp_path):
         ("2026-W45", 1, 0), ("2026-W46", 0, 1)]
 
 
+def test_a_message_under_a_retired_patient_id_joins_the_survivors_case(ingestor, tmp_path):
+    """P-OLD was admitted with malaria, then merged into P-NEW (A40); a result sent later that
+    week under P-OLD is the same person: one case, not two."""
+    d = W45 + timedelta(days=1)
+    m, _v = admission(d, "P-OLD", "19900101", "F", "B54")
+    merge = hl7(d, 12, f"EVN|A40|{d:%Y%m%d}120000", pid("P-NEW", "19900101", "F"), "MRG|P-OLD^^^CHU-SO^MR",
+                mtype="ADT^A40^ADT_A39")
+    load(ingestor, tmp_path, [m, merge], "CHU-SO")
+    load(ingestor, tmp_path, [result(d + timedelta(days=1), "P-OLD", "19900101", "F", "70569-9", "10828004",
+                                     facility="CHU-SO")], "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45)
+    assert rows(ingestor.engine, "SELECT COUNT(*), SUM(suspected), SUM(confirmed) FROM rpt_idsr_case "
+                                 "WHERE disease = 'MALARIA'") == [(1, 1, 1)]
+
+
 def test_rebuild_is_idempotent(ingestor, tmp_path):
     d = W45 + timedelta(days=1)
     load(ingestor, tmp_path, [admission(d, f"P{i}", "19900101", "F", "B54")[0] for i in range(7)], "CHU-SO")

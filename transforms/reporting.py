@@ -268,7 +268,45 @@ def collect_cases(engine: Engine, cfg: IdsrConfig, start: datetime, end: datetim
             for fac, pk, code, value, at in latest_results(conn, marks, params, s, e):
                 dis = tests[code]
                 add(dis, fac, pk, _d(at), confirmed=1 if (value or "").strip() in positives[dis] else 0)
-    return cases
+        survivor = _survivors(conn, {k[2] for k in cases})
+    if not survivor:
+        return cases
+    # A message sent after a merge (A40) under the retired patient ID is the same person: its
+    # case joins the surviving key's.
+    merged: dict[tuple, dict] = {}
+    for (dis, fac, pk, wk), c in cases.items():
+        key = (dis, fac, survivor.get(pk, pk), wk)
+        m = merged.get(key)
+        if m is None:
+            merged[key] = dict(c)
+        else:
+            for f in ("suspected", "confirmed", "died"):
+                m[f] |= c[f]
+            m["first_at"] = min(m["first_at"], c["first_at"])
+    return merged
+
+
+def _survivors(conn, keys: set[str]) -> dict[str, str]:
+    """Retired patient key -> the key it was finally merged into, for those of ``keys``."""
+    into: dict[str, str] = {}
+    todo = sorted(keys)
+    while todo:  # a survivor may itself have been merged later: follow the chain
+        found = {}
+        for i in range(0, len(todo), 900):
+            marks, params = _in(todo[i:i + 900])
+            found.update(conn.execute(text(f"SELECT patient_key, merged_into FROM dim_patient WHERE merged_into IS "
+                                           f"NOT NULL AND patient_key IN ({marks})"), params).all())
+        found = {o: n for o, n in found.items() if o not in into and n != o}
+        into.update(found)
+        todo = sorted(set(found.values()) - set(into))
+    out = {}
+    for old in into:
+        new, seen = into[old], {old}
+        while new in into and new not in seen:  # a cycle (a merge undone by a later one) stops
+            seen.add(new)
+            new = into[new]
+        out[old] = new
+    return out
 
 
 def latest_results(conn, marks: str, params: dict, s: str, e: str) -> list[tuple]:
