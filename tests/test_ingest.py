@@ -774,6 +774,14 @@ def test_leases_are_renewed_file_by_file(ingestor, tmp_path, monkeypatch):
     assert until[-1] > until[0]
 
 
+def test_manual_runs_started_together_do_not_share_a_lease_owner(warehouse_url, hl7ics_home):
+    """Two `hl7ics ingest` runs started in the same second: each must hold its own leases."""
+    settings = Settings.load(warehouse_url=warehouse_url)
+    first, second = Ingestor(settings), Ingestor(settings)
+    assert first.lease_owner != second.lease_owner
+    assert first.run_id.startswith("manual__")
+
+
 def test_a_file_leased_by_another_worker_is_left_alone(ingestor, tmp_path):
     from transforms.ingest import Ingestor
 

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,7 +201,9 @@ class Ingestor:
         self.settings = settings
         self.engine = engine or get_engine(settings.warehouse_url)
         self.facilities = {f.code: f for f in settings.facilities()}
-        self.run_id = run_id or f"manual__{utcnow().replace(' ', 'T')}"
+        # A run id is also the lease owner: two manual runs started in the same second must not
+        # share one (each would take the other's files as its own).
+        self.run_id = run_id or f"manual__{utcnow().replace(' ', 'T')}__{uuid.uuid4().hex[:8]}"
         self.loader = Loader(self.facilities.values(), PatientKeyer.from_env(settings.home), run_id=self.run_id)
         # Retries of the same DAG run resume a file at once; any other worker waits for the lease.
         self.lease_owner = self.run_id
