@@ -148,3 +148,25 @@ def test_stable_size_leaves_a_file_still_being_written(tmp_path, warehouse_url, 
     assert len(ing.stage("HD-TSEVIE")) == 1
     names = [p.read_text(encoding="utf-8") for p in (ing.settings.home / "staging" / "HD-TSEVIE").glob("*.name")]
     assert names == ["old.hl7"]
+
+
+def test_each_file_is_finished_on_the_source_it_came_from(tmp_path, warehouse_url, hl7ics_home, monkeypatch, server):
+    """A facility with two SFTP folders and the same file name in both: archiving the file staged
+    from one folder moves that folder's file, never the other's."""
+    (server.root / "lab").mkdir()
+    (server.root / "lab" / "b.hl7").write_bytes(b"\r".join(generate_mix(10, seed=14)))
+    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
+    doc = yaml.safe_load((settings.config_dir / "facilities.yaml").read_text(encoding="utf-8"))
+    for f in doc["facilities"]:
+        if f["code"] == "HD-TSEVIE":
+            f["sources"].append({"type": "sftp", "conn_id": "hl7ics_sftp_test", "path": "/lab", "glob": "*.hl7"})
+    (settings.config_dir / "facilities.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    ing = Ingestor(Settings.load(settings.config_dir, warehouse_url), run_id="run-1")
+    ing.sync_facilities()
+    staged = ing.stage("HD-TSEVIE")
+    ing.ingest_staged("HD-TSEVIE", staged)
+    (server.root / "outbound" / "b.hl7").write_bytes(b"\r".join(generate_mix(25, seed=15)))  # arrives meanwhile
+    ing.archive_staged("HD-TSEVIE", staged[0])
+    assert not (server.root / "lab" / "b.hl7").exists()
+    assert [p.name.endswith("-b.hl7") for p in (server.root / "lab" / "archive").iterdir()] == [True]
+    assert (server.root / "outbound" / "b.hl7").exists()
