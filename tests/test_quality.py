@@ -318,15 +318,20 @@ def test_threshold_holds_the_batch_and_fails_the_task(ingestor, tmp_path, monkey
     assert not ing2.loader.dq_breaches
 
 
+def _sex_x_adt(n: int) -> str:
+    """An ADT^A04 whose PID-8 is "X", which the shipped suite refuses (sex_in_hl7_table_0001)."""
+    return (f"MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|S-{n}|P|2.5\n"
+            "EVN|A04|20261102080000\n"
+            f"PID|1||P{n}^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|X\n"
+            f"PV1|1|O|CONS||||||||||||||||V{n}\n")
+
+
 def test_replay_by_expectation_after_a_suite_fix(ingestor, tmp_path, monkeypatch):
     from transforms.facts import PatientKeyer
     from transforms.load import Loader
     from transforms.replay import replay
 
-    msg = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|S-1|P|2.5\n"
-           "EVN|A04|20261102080000\n"
-           "PID|1||P7^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|X\n"
-           "PV1|1|O|CONS||||||||||||||||V7\n")
+    msg = _sex_x_adt(1)
     write(tmp_path / "x.hl7", msg)
     ingestor.ingest_file(tmp_path / "x.hl7", "CHU-SO")
     eng = ingestor.engine
@@ -366,10 +371,7 @@ def test_a_copy_of_a_quarantined_message_is_not_its_duplicate(ingestor, tmp_path
     fix a replay loads exactly one of them; the other becomes its duplicate."""
     from transforms.replay import replay
 
-    msg = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|S-2|P|2.5\n"
-           "EVN|A04|20261102080000\n"
-           "PID|1||P8^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|X\n"
-           "PV1|1|O|CONS||||||||||||||||V8\n")
+    msg = _sex_x_adt(2)
     write(tmp_path / "x.hl7", msg + msg)
     ingestor.ingest_file(tmp_path / "x.hl7", "CHU-SO")
     eng = ingestor.engine
@@ -576,10 +578,7 @@ def test_replay_does_not_count_its_messages_in_dq_result_again(ingestor, tmp_pat
     count it again, or dq_daily's failure rates grow with every replay."""
     from transforms.replay import replay
 
-    msg = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|S-4|P|2.5\n"
-           "EVN|A04|20261102080000\n"
-           "PID|1||P10^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|X\n"
-           "PV1|1|O|CONS||||||||||||||||V10\n")
+    msg = _sex_x_adt(4)
     write(tmp_path / "x.hl7", msg)
     ingestor.ingest_file(tmp_path / "x.hl7", "CHU-SO")
     eng = ingestor.engine

@@ -45,6 +45,14 @@ def _settings(tmp_path, warehouse_url, monkeypatch, server, host_key=None, **opt
     return Settings.load(cfg, warehouse_url)
 
 
+def _load_staged(settings: Settings, run_id: str = "run-1"):
+    """Stage HD-TSEVIE's remote files and load them, as the DAG's first two tasks do."""
+    ing = Ingestor(settings, run_id=run_id)
+    ing.sync_facilities()
+    staged = ing.stage("HD-TSEVIE")
+    return ing, staged, ing.ingest_staged("HD-TSEVIE", staged)
+
+
 def test_remote_files_are_finished_only_after_the_commit(tmp_path, warehouse_url, hl7ics_home, monkeypatch, server):
     remote = server.root / "outbound"
     (remote / "day1.hl7").write_bytes(b"\r".join(generate_mix(40, seed=8)))
@@ -67,10 +75,7 @@ def test_a_crash_before_the_remote_move_loads_nothing_twice(tmp_path, warehouse_
     remote = server.root / "outbound"
     (remote / "day2.hl7").write_bytes(b"\r".join(generate_mix(25, seed=9)))
     settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
-    ing = Ingestor(settings, run_id="run-1")
-    ing.sync_facilities()
-    staged = ing.stage("HD-TSEVIE")
-    ing.ingest_staged("HD-TSEVIE", staged)
+    ing, staged, _ = _load_staged(settings)
     # crash here: committed, but neither archived locally nor moved remotely; staging is lost too
     shutil.rmtree(settings.home / "staging" / "HD-TSEVIE")
     ing2 = Ingestor(settings, run_id="run-2")
@@ -102,10 +107,7 @@ def test_a_file_that_grew_after_staging_is_not_archived_until_loaded_whole(tmp_p
     remote = server.root / "outbound"
     msgs = generate_mix(50, seed=10)
     (remote / "day.hl7").write_bytes(b"\r".join(msgs[:30]) + b"\r")
-    ing = Ingestor(_settings(tmp_path, warehouse_url, monkeypatch, server), run_id="run-1")
-    ing.sync_facilities()
-    staged = ing.stage("HD-TSEVIE")
-    ing.ingest_staged("HD-TSEVIE", staged)
+    ing, staged, _ = _load_staged(_settings(tmp_path, warehouse_url, monkeypatch, server))
     (remote / "day.hl7").write_bytes(b"\r".join(msgs) + b"\r")  # the sender finished writing
     ing.archive_staged("HD-TSEVIE", staged[0])
     assert (remote / "day.hl7").exists()
@@ -124,10 +126,7 @@ def test_a_remote_file_already_moved_counts_as_finished(tmp_path, warehouse_url,
     remote = server.root / "outbound"
     (remote / "day3.hl7").write_bytes(b"\r".join(generate_mix(10, seed=11)))
     settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
-    ing = Ingestor(settings, run_id="run-1")
-    ing.sync_facilities()
-    staged = ing.stage("HD-TSEVIE")
-    ing.ingest_staged("HD-TSEVIE", staged)
+    ing, staged, _ = _load_staged(settings)
     (remote / "archive").mkdir()
     (remote / "day3.hl7").rename(remote / "archive" / "day3.hl7")
     assert ing.archive_staged("HD-TSEVIE", staged[0]) is not None
