@@ -760,3 +760,23 @@ def test_route_test_cli_reports_errors_without_values(tmp_path):
     assert "ERROR unroutable: MISSING_MSH" in out
     assert "Ɖogbé" not in out
     assert "summary: 2 messages: 0 routed, 0 filtered, 0 need review, 2 failed" in out
+
+
+def test_keep_charset_names_8bit_text_the_sender_left_unlabelled():
+    """A Latin-1 sender with no MSH-18 (read with its facility's default): kept as Latin-1 bytes,
+    the copy must say so in MSH-18, since an empty MSH-18 means ASCII and é, è, ô would be misread.
+    A pure ASCII message keeps its empty MSH-18."""
+    from transforms.hl7transform import get_field
+
+    doc = {"destinations": {"keep": {"type": "folder", "path": "/tmp"}},
+           "rules": [{"name": "r", "match": {}, "to": ["keep"]}]}
+    router = Router(RouteConfig.from_dict(doc, transforms_doc={"transforms": {}}, tables={}))
+    head = "MSH|^~\\&|APP|FAC|R|RF|20240101||ADT^A01^ADT_A01|C{n}|P|2.5.1|||||TG\rEVN|A01|20240101\r"
+    latin = (head.format(n=1) + "PID|1||123^^^FAC^MR||Amégbé^Élodie è ë ô||19800101|F\rPV1|1|I\r").encode("latin-1")
+    [res] = router.route(latin, facility_charset="iso-8859-1")
+    out = parse(res.payload, "iso-8859-1")
+    assert get_field(out.segments[0], 18) == "8859/1" and "MSH-18_SET" in res.notes
+    assert "Amégbé" in out.text and res.payload.count(b"\xe9") == latin.count(b"\xe9")
+    ascii_only = (head.format(n=2) + "PID|1||123^^^FAC^MR||Mensah^Kofi||19800101|M\rPV1|1|I\r").encode("ascii")
+    [res] = router.route(ascii_only, facility_charset="iso-8859-1")
+    assert get_field(parse(res.payload).segments[0], 18) == "" and res.payload == ascii_only

@@ -1594,9 +1594,16 @@ class Outcome:
 
 def _fix_declared_charset(work: Work, codec: str) -> None:
     """Charset 'keep': the bytes go out in the codec the message was read with; if the sender's
-    MSH-18 named another one (a mislabelled sender), say what the bytes really are."""
+    MSH-18 named another one (a mislabelled sender) or none for 8-bit text, say what the bytes
+    really are."""
     declared = get_field(work.msh, 18).split(work.delims.repetition, 1)[0].split(work.delims.component, 1)[0]
     if not declared:
+        # No MSH-18 means ASCII to a receiver: bytes beyond it (a Latin-1 sender that relied on
+        # the facility's default) must be named, or é, è and ô are misread. MSH-18 exists from 2.3.
+        if msh18_name(codec) and work.version not in ("2.1", "2.2") and \
+                not all(f.isascii() for seg in work.segments for f in seg):
+            set_field(work.msh, 18, msh18_name(codec))  # type: ignore[arg-type]
+            work.note("MSH-18_SET")
         return
     try:
         same = _charset.normalize_codec(declared) == codec
