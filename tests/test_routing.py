@@ -686,9 +686,9 @@ def test_hooks(tmp_path, hook_module):
     router = router_for(tmp_path, """
         - name: r
           to: [{destination: a, transform: upper}, {destination: b, transform: review},
-               {destination: c, transform: boom}, {destination: a, transform: replace},
-               {destination: b, transform: empty}]
-    """, transforms)
+               {destination: c, transform: boom}, {destination: d, transform: replace},
+               {destination: e, transform: empty}]
+    """, transforms, dests=BASIC_DESTS + "      d: {type: folder, path: /tmp/d}\n      e: {type: folder, path: /tmp/e}\n")
     up, rev, boom, rep, empty = router.route(oru("", family="Ɖogbé"))
     assert seg(up.payload, "PID")[5] == "ƉOGBÉ^Noëlle" and "FAMILY_UPPER:lab" in up.notes
     assert rev.payload is None and rev.review == [("ward_codes", "MED")]
@@ -780,3 +780,22 @@ def test_keep_charset_names_8bit_text_the_sender_left_unlabelled():
     ascii_only = (head.format(n=2) + "PID|1||123^^^FAC^MR||Mensah^Kofi||19800101|M\rPV1|1|I\r").encode("ascii")
     [res] = router.route(ascii_only, facility_charset="iso-8859-1")
     assert get_field(parse(res.payload).segments[0], 18) == "" and res.payload == ascii_only
+
+
+def test_a_destination_reached_by_two_rules_gets_one_copy(tmp_path):
+    """Two matching rules send to the same destination with different transformations: one copy,
+    the first rule's. Two would carry one MSH-10, and the receiver drops or mis-files the second."""
+    router = router_for(tmp_path, """
+        - name: first
+          continue: true
+          to: [a]
+        - name: second
+          to: [{destination: a, transform: upper}, b]
+    """, """
+        transforms:
+          upper:
+            steps:
+              - set: {field: PID-5.1, value: X}
+    """)
+    results = router.route(oru(""))
+    assert [(r.rule, r.destination) for r in results] == [("first", "a"), ("second", "b")]

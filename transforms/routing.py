@@ -590,7 +590,8 @@ class Router:
     def route(self, raw: bytes, msg: Message | None = None, facility_charset: str | None = None) -> list[RouteResult]:
         """One RouteResult per (matched rule, destination); [] when no rule matched, a matching
         rule has ``to: []`` (filtered) or the message is unroutable (see ``unroutable``). A
-        destination reached by two rules with the same transformation is built once."""
+        destination reached by several rules gets one copy, the first matching rule's: two
+        copies would carry one MSH-10, and receivers drop or mis-file the second."""
         if msg is None:
             msg = parse(raw, facility_charset)
         if self.unroutable(msg):
@@ -599,10 +600,9 @@ class Router:
         seen: set = set()
         for rule in self.match(msg):
             for dname, tname in rule.to:
-                key = (dname, tname)
-                if key in seen:
+                if dname in seen:
                     continue
-                seen.add(key)
+                seen.add(dname)
                 results.append(self._build(msg, rule.name, dname, tname))
         return results
 
