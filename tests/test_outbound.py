@@ -644,3 +644,27 @@ def test_route_and_deliver_dag_is_thin_and_guarded():
         assert t.owner == "data-engineering" and t.retries >= 1 and t.on_failure_callback
     src = (ROOT / "dags" / "route_and_deliver.py").read_text()
     assert "import transforms" not in src and "SELECT " not in src
+
+
+def test_a_slow_send_taken_for_interrupted_is_still_recorded_as_delivered(engine, alerter):
+    """Run A is still waiting for its ACK when run B finds the row 'sending' for too long and
+    marks it interrupted. A's ACK then arrives: the row is delivered, and no later run sends it
+    again."""
+    import random
+
+    rx = ScriptedReceiver()
+    route(engine, [hl7("W1", "PA")])
+    clock = Clock()
+    dests = {"lab": mllp(rx.port)}
+    spec = outbound.check_destination("lab", dests["lab"])
+    [row] = outbound._claim(engine, "lab", 1, clock())  # run A claims it and starts sending
+    later = clock() + timedelta(seconds=outbound.STALE_SENDING_SECONDS + 1)
+    outbound._recover_stale(engine, "lab", spec, later, outbound.STALE_SENDING_SECONDS, random.Random(1))
+    assert by_control(engine)["W1"][:3] == ("failed", 1, "INTERRUPTED")
+    ok = outbound.Outcome(True, ack_code="AA", ack=b"MSH|...")
+    assert outbound._finish(engine, row, ok, spec, later, random.Random(1)) == "delivered"
+    clock.advance(3600 + outbound.STALE_SENDING_SECONDS)
+    with rx:
+        run(engine, dests, clock, alerter)
+    assert rx.control_ids == []
+    assert by_control(engine)["W1"][:2] == ("delivered", 1)

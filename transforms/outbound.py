@@ -684,8 +684,11 @@ def _finish(engine, row: _Row, outcome: Outcome, spec: dict, now: datetime, rng)
          "err": _clean(outcome.error, 200)}
     if outcome.ok:
         status = "delivered"
+        # Also when another run took this slow send for an interrupted one meanwhile (and nobody
+        # has claimed it again): it was delivered, and must not go out a second time.
         sql = ("UPDATE outbound_queue SET status = 'delivered', attempts = :a, ack_code = :code, ack = :ack, "
-               "last_error = NULL, delivered_at = :now, updated_at = :now WHERE id = :id AND status = 'sending'")
+               "last_error = NULL, delivered_at = :now, updated_at = :now WHERE id = :id AND (status = 'sending' "
+               "OR (status IN ('failed', 'dead') AND last_error = 'INTERRUPTED' AND attempts = :a))")
     elif attempts >= spec["max_attempts"]:
         status = "dead"
         sql = ("UPDATE outbound_queue SET status = 'dead', attempts = :a, ack_code = :code, ack = :ack, "
