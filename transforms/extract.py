@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from .datetimes import InvalidDate, parse_dtm
-from .parser import BOM, Message, ParseIssue, components, leading_junk, unescape
+from .parser import Message, ParseIssue, components, leading_junk, unescape
 
 _DECIMAL_COMMA = re.compile(r"[+-]?[0-9]+,[0-9]+")
 SUPPORTED_VERSION = re.compile(r"^2\.[1-8](?:\.\d+)?")
@@ -343,18 +343,14 @@ _BATCH_LONGEST = 8  # a line end, a BOM, the name and the byte after it
 def has_batch_segments(stream, read_size: int = 1 << 20) -> bool:
     """Whether any line starts with FHS/BHS/BTS/FTS (a streaming byte scan; no decoding)."""
     try:
+        # The splitter's first unit starts after any leading whitespace and BOMs: so does the
+        # first line here, decided once a read goes past them (or the stream ends).
         buf = stream.read(read_size)
-        while True:
-            # The splitter's first unit starts after any leading whitespace and BOMs: so does the
-            # first line here. Decided only once a read goes past them (or the stream ends).
-            lead = leading_junk(buf)
-            rest = buf[lead:]
-            if rest and not (len(rest) < 3 and BOM.startswith(rest)):
-                break
+        lead = leading_junk(buf, not buf)
+        while lead is None:
             more = stream.read(read_size)
-            if not more:
-                break
             buf += more
+            lead = leading_junk(buf, not more)
         buf = buf[lead:]
         tail = b"\n"  # the first line starts at the start
         while buf:

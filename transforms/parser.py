@@ -335,13 +335,18 @@ _START = re.compile(rb"[\r\n](?=(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z
 _HEAD = re.compile(rb"(?:\xef\xbb\xbf)?(?:MSH|FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
 
 
-def leading_junk(buf: bytes) -> int:
-    """How many bytes of whitespace and BOMs ``buf`` starts with: a stream's first unit begins
-    after them (``iter_units`` skips them; ``extract.has_batch_segments`` looks past them)."""
+def leading_junk(buf: bytes, eof: bool) -> int | None:
+    """How many bytes of whitespace and BOMs a stream starting with ``buf`` has before its first
+    unit (``iter_units`` skips them; ``extract.has_batch_segments`` looks past them), or None
+    while that is not known yet: ``buf`` is all junk so far, or ends inside what may be a BOM,
+    and the stream has more (not ``eof``)."""
     lead = len(buf) - len(buf.lstrip(b" \t\r\n"))
     while buf[lead:lead + 3] == BOM:
         lead += 3
         lead += len(buf[lead:]) - len(buf[lead:].lstrip(b" \t\r\n"))
+    rest = buf[lead:]
+    if not eof and (not rest or (len(rest) < 3 and BOM.startswith(rest))):
+        return None
     return lead
 
 
@@ -398,14 +403,12 @@ def iter_units(stream: BinaryIO, chunk_size: int = CHUNK, batch_segments: bool =
             buf += chunk
         if first:
             # Strip leading whitespace and BOMs, however the stream happens to be chunked.
-            lead = leading_junk(buf)
-            if len(buf) - lead < 3 and BOM.startswith(buf[lead:]) and buf[lead:] and not eof:
-                continue  # could be the start of a BOM: read more before deciding
+            lead = leading_junk(buf, eof)
+            if lead is None:
+                continue  # read more before deciding
             if lead:
                 buf = buf[lead:]
                 base += lead
-            if not buf and not eof:
-                continue
             first = False
         starts = _starts(buf, heads)
         if not eof:

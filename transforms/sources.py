@@ -150,11 +150,11 @@ class SftpSource:
         stays, and the next run loads its new content; a file already gone (moved by an attempt
         that stopped before recording it) counts as finished."""
         with self._client() as c:
-            now = [f for f in c.list(self.options.get("glob", "*.hl7")) if f.name == ref["ref"]]
-            if not now:
+            current = [f for f in c.list(self.options.get("glob", "*.hl7")) if f.name == ref["ref"]]
+            if not current:
                 return None
             staged = ref.get("staged_size")
-            if staged is not None and now[0].size != staged:
+            if staged is not None and current[0].size != staged:
                 return None
             if self.options.get("after", "move") == "delete":
                 c.remove(ref["ref"])
