@@ -456,6 +456,31 @@ def test_fully_credited_claim_is_not_issued_and_a_sent_one_is_cancelled(ingestor
     assert r["resent_replaced"] == 1 and r["insurers"]["INAM"]["written"] == 0
 
 
+def test_a_coverage_renewal_keeps_the_claims_of_the_period_before(ingestor, tmp_path):
+    """A renewal (a new IN1-12/13 for the same member) used to overwrite the earlier period's
+    dates: the sent 2026 claim lost its coverage and turned 'corrected' with no lines."""
+    eng = ingestor.engine
+    load(ingestor, tmp_path, [dft(d(3), "PR-1", "VR1", [(d(3), "CONS-GEN", "Consultation", 1, 5000)],
+                                  [in1("INAM", "INAM-AMO", "912345678", "20260101", "20261231")])], "CHU-SO")
+    build_claims(eng, CFG, d(10, 6), insurers=["INAM"])
+    res = extract(eng, CFG, "INAM", "2026-W45", tmp_path / "c", d(10, 6))
+    deliver_extract(eng, res.extract_id, {"type": "outbox", "path": str(tmp_path / "o")})
+    jan = datetime(2027, 1, 12, 10)
+    load(ingestor, tmp_path, [dft(jan, "PR-1", "VR2", [(jan, "CONS-GEN", "Consultation", 1, 6000)],
+                                  [in1("INAM", "INAM-AMO", "912345678", "20270101", "20271231")])], "CHU-SO")
+    r = build_claims(eng, CFG, datetime(2027, 1, 20, 6), insurers=["INAM"])
+    assert r["skipped"]["coverage_not_valid"] == 0
+    assert rows(eng, "SELECT visit_number, status, lines FROM claim WHERE insurer_code = 'INAM' "
+                     "ORDER BY visit_number") == [("VR1", "sent", 1), ("VR2", "ready", 1)]
+    assert rows(eng, "SELECT period_start, valid_from, valid_to FROM fact_coverage ORDER BY 1") == [
+        ("2026-01-01", "2026-01-01", "2026-12-31"), ("2027-01-01", "2027-01-01", "2027-12-31")]
+    # The same period sent again with a new end (an extension) updates that period only.
+    load(ingestor, tmp_path, [dft(jan, "PR-1", "VR2", [], [in1("INAM", "INAM-AMO", "912345678", "20270101",
+                                                               "20280630")])], "CHU-SO")
+    assert rows(eng, "SELECT period_start, valid_to FROM fact_coverage ORDER BY 1") == [
+        ("2026-01-01", "2026-12-31"), ("2027-01-01", "2028-06-30")]
+
+
 def test_claim_ready_after_its_period_was_extracted_goes_into_the_next_one(ingestor, tmp_path):
     eng = ingestor.engine
     cov = [in1("INAM", "INAM-AMO", "891234567")]

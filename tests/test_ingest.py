@@ -533,6 +533,31 @@ def test_migrations_are_versioned_and_idempotent(warehouse_url):
         assert c.execute(text("SELECT COUNT(*) FROM schema_migrations")).scalar() == len(migrations())
 
 
+def test_coverage_periods_migration_keeps_the_stored_coverage(warehouse_url, monkeypatch):
+    """013 rebuilds fact_coverage with a period key; rows stored before it survive with their
+    period (IN1-12, or '' when open-ended), and a renewal then adds a period beside them."""
+    from transforms import warehouse
+
+    every = warehouse.migrations()
+    monkeypatch.setattr(warehouse, "migrations", lambda: [m for m in every if m[0] < 13])
+    eng = get_engine(warehouse_url)
+    with eng.begin() as c:
+        c.execute(text("INSERT INTO fact_coverage (patient_key, facility_code, insurer_code, member_id, plan_code, "
+                       "valid_from, valid_to, message_id, updated_at) VALUES "
+                       "('k1', 'CHU-SO', 'INAM', 'M1', 'INAM-AMO', '2026-01-01', '2026-12-31', 7, '2026-11-01 00:00:00'), "
+                       "('k2', 'CHU-SO', 'CNSS', 'M2', NULL, NULL, NULL, 8, '2026-11-01 00:00:00')"))
+    monkeypatch.setattr(warehouse, "migrations", lambda: every)
+    assert warehouse.upgrade(eng) == [v for v, _, _ in every if v >= 13]
+    assert rows(eng, "SELECT patient_key, period_start, valid_from, valid_to, plan_code, message_id "
+                     "FROM fact_coverage ORDER BY 1") == [
+        ("k1", "2026-01-01", "2026-01-01", "2026-12-31", "INAM-AMO", 7), ("k2", "", None, None, None, 8)]
+    with eng.begin() as c:
+        c.execute(text("INSERT INTO fact_coverage (patient_key, facility_code, insurer_code, member_id, period_start, "
+                       "valid_from, message_id, updated_at) VALUES "
+                       "('k1', 'CHU-SO', 'INAM', 'M1', '2027-01-01', '2027-01-01', 9, '2027-01-02 00:00:00')"))
+    assert scalar(eng, "SELECT COUNT(*) FROM fact_coverage WHERE patient_key = 'k1'") == 2
+
+
 def test_schema_is_identical_on_sqlite_and_postgresql(sqlite_url, pg_url):
     from sqlalchemy import inspect
 

@@ -44,12 +44,13 @@ COLUMNS = {
     "fact_charge": ("message_id", "ft1_seq", "facility_code", "patient_key", "visit_number", "transaction_id",
                     "charge_code", "description", "quantity", "unit_amount", "amount", "currency", "charged_at",
                     "diagnosis_codes", "transaction_type"),
-    "fact_coverage": ("patient_key", "facility_code", "insurer_code", "member_id", "insurer_name", "plan_code",
-                      "valid_from", "valid_to", "message_id", "updated_at"),
+    "fact_coverage": ("patient_key", "facility_code", "insurer_code", "member_id", "period_start", "insurer_name",
+                      "plan_code", "valid_from", "valid_to", "message_id", "updated_at"),
     "patient_merge": ("old_key", "new_key", "message_id", "merged_at"),
 }
 
 Facts = dict  # table -> list[tuple]
+COVERAGE_KEY = (0, 1, 2, 3, 4)  # patient, facility, insurer, member ID, period start
 
 
 class PatientKeyer:
@@ -279,10 +280,13 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
             insurer = _c(field(in1, 3), d, 0, cx)
             member = _c(field(in1, 49), d, 0, cx) or _c(field(in1, 36), d, 0, cx)
             if insurer and member:
-                rows.append((pkey, facility, insurer, member, _c(field(in1, 4), d, 0, cx), _c(field(in1, 2), d, 0, cx),
-                             _date(_c(field(in1, 12), d)), _date(_c(field(in1, 13), d)), message_id, now))
+                # One row per period (key: its start, '' when open-ended): a renewal adds a period
+                # instead of moving the dates of the one before it.
+                start = _date(_c(field(in1, 12), d))
+                rows.append((pkey, facility, insurer, member, start or "", _c(field(in1, 4), d, 0, cx),
+                             _c(field(in1, 2), d, 0, cx), start, _date(_c(field(in1, 13), d)), message_id, now))
         if rows:
-            facts["fact_coverage"] = dedupe(rows, (0, 1, 2, 3))
+            facts["fact_coverage"] = dedupe(rows, COVERAGE_KEY)
     return facts
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from .config import Facility
 from .datetimes import to_utc
 from .extract import internal_error_record, to_record
-from .facts import COLUMNS, ENCOUNTER_COLUMNS, PatientKeyer, dedupe, extract_facts, fold_encounter
+from .facts import COLUMNS, COVERAGE_KEY, ENCOUNTER_COLUMNS, PatientKeyer, dedupe, extract_facts, fold_encounter
 from .parser import ParseIssue, parse
 from .quality import (STAGE as DQ_STAGE, THRESHOLD_REASON, UNKNOWN_FACILITY_CHECK, QualityOptions, Validator, Verdict,
                       message_row)
@@ -448,8 +448,9 @@ class Loader:
         if "fact_charge" in facts:
             w.copy("fact_charge", COLUMNS["fact_charge"], facts["fact_charge"])
         if "fact_coverage" in facts:
-            w.upsert("fact_coverage", COLUMNS["fact_coverage"], dedupe(facts["fact_coverage"], (0, 1, 2, 3)),
-                     key=("patient_key", "facility_code", "insurer_code", "member_id"),
+            cols = COLUMNS["fact_coverage"]
+            w.upsert("fact_coverage", cols, dedupe(facts["fact_coverage"], COVERAGE_KEY),
+                     key=tuple(cols[i] for i in COVERAGE_KEY),
                      where="excluded.message_id >= fact_coverage.message_id")
         if "patient_merge" in facts:
             # Last, so facts written in this same batch for the retired key move too.
@@ -491,7 +492,7 @@ _MERGE_TABLES = ("fact_encounter", "encounter_event", "fact_lab_order", "fact_la
                  "fact_charge")
 # Tables whose primary key contains patient_key: a row moves unless the survivor already has it.
 _MERGE_KEYED = {"fact_immunization": ("facility_code", "vaccine_code", "administered_at"),
-                "fact_coverage": ("facility_code", "insurer_code", "member_id")}
+                "fact_coverage": ("facility_code", "insurer_code", "member_id", "period_start")}
 
 
 def merge_patient(conn: Connection, old_key: str, new_key: str) -> None:
