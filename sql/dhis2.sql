@@ -48,3 +48,9 @@ SELECT id, created_at, period, data_set, mode, target, values_sent, status, impo
   FROM dhis2_export
  WHERE period = :period
  ORDER BY id;
+
+-- name: sent_values
+-- The last value handed over for each cell of a data set and period (table dhis2_sent_value).
+SELECT org_unit, data_element, category_option_combo, attribute_option_combo, value
+  FROM dhis2_sent_value
+ WHERE data_set = :data_set AND period = :period;

@@ -508,6 +508,44 @@ def test_push_dry_run_then_import(warehouse_url, mapping, dhis2, caplog):
     _assert_no_secret(_rows_text(eng), caplog.text, repr(res))
 
 
+def test_a_cell_that_falls_to_zero_after_its_push_is_sent_as_zero(sqlite_url, mapping, dhis2, tmp_path):
+    """Zeros are left out of a payload; the cholera case cancelled after its week was pushed must
+    still leave DHIS2, so the cell sent before goes out again as "0"."""
+    eng = seed(sqlite_url)
+    push(build_data_value_set(eng, PERIOD, mapping), dhis2.url, (USER, PASSWORD), engine=eng)
+    cell = ("IDSR_CHOLERA_SUSP", PERIOD, "TG-LC-GOL-CHUSO", "AGE_15Y_PLUS_F", "default")
+    assert dhis2.store[cell] == "1"
+    with eng.begin() as conn:  # the admission is cancelled (A11) and the week rebuilt
+        conn.execute(text("DELETE FROM rpt_idsr_weekly WHERE iso_week = :w AND disease = 'CHOLERA'"), {"w": WEEK})
+    ex = prepare(eng, PERIOD, mapping)
+    assert ex.zeroed == 2 and ex.totals == {"suspected": 25, "confirmed": 15, "deaths": 1}
+    assert [v for v in ex.payload["dataValues"] if v["value"] == "0"] == [
+        dv("TG-LC-GOL-CHUSO", "IDSR_CHOLERA_CONF", "AGE_15Y_PLUS_F", "0"),
+        dv("TG-LC-GOL-CHUSO", "IDSR_CHOLERA_SUSP", "AGE_15Y_PLUS_F", "0")]
+    push(ex.payload, dhis2.url, (USER, PASSWORD), engine=eng)
+    assert dhis2.store[cell] == "0"
+    # Zero is now what DHIS2 holds: the next payload has nothing more to zero.
+    assert prepare(eng, PERIOD, mapping).zeroed == 0
+    # A dry run hands nothing over, and neither does another period's export.
+    with eng.begin() as conn:
+        conn.execute(text("DELETE FROM rpt_idsr_weekly WHERE iso_week = :w AND facility_code = 'USP-NANERGOU'"),
+                     {"w": WEEK})
+    push(build_data_value_set(eng, PERIOD, mapping), dhis2.url, (USER, PASSWORD), engine=eng, dry_run_only=True)
+    assert prepare(eng, PERIOD, mapping).zeroed == 4
+    assert prepare(eng, "2026W44", mapping).zeroed == 0
+
+
+def test_a_written_file_counts_as_handed_over(sqlite_url, mapping, tmp_path):
+    eng = seed(sqlite_url)
+    write_export(build_data_value_set(eng, PERIOD, mapping), tmp_path / "w45.json", engine=eng)
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE rpt_idsr_weekly SET suspected = 0 WHERE iso_week = :w AND disease = 'MEASLES'"),
+                     {"w": WEEK})
+    values = build_data_value_set(eng, PERIOD, mapping)["dataValues"]
+    assert dv("TG-SA-TON-USPN", "IDSR_MEASLES_SUSP", "AGE_5_14Y_M", "0") in values
+    assert dv("TG-SA-TON-USPN", "IDSR_MEASLES_CONF", "AGE_5_14Y_M", "1") in values
+
+
 @pytest.mark.parametrize("style, http_code", [("wrapped", 200), ("wrapped", 409), ("flat", 200)])
 def test_conflicts_stop_after_the_dry_run(sqlite_url, mapping, dhis2, style, http_code):
     dhis2.style, dhis2.conflict_http = style, http_code

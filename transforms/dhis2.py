@@ -259,6 +259,7 @@ class Export:
     suppressed: int = 0               # values of 1..K-1 left out by --suppress K
     not_exported: dict = field(default_factory=dict)          # (disease, measure) -> count with no data element
     unmapped_facilities: dict = field(default_factory=dict)   # facility -> {measure: count}, no org unit
+    zeroed: int = 0                   # cells sent before with a count, now absent: sent as "0"
 
     @property
     def values(self) -> int:
@@ -273,6 +274,7 @@ def prepare(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | 
     with engine.connect() as conn:
         rows = conn.execute(text(q["weekly_cells"]), {"iso_week": week}).all()
         unmapped_rows = conn.execute(text(q["unmapped_facilities"]), {"iso_week": week}).all()
+        sent = conn.execute(text(q["sent_values"]), {"data_set": mapping.data_set, "period": pe}).all()
 
     cells: dict[tuple[str, str, str], int] = {}
     measure_of = {de: m for (_, m), de in mapping.data_elements.items()}
@@ -298,22 +300,34 @@ def prepare(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | 
 
     values, zeros, suppressed = [], 0, 0
     totals = dict.fromkeys(MEASURES, 0)
+    aoc = mapping.attribute_option_combo
+    held = set()  # cells with a count this week, sent or suppressed
     for (ou, de, coc), n in cells.items():
         if n == 0 and not mapping.include_zeros:
             zeros += 1
             continue
+        held.add((ou, de, coc, aoc))
         if k and 0 < n < k:
             suppressed += 1
             continue
         totals[measure_of[de]] += n
         values.append({"dataElement": de, "period": pe, "orgUnit": ou, "categoryOptionCombo": coc,
-                       "attributeOptionCombo": mapping.attribute_option_combo, "value": str(n)})
+                       "attributeOptionCombo": aoc, "value": str(n)})
+    # A cell handed over before with a count, and now absent (its count fell to zero, or the row
+    # went away), gets an explicit zero: DHIS2 keeps a value until it is told otherwise.
+    zeroed = 0
+    for r in sent:
+        cell = (r.org_unit, r.data_element, r.category_option_combo, r.attribute_option_combo)
+        if r.value != "0" and cell not in held:
+            zeroed += 1
+            values.append({"dataElement": cell[1], "period": pe, "orgUnit": cell[0], "categoryOptionCombo": cell[2],
+                           "attributeOptionCombo": cell[3], "value": "0"})
     # Sorted here, not in SQL: PostgreSQL orders text by collation and SQLite by bytes.
     values.sort(key=lambda v: (v["orgUnit"], v["dataElement"], v["categoryOptionCombo"]))
     payload = {"dataSet": mapping.data_set, "period": pe, "dataValues": values}
     unmapped = {r.facility_code: {m: int(getattr(r, m)) for m in MEASURES} for r in unmapped_rows}
     return Export(payload, week, sorted({v["orgUnit"] for v in values}), totals, zeros, suppressed,
-                  dict(sorted(not_exported.items())), dict(sorted(unmapped.items())))
+                  dict(sorted(not_exported.items())), dict(sorted(unmapped.items())), zeroed)
 
 
 def build_data_value_set(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | None = None) -> dict:
@@ -321,7 +335,8 @@ def build_data_value_set(engine: Engine, period: str, mapping: Dhis2Mapping, sup
 
     ``period`` is a DHIS2 weekly period (``2026W45``; ``2026-W45`` is accepted too). One data value
     per org unit x data element x category option combo, values as strings, ordered by org unit,
-    data element and combo. Zero counts are left out unless ``mapping.include_zeros``; with
+    data element and combo. Zero counts are left out unless ``mapping.include_zeros``, except for
+    a cell handed over before with a count (``dhis2_sent_value``): it is sent as "0". With
     ``suppress`` K, counts of 1..K-1 are left out (public instance only).
     """
     return prepare(engine, period, mapping, suppress).payload
@@ -351,6 +366,20 @@ def record_export(engine: Engine, *, period: str, data_set: str, mode: str, targ
             "conflicts": conflicts, "summary": summary}).scalar_one()
 
 
+def record_sent(engine: Engine, payload: dict) -> None:
+    """Remember the values of a payload handed over to DHIS2 (a file written, or an import DHIS2
+    accepted), so a later payload of the same period can zero a cell that is gone."""
+    from .warehouse import Writer
+
+    now = utcnow()
+    rows = [(payload["dataSet"], payload["period"], v["orgUnit"], v["dataElement"], v["categoryOptionCombo"],
+             v["attributeOptionCombo"], v["value"], now) for v in payload["dataValues"]]
+    cols = ("data_set", "period", "org_unit", "data_element", "category_option_combo", "attribute_option_combo",
+            "value", "sent_at")
+    with engine.begin() as conn:
+        Writer(conn).upsert("dhis2_sent_value", cols, rows, key=cols[:6], update=("value", "sent_at"))
+
+
 def exports_for_period(engine: Engine, period: str) -> list[dict]:
     """The ``dhis2_export`` rows of a DHIS2 period, oldest first."""
     with engine.connect() as conn:
@@ -369,6 +398,7 @@ def write_export(payload: dict, out: Path, *, engine: Engine | None = None) -> P
     if engine is not None:
         record_export(engine, period=payload["period"], data_set=payload["dataSet"], mode="file", target=str(out),
                       values_sent=len(payload["dataValues"]), status="written")
+        record_sent(engine, payload)
     return out
 
 
@@ -633,6 +663,8 @@ def push(payload: dict, url: str, auth, dry_run_first: bool = True, timeout: flo
         final = _exchange(engine, payload, body, base, auth, False, timeout)
         result["export_ids"].append(final.get("export_id"))
         result["pushed"] = True
+        if engine is not None and final["status"] != "ERROR":
+            record_sent(engine, payload)
     result.update({k: final[k] for k in ("status", "imported", "updated", "ignored", "deleted")})
     result["conflicts"] = len(final["conflicts"])
     result["conflict_details"] = _conflict_lines(final["conflicts"])
@@ -668,6 +700,8 @@ def _summary_lines(ex: Export, mapping: Dhis2Mapping, suppress: int | None) -> l
         left.append(f"{ex.suppressed} values below {suppress} (--suppress {suppress})")
     if left:
         lines.append("  left out: " + ", ".join(left))
+    if ex.zeroed:
+        lines.append(f"  {ex.zeroed} values sent before and now zero: sent as 0")
     if ex.not_exported:
         lines.append("  not in dhis2.yaml (not sent): " + ", ".join(
             f"{d} {m} {n}" for (d, m), n in ex.not_exported.items()))
