@@ -282,6 +282,8 @@ PARAMS = {
     "idsr_immediate": {"disease": "CHOLERA", "district": "Tchaoudjo", "cases": 3},
     "dhis2_import": {"period": "2026W45", "ignored": 2, "conflicts": 1},
     "outbound_dead": {"destination": "lab-inh", "message_id": 42, "attempts": 8, "last_error": "AE:207"},
+    "routing_held": {"destination": "dhis2-tracker", "review": 3, "failed": 1,
+                     "codes": "loinc:MAL-TDR, CHARSET_UNREPRESENTABLE"},
 }
 
 

@@ -212,6 +212,22 @@ def test_route_pending_routes_each_loaded_message_once_with_pseudonymous_order_k
     assert keys["R1"] == dict(q(engine, "SELECT control_id, order_key FROM outbound_queue"))["R7"]
 
 
+def test_held_and_failed_copies_alert_until_a_clean_pass(engine):
+    """Copies held for review or that failed to build are never sent: their destination alerts
+    (``routing_held``), and a later pass routing to it cleanly resolves the alert."""
+    store(engine, [hl7("H1", "PA"), hl7("H2", "PB", extra="UNMAPPED"), hl7("H3", "PC", extra="BOOM")])
+    outbound.route_pending(engine, FakeRouter(), keyer=KEYER, alerter=Alerter(engine, AlertingConfig()))
+    assert q(engine, "SELECT alert_key, kind, severity, state FROM alert_state ORDER BY alert_key") == [
+        ("routing_held:-", "routing_held", "error", "open"), ("routing_held:lab", "routing_held", "warning", "open")]
+    texts = " ".join(r[0] for r in q(engine, "SELECT message FROM ops_alert"))
+    assert "loinc:XYZ-1" in texts and "ROUTER_ERROR:RuntimeError" in texts
+    assert_no_patient_data(engine)
+    store(engine, [hl7("H4", "PA")])
+    outbound.route_pending(engine, FakeRouter(), keyer=KEYER)
+    assert q(engine, "SELECT alert_key, state FROM alert_state ORDER BY alert_key") == [
+        ("routing_held:-", "open"), ("routing_held:lab", "resolved")]
+
+
 # --- MLLP to the project's own listener --------------------------------------------------------
 
 def test_delivery_to_the_project_listener_traces_received_to_ack(engine, tmp_path, alerter):

@@ -297,6 +297,16 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
                "config/facilities.yaml ont été chargés et signalés ; ajouter la formation ou corriger "
                "l'émetteur."),
     },
+    "routing_held": {
+        "en": ("Copies for {destination} not sent",
+               "Routing held {review} copies for {destination} for review (a code without a mapping) and could "
+               "not build {failed} (codes: {codes}). They are not sent: fix the mapping or the route, then route "
+               "them again (route_review and message_route hold them)."),
+        "fr": ("Copies pour {destination} non envoyées",
+               "Le routage a retenu {review} copies pour {destination} en revue (code sans correspondance) et n'a "
+               "pas pu en construire {failed} (codes : {codes}). Elles ne partent pas : corriger la table de "
+               "correspondance ou la route, puis les router à nouveau (voir route_review et message_route)."),
+    },
     "outbound_dead": {
         "en": ("Outbound delivery to {destination} gave up",
                "Message {message_id} could not be delivered to {destination} after {attempts} attempts "

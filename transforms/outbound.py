@@ -90,6 +90,7 @@ STALE_SENDING_SECONDS = 600  # a 'sending' row older than this was interrupted: 
 ROUND = 100                  # heads claimed per transaction
 STATE_NAME = "route_pending"
 DEAD_ALERT_KIND = "outbound_dead"
+HELD_ALERT_KIND = "routing_held"
 _PG_ROUTING_LOCK = 724110    # advisory lock: one routing transaction at a time on PostgreSQL
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _CODE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
@@ -168,7 +169,8 @@ class _NoRoute:
     error: str | None = None
 
 
-def enqueue(conn, message_id: int, results: Iterable, order_key: str, now=None) -> dict:
+def enqueue(conn, message_id: int, results: Iterable, order_key: str, now=None,
+            by_destination: dict | None = None) -> dict:
     """Record the routing of one message in the caller's transaction; returns counts per outcome.
 
     A result with a payload becomes an ``outbound_queue`` row (pending) and a ``queued`` hop; one
@@ -176,7 +178,9 @@ def enqueue(conn, message_id: int, results: Iterable, order_key: str, now=None) 
     ``error`` hop; anything else a ``filtered`` hop. No result at all (no rule matched, a rule
     with ``to: []``, an unroutable message) is one ``filtered`` hop on rule ``-`` with detail
     ``NO_ROUTE`` (so the message counts as routed). Calling it again for the same message
-    writes nothing twice (UNIQUE (message_id, route, destination) and the existing hops)."""
+    writes nothing twice (UNIQUE (message_id, route, destination) and the existing hops).
+    ``by_destination``, when given, gathers the new hops per destination (``-`` for none):
+    ``{destination: {outcome: count, "codes": [detail codes of review and error hops]}}``."""
     ts = _ts(_now(now))
     counts = {"queued": 0, "review": 0, "filtered": 0, "error": 0}
     seen = {(r, d, o) for r, d, o in conn.execute(
@@ -230,6 +234,12 @@ def enqueue(conn, message_id: int, results: Iterable, order_key: str, now=None) 
             {"m": message_id, "r": route, "d": dest, "o": outbound_id, "out": outcome, "detail": detail, "t": ts})
         seen.add((route, dest, outcome))
         counts[outcome] += 1
+        if by_destination is not None:
+            d = by_destination.setdefault(dest or "-", {"queued": 0, "review": 0, "filtered": 0, "error": 0,
+                                                        "codes": []})
+            d[outcome] += 1
+            if outcome in ("review", "error") and detail:
+                d["codes"].extend(c for c in detail.split(", ") if c not in d["codes"])
     return counts
 
 
@@ -241,7 +251,7 @@ def _default_keyer():
 
 
 def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=None,
-                  settle_seconds: float = SETTLE_SECONDS, max_batches: int | None = None) -> dict:
+                  settle_seconds: float = SETTLE_SECONDS, max_batches: int | None = None, alerter=None) -> dict:
     """Route the loaded messages that have no ``message_route`` row yet, ``batch`` per transaction.
 
     Only messages whose status changed since the last complete pass (``routing_state``) less
@@ -249,7 +259,11 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
     routing on does not send the warehouse's history to the destinations; pass ``since`` (a UTC
     datetime) to route older messages on purpose. A router exception is traced as an ``error``
     hop with its class name and does not stop the batch. Idempotent, also when two passes race
-    (one routing transaction at a time, and routed messages are skipped inside it)."""
+    (one routing transaction at a time, and routed messages are skipped inside it).
+
+    Copies held for review or failed to build fire ``routing_held`` (key ``routing_held:<name>``)
+    for their destination; a later pass that routes to it without such a copy resolves it.
+    ``alerter`` defaults to one on ``engine``."""
     start = _now(now)
     keyer = keyer or _default_keyer()
     pg = engine.dialect.name == "postgresql"
@@ -261,6 +275,7 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
                                        {"n": STATE_NAME}).scalar())
         scan_from = (last or start) - timedelta(seconds=settle_seconds)
     totals = {"messages": 0, "queued": 0, "review": 0, "filtered": 0, "error": 0}
+    by_dest: dict[str, dict] = {}
     drained, batches = False, 0
     while True:
         with engine.connect() as c:
@@ -293,7 +308,7 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
             for mid, results, key in routed:
                 if mid in done:
                     continue  # routed by a concurrent pass meanwhile
-                for k, v in enqueue(conn, mid, results, key, start).items():
+                for k, v in enqueue(conn, mid, results, key, start, by_dest).items():
                     totals[k] += v
                 totals["messages"] += 1
         batches += 1
@@ -309,7 +324,27 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
                 "ON CONFLICT (name) DO UPDATE SET scanned_to = excluded.scanned_to, updated_at = excluded.updated_at "
                 "WHERE routing_state.scanned_to < excluded.scanned_to"),
                 {"n": STATE_NAME, "s": _ts(start), "t": _ts(_now())})
+    if by_dest:
+        _alert_held(engine, by_dest, alerter, start)
     return totals
+
+
+def _alert_held(engine, by_dest: dict[str, dict], alerter, now: datetime) -> None:
+    """``routing_held`` per destination that got copies held for review or failed in this pass;
+    resolved for a destination this pass routed to without any."""
+    from .alerting import Alert, Alerter
+
+    alerter = alerter or Alerter(engine)
+    for name, d in sorted(by_dest.items()):
+        key = f"{HELD_ALERT_KIND}:{name}"
+        if d["review"] or d["error"]:
+            log.warning("routing to %s: %d copies held for review, %d failed (%s)", name, d["review"], d["error"],
+                        ", ".join(d["codes"][:5]))
+            alerter.fire(Alert(key=key, kind=HELD_ALERT_KIND, severity="error" if d["error"] else "warning",
+                               params={"destination": name, "review": d["review"], "failed": d["error"],
+                                       "codes": ", ".join(d["codes"][:5]) or "-"}), now=now)
+        elif d["queued"]:
+            alerter.resolve(key, now=now)
 
 
 # --- destinations ------------------------------------------------------------------------------

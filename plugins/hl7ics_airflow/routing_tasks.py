@@ -63,10 +63,14 @@ def _config(s):
 
 
 def route_messages() -> dict:
-    """Route the loaded messages not routed yet (idempotent)."""
+    """Route the loaded messages not routed yet (idempotent); copies held for review or that
+    failed to build alert (``routing_held``)."""
+    from transforms.alerting import Alerter, AlertingConfig
     from transforms.facts import PatientKeyer
     from transforms.outbound import route_pending
     from transforms.warehouse import get_engine
+
+    from hl7ics_airflow.alerts import resolve_connection
 
     s = settings()
     cfg = _config(s)
@@ -74,7 +78,9 @@ def route_messages() -> dict:
         return {"skipped": "no routes.yaml"}
     from transforms.routing import Router
 
-    return route_pending(get_engine(s.warehouse_url), Router(cfg), keyer=PatientKeyer.from_env(s.home))
+    engine = get_engine(s.warehouse_url)
+    alerter = Alerter(engine, AlertingConfig.load(s.config_dir / "alerting.yaml"), resolve_connection)
+    return route_pending(engine, Router(cfg), keyer=PatientKeyer.from_env(s.home), alerter=alerter)
 
 
 def deliver_messages() -> dict:
