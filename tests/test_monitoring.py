@@ -101,6 +101,34 @@ def test_a_facility_that_stops_is_flagged_within_one_interval_and_not_off_hours(
     assert {row["status"] for row in r.rows} == {"off_hours"}
 
 
+def test_the_night_is_not_silence_and_closing_time_does_not_end_one(engine, facility):
+    """Gaps count from the start of working hours: the morning after a normal day raises nothing.
+    A silence still open at closing time stays open (not resolved) until a message comes."""
+    from transforms.alerting import Alerter, AlertingConfig
+    from transforms.monitoring import apply_alerts
+
+    day = datetime(2026, 11, 23)
+    add_messages(engine, facility.code, working_day_arrivals(day, 10))  # last message 17:50
+    alerter = Alerter(engine, AlertingConfig())
+    for hour, minute, silent in ((7, 0, False), (7, 25, False), (7, 35, True)):
+        now = (day + timedelta(days=1)).replace(hour=hour, minute=minute)
+        r = check(engine, facility, now)
+        got = [p.params for p in r.problems if p.kind == "silence"]
+        assert got == ([{"facility_code": "CHU-SO", "minutes": 35, "expected_minutes": 30}] if silent else []), now
+        apply_alerts(alerter, r.problems, now, r.keep_open)
+    assert alerter.open_keys("silence:") == ["silence:CHU-SO"]
+    closing = (day + timedelta(days=1)).replace(hour=18, minute=5)
+    r = check(engine, facility, closing)
+    assert r.keep_open == {"silence:CHU-SO"}
+    assert apply_alerts(alerter, r.problems, closing, r.keep_open)["resolved"] == []
+    assert alerter.open_keys("silence:") == ["silence:CHU-SO"]
+    # The next morning's first message resolves it.
+    morning = (day + timedelta(days=2)).replace(hour=7, minute=5)
+    add_messages(engine, facility.code, [morning])
+    r = check(engine, facility, morning + timedelta(minutes=5))
+    assert apply_alerts(alerter, r.problems, morning, r.keep_open)["resolved"] == ["silence:CHU-SO"]
+
+
 def test_usual_volume_and_quarantine_spike(engine, facility):
     now = datetime(2026, 11, 30, 10, 30)
     # Four weeks of history: 30 messages an hour on working hours, 1 in 30 quarantined.
@@ -205,6 +233,63 @@ def test_health_rows_are_stored_idempotently(engine, facility):
         hourly = c.execute(text("SELECT SUM(messages) FROM interface_volume_hourly")).scalar()
     assert [tuple(x) for x in rows] == [("CHU-SO", "folder", "ADT", "ok", 19)]
     assert hourly == 19
+
+
+def test_rollup_fills_a_pause_and_recounts_a_replayed_hour(engine, facility):
+    """The hourly rollup recounts every hour since its last refresh (the DAG was paused for 7
+    hours) and the hours of messages whose status changed since (a replay of old messages)."""
+    day = datetime(2026, 11, 30)
+    cfg = MonitoringConfig()
+    add_messages(engine, facility.code, [day.replace(hour=7, minute=50)], status="quarantined")
+    refresh_rollup(engine, [facility.code], day.replace(hour=8, minute=5), cfg)
+    add_messages(engine, facility.code, [day.replace(hour=h, minute=10) for h in range(8, 15)])
+    later = day.replace(hour=15, minute=5)
+    with engine.begin() as c:  # the 07:50 message is replayed and loads
+        c.execute(text("UPDATE message_store SET status = 'loaded', updated_at = :t WHERE received_at < :h"),
+                  {"t": _ts(later - timedelta(minutes=1)), "h": _ts(day.replace(hour=8))})
+    refresh_rollup(engine, [facility.code], later, cfg)
+    with engine.connect() as c:
+        got = [(str(h)[11:13], n, q) for h, n, q in c.execute(text(
+            "SELECT hour, SUM(messages), SUM(quarantined) FROM interface_volume_hourly GROUP BY hour ORDER BY hour"))]
+    assert got == [(f"{h:02d}", 1, 0) for h in range(7, 15)]
+
+
+def test_two_rollup_refreshes_at_once_on_postgresql(pg_url, hl7ics_home, facility, monkeypatch):
+    """The DAG and `hl7ics monitor check` refreshing at the same time: the second waits for the
+    first instead of failing on the primary key (read committed hid the first one's rows)."""
+    import threading
+
+    from transforms import monitoring
+
+    engine = get_engine(pg_url)
+    now = datetime(2026, 11, 30, 10, 30)
+    add_messages(engine, facility.code, [now - timedelta(minutes=m) for m in range(1, 20)])
+    refresh_rollup(engine, [facility.code], now, MonitoringConfig())
+    real_copy, in_copy = monitoring.Writer.copy, threading.Event()
+
+    def slow_copy(self, *a, **kw):
+        if threading.current_thread().name == "first":
+            in_copy.set()
+            threading.Event().wait(1.0)  # the other refresh runs meanwhile
+        return real_copy(self, *a, **kw)
+
+    monkeypatch.setattr(monitoring.Writer, "copy", slow_copy)
+    errors = []
+
+    def refresh():
+        try:
+            refresh_rollup(engine, [facility.code], now + timedelta(minutes=5), MonitoringConfig())
+        except Exception as exc:
+            errors.append(type(exc).__name__)
+
+    first = threading.Thread(target=refresh, name="first")
+    first.start()
+    assert in_copy.wait(10)
+    refresh()
+    first.join()
+    assert errors == []
+    with engine.connect() as c:
+        assert c.execute(text("SELECT SUM(messages) FROM interface_volume_hourly")).scalar() == 19
 
 
 def test_monitoring_config_is_checked(tmp_path):

@@ -86,6 +86,9 @@ class Result:
     checked_at: str
     rows: list[dict]
     problems: list[Problem]
+    # Open problems not to resolve although not current: a silence that continues after the
+    # facility's working hours is not over, only not alerted on.
+    keep_open: set = field(default_factory=set)
 
 
 def _ts(dt: datetime) -> str:
@@ -108,14 +111,50 @@ def in_working_hours(facility: Facility, now: datetime) -> bool:
     return start <= h < end if start <= end else (h >= start or h < end)  # a night shift wraps midnight
 
 
+_PG_LOCK = 724120  # advisory lock: one monitoring writer at a time on PostgreSQL
+
+
+def _serialize(conn) -> None:
+    """Make concurrent refreshes (the DAG and ``hl7ics monitor check``) wait for each other. Under
+    read committed, a second DELETE does not see the rows a first writer has just inserted, and
+    its insert then fails on the primary key. SQLite's write transactions are serial already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
+
+
+def opened_at(facility: Facility, now: datetime) -> datetime | None:
+    """When the facility's working hours began, for ``now`` (naive UTC) inside them; None for a
+    facility open around the clock. The night before is not silence: gaps count from here."""
+    start, end = facility.working_hours
+    if (start, end) == (0, 24):
+        return None
+    zone = ZoneInfo(facility.timezone)
+    local = now.replace(tzinfo=timezone.utc).astimezone(zone)
+    day = local if local.hour + local.minute / 60 >= start else local - timedelta(days=1)
+    begin = day.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(hours=start)
+    return begin.astimezone(timezone.utc).replace(tzinfo=None)
+
+
 def refresh_rollup(engine: Engine, facilities: list[str], now: datetime, cfg: MonitoringConfig) -> int:
-    """Recount the recent hours (all of history the first time) of ``interface_volume_hourly``."""
+    """Recount the hours of ``interface_volume_hourly`` that may have changed: the last two, every
+    hour since the last refresh (a paused DAG leaves no hole), and the hours of messages whose
+    status changed since then (a replay, a late load); all of history (``rollup_backfill_days``)
+    the first time."""
     with engine.connect() as conn:
-        latest = conn.execute(text("SELECT MAX(hour) FROM interface_volume_hourly")).scalar()
+        latest, refreshed = conn.execute(text("SELECT MAX(hour), MAX(updated_at) FROM interface_volume_hourly")).one()
         known = [r[0] for r in conn.execute(text("SELECT DISTINCT facility_code FROM message_store "
                                                  "WHERE status <> 'received'"))] if latest is None else []
+        changed = conn.execute(text(
+            "SELECT MIN(received_at) FROM message_store WHERE status IN ('loaded', 'duplicate', 'quarantined') "
+            "AND updated_at >= :t"), {"t": _ts(_parse(refreshed))}).scalar() if refreshed is not None else None
     hour0 = now.replace(minute=0, second=0, microsecond=0)
-    since = hour0 - (timedelta(days=cfg.rollup_backfill_days) if latest is None else timedelta(hours=2))
+    floor = hour0 - timedelta(days=cfg.rollup_backfill_days)
+    if latest is None:
+        since = floor
+    else:
+        since = min([hour0 - timedelta(hours=2), _parse(latest)]
+                    + ([_parse(changed).replace(minute=0, second=0)] if changed is not None else []))
+        since = max(since, floor)
     codes = sorted(set(facilities) | set(known) | {"UNKNOWN"})
     rows = []
     with engine.connect() as conn:
@@ -128,6 +167,7 @@ def refresh_rollup(engine: Engine, facilities: list[str], now: datetime, cfg: Mo
                 rows.append((hour.replace("T", " ") + ":00:00", code, source, mtype, int(n), int(q or 0), int(d or 0),
                              _ts(now)))
     with engine.begin() as conn:
+        _serialize(conn)
         conn.execute(text("DELETE FROM interface_volume_hourly WHERE hour >= :s"), {"s": _ts(since)})
         Writer(conn).copy("interface_volume_hourly", ("hour", "facility_code", "source", "message_type", "messages",
                                                       "quarantined", "duplicates", "updated_at"), rows)
@@ -231,22 +271,28 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
         n, oldest = backlog.get(code, (0, None))
         r["backlog"], r["backlog_oldest_at"] = n, _ts(oldest) if oldest else None
 
-    # Silence is a facility's: no message at all for longer than it usually goes quiet.
+    # Silence is a facility's: no message at all, in its working hours, for longer than it
+    # usually goes quiet.
+    keep_open: set[str] = set()
     for f in facilities:
         fac_rows = [r for k, r in rows.items() if k[0] == f.code]
         if not fac_rows:
             fac_rows = [rows.setdefault((f.code, "-", "-"), _row(checked, f.code, "-", "-"))]
         lasts = [_parse(r["last_message_at"]) for r in fac_rows if r["last_message_at"]]
         last = max(lasts) if lasts else None
-        gap = (now - last).total_seconds() / 60 if last else None
+        working = in_working_hours(f, now)
+        opened = opened_at(f, now) if working else None
+        since = max(last, opened) if last and opened else last
+        gap = (now - since).total_seconds() / 60 if since else None
         if gap is None or gap > f.expected_interval_minutes:
-            if in_working_hours(f, now):
+            if working:
                 for r in fac_rows:
                     r["_problems"].append(("silence", "error"))
                 problems.append(Problem(f"silence:{f.code}", "silence", "error", f.code,
                                         {"facility_code": f.code, "minutes": None if gap is None else int(gap),
                                          "expected_minutes": f.expected_interval_minutes}))
             else:
+                keep_open.add(f"silence:{f.code}")
                 for r in fac_rows:
                     r["_off_hours"] = True
 
@@ -271,7 +317,8 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
             "off_hours" if r.get("_off_hours") else "ok"
         r["problems"] = ",".join(sorted({k for k, _ in r["_problems"]})) or None
         out.append({k: v for k, v in r.items() if not k.startswith("_")})
-    return Result(checked, sorted(out, key=lambda r: (r["facility_code"], r["source"], r["message_type"])), problems)
+    return Result(checked, sorted(out, key=lambda r: (r["facility_code"], r["source"], r["message_type"])), problems,
+                  keep_open)
 
 
 def _row(checked: str, code: str, source: str, mtype: str, n24: int = 0, q24: int = 0,
@@ -325,13 +372,15 @@ HEALTH_COLUMNS = ("checked_at", "facility_code", "source", "message_type", "stat
 def store(engine: Engine, result: Result, cfg: MonitoringConfig, now: datetime) -> None:
     """Write this check's rows (replacing a re-run of the same check) and drop old history."""
     with engine.begin() as conn:
+        _serialize(conn)
         conn.execute(text("DELETE FROM interface_health WHERE checked_at = :c OR checked_at < :old"),
                      {"c": result.checked_at, "old": _ts(now - timedelta(days=cfg.health_retention_days))})
         Writer(conn).copy("interface_health", HEALTH_COLUMNS, [tuple(r[c] for c in HEALTH_COLUMNS) for r in result.rows])
 
 
-def apply_alerts(alerter, problems: list[Problem], now: datetime | None = None) -> dict:
-    """Fire every current problem; resolve the monitoring problems that are gone."""
+def apply_alerts(alerter, problems: list[Problem], now: datetime | None = None, keep_open=()) -> dict:
+    """Fire every current problem; resolve the monitoring problems that are gone, except
+    ``keep_open`` (``Result.keep_open``)."""
     from .alerting import Alert
 
     fired = {}
@@ -339,7 +388,8 @@ def apply_alerts(alerter, problems: list[Problem], now: datetime | None = None) 
         fired[p.key] = alerter.fire(Alert(key=p.key, kind=p.kind, severity=p.severity, facility_code=p.facility_code,
                                           dag_id="interface_monitoring", params=p.params), now=now)
     current = {p.key for p in problems}
-    resolved = [k for prefix in KEY_PREFIXES for k in alerter.open_keys(prefix) if k not in current]
+    resolved = [k for prefix in KEY_PREFIXES for k in alerter.open_keys(prefix)
+                if k not in current and k not in keep_open]
     for k in resolved:
         alerter.resolve(k, now=now)
     return {"fired": fired, "resolved": resolved}

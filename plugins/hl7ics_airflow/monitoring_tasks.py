@@ -43,7 +43,7 @@ def check_interfaces() -> dict:
     result = evaluate(engine, s.facilities(), now, cfg)
     store(engine, result, cfg, now)
     alerter = Alerter(engine, AlertingConfig.load(s.config_dir / "alerting.yaml"), resolve_connection)
-    outcome = apply_alerts(alerter, result.problems, now)
+    outcome = apply_alerts(alerter, result.problems, now, result.keep_open)
     statuses: dict[str, int] = {}
     for r in result.rows:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
