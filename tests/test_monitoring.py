@@ -344,6 +344,19 @@ def test_sla_uptime_downtime_and_ack_shares(engine):
     assert "CHU Sylvanus Olympio (CHU-SO)" in page
 
 
+def test_sla_overlapping_and_adjacent_maintenance_windows(engine):
+    """Two windows covering the same outage count it once; two adjacent ones cover it whole."""
+    start, end = month_bounds("2026-10")
+    down = (datetime(2026, 10, 20, 2, 0), datetime(2026, 10, 20, 4, 0))
+    _beats(engine, [(start - timedelta(days=1), down[0], True), (down[1], end + timedelta(days=1), False)])
+    at = lambda h, m=0: datetime(2026, 10, 20, h, m)  # noqa: E731
+    for windows in (((at(1), at(5), "a"), (at(1, 30), at(5), "b")), ((at(2), at(3), "a"), (at(3), at(4), "b"))):
+        r = compute(engine, "2026-10", SlaConfig(heartbeat_tolerance_seconds=0, maintenance=windows),
+                    now=datetime(2026, 12, 1))
+        assert (r.scheduled_downtime_minutes, r.unscheduled_downtime_minutes) == (120, 0)
+        assert r.uptime == 1.0 and r.outages == []
+
+
 def test_sla_before_the_listener_ever_ran_has_no_uptime(engine):
     r = compute(engine, "2026-10", SlaConfig(), now=datetime(2026, 12, 1))
     assert r.uptime is None and r.unscheduled_downtime_minutes == 0

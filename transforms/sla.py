@@ -156,11 +156,13 @@ def compute(engine: Engine, month: str, cfg: SlaConfig | None = None, now: datet
         if cursor < end_eff:
             gaps.append((cursor, end_eff))
     gaps = [(a, b) for a, b in gaps if b > a]
-    scheduled = sum(_overlap(g, (w[0], w[1])) for g in gaps for w in cfg.maintenance)
+    # Merged first: overlapping windows would count their shared minutes twice, and adjacent
+    # ones would each cover only part of an outage that spans both.
+    windows = _merge([(w[0], w[1]) for w in cfg.maintenance])
+    scheduled = sum(_overlap(g, w) for g in gaps for w in windows)
     down = sum((b - a).total_seconds() for a, b in gaps)
     unscheduled = down - scheduled
-    outages = [g for g in gaps if not any(_overlap(g, (w[0], w[1])) >= (g[1] - g[0]).total_seconds()
-                                          for w in cfg.maintenance)]
+    outages = [g for g in gaps if not any(_overlap(g, w) >= (g[1] - g[0]).total_seconds() for w in windows)]
     uptime = None
     if window_start is not None and window_start < end_eff:
         total = (end_eff - window_start).total_seconds() - scheduled
