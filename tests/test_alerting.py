@@ -208,6 +208,18 @@ def test_reminder_once_reminder_minutes_have_passed(warehouse_url, channels):
     assert tuple(_state(warehouse_url)) == ("open", "error", 4, 3)
 
 
+def test_a_lower_severity_reminder_keeps_the_problems_severity(sqlite_url, channels):
+    """A task that failed (error) is retried hours later (a warning occurrence): the reminder goes
+    out as an error, also to the channels that only take errors, and is recorded as one."""
+    chans = (Channel("ops_alert"), Channel("email", "hl7ics_smtp", "error"))
+    a = _alerter(sqlite_url, reminder=240, chans=chans)
+    assert a.fire(_failure(), now=T0) == "opened"
+    assert a.fire(_failure("warning"), now=T0 + timedelta(minutes=300)) == "reminder"
+    assert [m["X-HL7ICS-Alert-State"] for m in channels.mail.messages] == ["opened", "reminder"]
+    assert channels.mail.messages[1]["Subject"].startswith("[hl7ics] [ERROR] Reminder:")
+    assert [r[0] for r in _ops_alerts(sqlite_url)] == ["error", "error"]
+
+
 def test_no_reminders_when_reminder_minutes_is_zero(sqlite_url, channels):
     a = _alerter(sqlite_url, reminder=0)
     assert a.fire(_failure(), now=T0) == "opened"

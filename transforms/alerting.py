@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import dataclasses
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -641,6 +642,10 @@ class Alerter:
         try:
             with self.engine.begin() as conn:
                 state, prev, row = self._decide(conn, alert, now)
+                if state == "reminder" and _RANK[alert.severity] < _RANK.get(prev, 0):
+                    # A lower-severity occurrence (a retry of a task that already failed) reminds
+                    # of the problem at its open severity: the channels that got it get this too.
+                    alert = dataclasses.replace(alert, severity=prev)
                 if state != "suppressed":
                     _, _, summary = render_message(alert, state, self.config.language, opened_at=row["opened_at"],
                                                    occurrences=row["occurrences"], now=now)
