@@ -4,7 +4,8 @@
 Rebuilds the per-day data-quality table ``dq_daily`` from the loads' ``dq_result`` counts, then
 writes a static bilingual HTML report (all facilities, and one page per facility with charts of the
 daily failure rate and the failed rows per expectation) under
-``<HL7ICS_DATA_DIR>/reports/dq/<ds>/``.
+``<HL7ICS_DATA_DIR>/reports/dq/<day>/``, ``<day>`` being the last day reported on (for the midnight run,
+the day that just ended).
 
 *Recalcule la table quotidienne de qualité des données ``dq_daily`` à partir des comptages
 ``dq_result`` des chargements, puis écrit un rapport HTML autonome et bilingue (toutes les
@@ -52,8 +53,7 @@ def data_quality_report():
 
     @task
     def render_report(rebuilt: dict) -> dict:
-        # ds is absent from the context of a run triggered without a logical date
-        return dq_tasks.render(rebuilt, get_current_context().get("ds"))
+        return dq_tasks.render(rebuilt)
 
     render_report(rebuild_daily())
 

@@ -24,6 +24,22 @@ def test_bad_data_fails_at_once_and_io_retries():
     assert action(SourceError("share unavailable")) == RetryAction.RETRY
     assert action(FileNotFoundError("gone")) == RetryAction.RETRY
     assert action(OperationalError("SELECT 1", {}, Exception("db down"))) == RetryAction.RETRY
+    # A rule's delay would override the task's: the every-minute DAGs' shorter delays must hold.
+    assert all(IO_RETRY_POLICY.evaluate(e, 1, 3).retry_delay is None
+               for e in (SourceError("x"), FileNotFoundError("x"), OperationalError("SELECT 1", {}, Exception())))
+
+
+def test_a_connection_that_is_not_defined_fails_at_once():
+    """A missing connection is configuration, not a passing I/O problem: no retry."""
+    from airflow.sdk import RetryAction
+    from hl7ics_airflow.policies import IO_RETRY_POLICY
+
+    from transforms.config import ConfigError
+    from transforms.queue_source import QueueOptions
+
+    with pytest.raises(ConfigError, match="connection amqp_x is not defined") as err:
+        QueueOptions.from_source({"conn_id": "amqp_x", "queue": "q"}, lambda _id: None)
+    assert IO_RETRY_POLICY.evaluate(err.value, 1, 3).action == RetryAction.FAIL
 
 
 @pytest.fixture

@@ -40,12 +40,33 @@ def test_defaults_are_filled():
     ({"sources": [{"type": "folder"}]}, "missing required key 'path'"),
     ({"sources": [{"type": "folder", "path": "x", "partial_upload": "hope"}]}, "partial_upload must be"),
     ({"name": None}, "missing required key 'name'"),
+    # Found by review: each of these was accepted, or crashed with an unclear error.
+    ({"expected_interval_minute": 5}, "unknown key(s) expected_interval_minute"),
+    ({"expected_interval_minutes": True}, "expected_interval_minutes must be a positive integer"),
+    ({"working_hours": [True, 18]}, "working_hours must be"),
+    ({"charset": 1252}, "charset must be a name"),
+    ({"sources": [{"type": "folder", "path": "x", "glob": "../CHU-SO/*.hl7"}]}, "glob must stay inside"),
+    ({"sources": [{"type": "folder", "path": "x", "glob": "/x/*"}]}, "glob must stay inside"),
+    ({"sources": [{"type": "folder", "path": "x", "glob": ""}]}, "glob must be a non-empty pattern"),
+    ({"sources": [{"type": "folder", "path": "x", "glob": None}]}, "glob must be a non-empty pattern"),
+    ({"sources": [{"type": "sftp", "conn_id": "c", "glob": None}]}, "glob must be a non-empty pattern"),
+    ({"sources": [{"type": "folder", "path": "x", "stable_seconds": False}]}, "stable_seconds must be"),
+    ({"sources": [{"type": "folder", "path": "x", "stable_second": 5}]}, "unknown key(s) stable_second"),
+    ({"sources": [{"type": "queue", "conn_id": "c", "queue": "q", "prefetch": True}]}, "prefetch must be"),
 ])
 def test_errors_name_the_facility_and_key(change, message):
     entry = {**GOOD, **change}
     with pytest.raises(ConfigError) as err:
         parse_facilities({"facilities": [entry]}, "facilities.yaml")
     assert message in str(err.value) and "facilities.yaml" in str(err.value)
+
+
+def test_two_facilities_cannot_read_one_folder():
+    other = {**GOOD, "code": "CHR-Y", "sources": [{"type": "folder", "path": "inbound/./CHU-X"}]}
+    with pytest.raises(ConfigError, match=r"facilities CHU-X and CHR-Y both read inbound/CHU-X \(folder source\)"):
+        parse_facilities({"facilities": [GOOD, other]})
+    other["sources"] = [{"type": "folder", "path": "inbound/CHR-Y"}]
+    assert len(parse_facilities({"facilities": [GOOD, other]})) == 2
 
 
 def test_duplicate_codes_and_bad_yaml(tmp_path):

@@ -333,7 +333,8 @@ def test_data_quality_report_end_to_end(dagbag, hl7ics_home, warehouse_url, monk
     assert today.isoformat() in days and (today - timedelta(days=3)).isoformat() in days
     assert (today - timedelta(days=20)).isoformat() not in days, "only the last week is rebuilt"
     [out_dir] = (Settings.load().data_dir / "reports" / "dq").iterdir()
-    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", out_dir.name)
+    # Named after the day reported on (for a run at midnight, the day that just ended), not ds.
+    assert out_dir.name == max(days)
     assert {p.name for p in out_dir.iterdir()} == {"index.html", "CHU-SO.html", "CHU-KARA.html"}
     so = Elements((out_dir / "CHU-SO.html").read_text(encoding="utf-8"))
     assert so.find("svg", "chart-rate")[0]["data-points"] == "2"

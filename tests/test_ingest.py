@@ -814,12 +814,16 @@ def test_a_file_leased_by_another_worker_is_left_alone(ingestor, tmp_path):
     with ingestor.engine.begin() as c:
         c.execute(text("INSERT INTO ingested_file (sha256, facility_code, source, original_name, size_bytes, status, "
                        "first_seen_at, lease_owner, lease_until) VALUES (:s, 'CHU-SO', 'folder', 'x', 1, 'processing', "
-                       "'2026-01-01 00:00:00', 'other-run', '2999-01-01 00:00:00')"),
+                       "'2026-01-01 00:00:00', 'other-run/CHU-SO', '2999-01-01 00:00:00')"),
                   {"s": hashlib.sha256(f.read_bytes()).hexdigest()})
     assert ingestor.ingest_file(f, "CHU-SO").status == "busy"
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 0
+    # The same run's task for another facility (a file dropped in two facilities' folders) waits
+    # too: both loading it failed on the message_store key.
     other = Ingestor(ingestor.settings, engine=ingestor.engine, run_id="other-run")
-    assert other.ingest_file(f, "CHU-SO").status == "done"
+    assert other.ingest_file(write(tmp_path / "copy" / "x.hl7", f.read_text()), "CHU-KARA").status == "busy"
+    assert other.ingest_file(f, "CHU-SO").status == "done"  # a retry of the lease holder resumes
+    assert other.ingest_file(tmp_path / "copy" / "x.hl7", "CHU-KARA").status == "duplicate_file"
 
 
 def test_latin1_names_at_a_utf8_facility_are_not_mangled(ingestor, tmp_path):

@@ -509,3 +509,34 @@ def test_concurrent_copies_on_postgresql_store_once(tmp_path, pg_url, hl7ics_hom
         same = c.execute(text("SELECT COUNT(*) FROM message_store WHERE control_id = 'SAME-1'")).scalar()
         total = c.execute(text("SELECT COUNT(*) FROM message_store")).scalar()
     assert same == 1 and total == 25
+
+
+@pytest.mark.parametrize("body, message", [
+    ("  certificate_facilities: {chu-so.hl7.sante.tg: CHU-SO}\n", "certificate_facilities must be a mapping"),
+    ("  heartbeat_seconds: -3\n", "heartbeat_seconds must be a positive number"),
+    ("  max_connections: many\n", "max_connections must be a positive integer"),
+    ("  max_conections: 5\n", "unknown key(s) listener.max_conections"),
+    ("  lenient_end_block: 1\n", "lenient_end_block must be true or false"),
+    ("  port: 70000\n", "port must be a port number"),
+    ("  accepted_processing_ids: P\n", "accepted_processing_ids must be a list"),
+])
+def test_listener_config_mistakes_are_named(tmp_path, body, message):
+    """Found by review: each was accepted. A single facility code instead of a list became the
+    set of its letters, and every message on that certificate was refused as spoofed."""
+    from transforms.config import ConfigError
+    from transforms.listener import ListenerConfig
+
+    p = tmp_path / "listener.yaml"
+    p.write_text("listener:\n" + body, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        ListenerConfig.load(p)
+    assert message in str(err.value) and str(p) in str(err.value)
+
+
+def test_shipped_listener_config_is_valid():
+    from pathlib import Path
+
+    from transforms.listener import ListenerConfig
+
+    cfg = ListenerConfig.load(Path(__file__).resolve().parent.parent / "config" / "listener.yaml")
+    assert cfg.port == 2575 and cfg.accepted_processing_ids == ("P",)

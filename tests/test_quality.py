@@ -292,6 +292,27 @@ def test_unknown_sending_facility_is_loaded_flagged_and_alerted_once(ingestor, t
     assert "Yawo" not in alerts[0][2] and "P1" not in alerts[0][2]
 
 
+def test_an_unknown_sender_alert_resolves_once_it_is_configured(ingestor):
+    import dataclasses
+
+    from transforms.alerting import Alert, Alerter
+    from transforms.facts import PatientKeyer
+    from transforms.load import Loader
+
+    eng = ingestor.engine
+    Alerter(eng).fire(Alert(key="unknown_facility:CLINIQUE-NOUVELLE", kind="unknown_facility", severity="warning",
+                            facility_code="CLINIQUE-NOUVELLE", params={"facility_code": "CLINIQUE-NOUVELLE"}))
+    facs = list(ingestor.facilities.values())
+    loader = Loader(facs, PatientKeyer(b"k" * 32))
+    loader.loaded_facilities = {"CHU-SO"}
+    loader.flush_alerts(eng)
+    assert Alerter(eng).open_keys("unknown_facility:") == ["unknown_facility:CLINIQUE-NOUVELLE"]
+    loader = Loader(facs + [dataclasses.replace(facs[0], code="CLINIQUE-NOUVELLE")], PatientKeyer(b"k" * 32))
+    loader.loaded_facilities = {"CHU-SO"}
+    loader.flush_alerts(eng)
+    assert Alerter(eng).open_keys("unknown_facility:") == []
+
+
 def test_threshold_holds_the_batch_and_fails_the_task(ingestor, tmp_path, monkeypatch):
     from hl7ics_airflow import ingest_tasks
 
@@ -316,6 +337,36 @@ def test_threshold_holds_the_batch_and_fails_the_task(ingestor, tmp_path, monkey
     _faulty_file(tmp_path / "ok.hl7", 100, 0.5, seed=4)
     assert ing2.ingest_file(tmp_path / "ok.hl7", "CHU-SO").counts.loaded > 30
     assert not ing2.loader.dq_breaches
+
+
+def test_a_held_batch_alerts_until_its_messages_leave_quarantine(ingestor, tmp_path, monkeypatch):
+    """The task that was failed by a hold succeeds on its next run (its own alert resolves), so
+    the hold has an alert of its own: open while any message of the facility is held by the
+    threshold, resolved by the replay that releases them."""
+    from transforms.replay import replay
+
+    def state():
+        return rows(ingestor.engine, "SELECT alert_key, kind, severity, state FROM alert_state "
+                                     "WHERE alert_key LIKE 'dq_threshold:%'")
+
+    monkeypatch.setenv("HL7ICS_DQ_MAX_FAILURE_RATE", "0.2")
+    _faulty_file(tmp_path / "bad.hl7", 100, 0.5, seed=3)
+    Ingestor(ingestor.settings, run_id="run-held").ingest_file(tmp_path / "bad.hl7", "CHU-SO")
+    assert state() == [("dq_threshold:CHU-SO", "dq_threshold", "error", "open")]
+    params = rows(ingestor.engine, "SELECT params FROM alert_state")[0][0]
+    assert '"failed": ' in params and '"validated": 100' in params
+    monkeypatch.setenv("HL7ICS_DQ_MAX_FAILURE_RATE", "0.9")
+    _faulty_file(tmp_path / "ok.hl7", 100, 0.5, seed=4)
+    Ingestor(ingestor.settings, run_id="run-next").ingest_file(tmp_path / "ok.hl7", "CHU-SO")
+    assert state()[0][3] == "open"  # the held messages are still held
+    from transforms.facts import PatientKeyer
+    from transforms.load import Loader
+
+    replay(ingestor.engine, Loader(ingestor.facilities.values(), PatientKeyer.from_env(ingestor.settings.home),
+                                   QualityOptions(True, max_failure_rate=0.9)), reason="DQ_THRESHOLD")
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM quarantine WHERE reason = 'DQ_THRESHOLD' "
+                                   "AND resolved_at IS NULL") == 0
+    assert state()[0][3] == "resolved"
 
 
 def _sex_x_adt(n: int) -> str:

@@ -35,11 +35,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import yaml
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import ConfigError
+from .config import ConfigError, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +98,7 @@ class AlertingConfig:
         p = Path(path)
         out: dict = {}
         if p.is_file():
-            try:
-                doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                where = f" (line {mark.line + 1})" if mark is not None else ""
-                raise ConfigError(f"{p}: not valid YAML{where}") from None
+            doc = read_yaml(p, str(p))
             data = doc.get("alerting") if isinstance(doc, dict) else None
             if not isinstance(data, dict):
                 raise ConfigError(f"{p}: expected a top-level 'alerting:' mapping")
@@ -661,10 +655,11 @@ class Alerter:
             log.debug("alert %s suppressed (still open)", alert.key)
         return state
 
-    def resolve(self, key: str, now: datetime | None = None, **fields) -> bool:
+    def resolve(self, key: str, now: datetime | None = None, notify: bool = True, **fields) -> bool:
         """Close the open problem ``key`` and send one resolve message. ``fields`` (run_id, log_url,
         facility_code, dag_id, task_id, error_class; params merged) describe the recovery. True when
-        a problem was open and the resolve message went out; False when nothing was open."""
+        a problem was open and closed; False when nothing was open. ``notify=False`` closes it
+        without a message: a notice nobody has to act on any more (last month's IDSR case)."""
         key = _clean_text(key)
         if not key or self._lookup_state(key) != "open":
             return False
@@ -679,6 +674,8 @@ class Alerter:
                          {"k": key, "now": _ts(now)})
             row = conn.execute(text(f"SELECT {', '.join(_STATE_COLUMNS)} FROM alert_state WHERE alert_key = :k"),
                                {"k": key}).mappings().one()
+        if not notify:
+            return True
         described = {f: row[f] for f in _DESCRIBED}
         described.update({k: v for k, v in fields.items() if k in _DESCRIBED and v is not None})
         params = {**(json.loads(row["params"]) if row["params"] else {}), **(fields.get("params") or {})}

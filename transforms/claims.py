@@ -75,11 +75,10 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-import yaml
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, read_yaml
 from .warehouse import Writer, named_queries, utcnow
 
 log = logging.getLogger(__name__)
@@ -217,13 +216,7 @@ def load_insurers(path: str | os.PathLike, facility_codes=None) -> InsurersConfi
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: insurer configuration not found (set --config or HL7ICS_CONFIG)")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p.name}:{where} is not valid YAML") from None
-    return parse_insurers(doc, p.name, facility_codes)
+    return parse_insurers(read_yaml(p), p.name, facility_codes)
 
 
 def parse_insurers(doc, origin: str = "insurers.yaml", facility_codes=None) -> InsurersConfig:

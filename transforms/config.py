@@ -94,22 +94,51 @@ def _req(entry: dict, key: str, where: str, typ=str):
     return val
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # YAML's true/false are ints to Python
+
+
+def _only(entry: dict, allowed: tuple[str, ...], where: str) -> None:
+    """A misspelt key would otherwise be ignored and its default used without a word."""
+    unknown = sorted(str(k) for k in entry if k not in allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
+def _glob(opts: dict, where: str) -> None:
+    pattern = opts.setdefault("glob", "*.hl7")
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ConfigError(f"{where}: glob must be a non-empty pattern like '*.hl7'")
+    parts = pattern.replace("\\", "/").split("/")
+    if pattern.startswith(("/", "~")) or ".." in parts or (len(pattern) > 1 and pattern[1] == ":"):
+        raise ConfigError(f"{where}: glob must stay inside the source's folder (no absolute path, no '..')")
+
+
+_SOURCE_KEYS = {
+    "folder": ("type", "path", "glob", "partial_upload", "stable_seconds", "archive"),
+    "queue": ("type", "conn_id", "url", "queue", "prefetch", "max_messages", "idle_seconds"),
+    "sftp": ("type", "conn_id", "path", "glob", "after", "archive", "partial_upload", "stable_seconds"),
+}
+
+
 def _source(raw, where: str) -> Source:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: each source must be a mapping with a 'type'")
     typ = _req(raw, "type", where)
     if typ not in SOURCE_TYPES:
         raise ConfigError(f"{where}: source type '{typ}' is not one of {', '.join(SOURCE_TYPES)}")
+    _only(raw, _SOURCE_KEYS[typ], where)
     opts = {k: v for k, v in raw.items() if k != "type"}
-    if typ == "folder":
-        _req(opts, "path", where)  # relative paths resolve under HL7ICS_DATA_DIR
-        opts.setdefault("glob", "*.hl7")
+    if typ in ("folder", "sftp"):
+        _glob(opts, where)
         rule = opts.setdefault("partial_upload", "tmp_rename")
         if rule not in ("tmp_rename", "stable_size"):
             raise ConfigError(f"{where}: partial_upload must be 'tmp_rename' or 'stable_size'")
         secs = opts.setdefault("stable_seconds", 30)
-        if not isinstance(secs, int) or secs < 0:
+        if not _is_int(secs) or secs < 0:
             raise ConfigError(f"{where}: stable_seconds must be a non-negative integer")
+    if typ == "folder":
+        _req(opts, "path", where)  # relative paths resolve under HL7ICS_DATA_DIR
         opts.setdefault("archive", True)
     elif typ == "queue":
         if not (opts.get("conn_id") or opts.get("url")) or not opts.get("queue"):
@@ -117,17 +146,25 @@ def _source(raw, where: str) -> Source:
         if "url" in opts and "@" in str(opts["url"]):
             raise ConfigError(f"{where}: put queue credentials in an Airflow connection (conn_id), not in the file")
         prefetch = opts.setdefault("prefetch", 200)
-        if not isinstance(prefetch, int) or not 1 <= prefetch <= 10_000:
+        if not _is_int(prefetch) or not 1 <= prefetch <= 10_000:
             raise ConfigError(f"{where}: prefetch must be an integer between 1 and 10000")
+        if "max_messages" in opts and (not _is_int(opts["max_messages"]) or opts["max_messages"] < 1):
+            raise ConfigError(f"{where}: max_messages must be a positive integer")
+        idle = opts.get("idle_seconds", 1.0)
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not idle > 0:
+            raise ConfigError(f"{where}: idle_seconds must be a positive number")
     elif typ == "sftp":
         if not opts.get("conn_id"):
             raise ConfigError(f"{where}: an sftp source needs 'conn_id' (an SSH connection with a pinned host key)")
         opts.setdefault("path", "/")
-        opts.setdefault("glob", "*.hl7")
         if opts.setdefault("after", "move") not in ("move", "delete"):
             raise ConfigError(f"{where}: after must be 'move' (to the 'archive' folder) or 'delete'")
         opts.setdefault("archive", "archive")
     return Source(typ, opts)
+
+
+_FACILITY_KEYS = ("code", "name", "type", "region", "district", "dhis2_org_unit", "charset", "timezone",
+                  "message_types", "working_hours", "expected_interval_minutes", "sources")
 
 
 def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
@@ -146,6 +183,7 @@ def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
         if code in seen:
             raise ConfigError(f"{where}: duplicate facility code")
         seen.add(code)
+        _only(entry, _FACILITY_KEYS, where)
         ftype = _req(entry, "type", where)
         if ftype not in FACILITY_TYPES:
             raise ConfigError(f"{where}: type '{ftype}' is not one of {', '.join(FACILITY_TYPES)}")
@@ -153,6 +191,8 @@ def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
         if region not in REGIONS:
             raise ConfigError(f"{where}: region '{region}' is not one of the six health regions {', '.join(REGIONS)}")
         cs = entry.get("charset") or None  # None: UTF-8, falling back to CP1252
+        if cs is not None and not isinstance(cs, str):
+            raise ConfigError(f"{where}: charset must be a name like 'utf-8' or 'cp1252' (in quotes if it is a number)")
         if cs is not None:
             try:
                 _charset.normalize_codec(cs)
@@ -168,11 +208,11 @@ def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
         if not isinstance(mtypes, list) or any(not isinstance(m, str) or not _MSGTYPE.match(m) for m in mtypes):
             raise ConfigError(f"{where}: message_types must be a list like ['ADT^A01', 'ORU^R01']")
         hours = entry.get("working_hours") or [0, 24]
-        if (not isinstance(hours, list) or len(hours) != 2 or not all(isinstance(h, int) for h in hours)
+        if (not isinstance(hours, list) or len(hours) != 2 or not all(_is_int(h) for h in hours)
                 or not 0 <= hours[0] < hours[1] <= 24):
             raise ConfigError(f"{where}: working_hours must be [start, end] with 0 <= start < end <= 24")
         interval = entry.get("expected_interval_minutes", 60)
-        if not isinstance(interval, int) or interval <= 0:
+        if not _is_int(interval) or interval <= 0:
             raise ConfigError(f"{where}: expected_interval_minutes must be a positive integer")
         sources = entry.get("sources") or []
         if not isinstance(sources, list):
@@ -184,17 +224,37 @@ def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
             expected_interval_minutes=interval,
             sources=tuple(_source(s, f"{where}: sources[{j}]") for j, s in enumerate(sources)),
         ))
+    # Two facilities reading one folder would each take the other's files under their own code.
+    folders: dict[tuple, str] = {}
+    for f in out:
+        for src in f.sources:
+            if src.type == "folder":
+                key = ("folder", os.path.normpath(str(src.options["path"])))
+            elif src.type == "sftp":
+                key = ("sftp", src.options["conn_id"], os.path.normpath(str(src.options["path"])))
+            else:
+                continue
+            if key in folders and folders[key] != f.code:
+                raise ConfigError(f"{origin}: facilities {folders[key]} and {f.code} both read {key[-1]} "
+                                  f"({src.type} source); each facility needs a folder of its own")
+            folders[key] = f.code
     return out
+
+
+def read_yaml(path: str | os.PathLike, label: str | None = None):
+    """The YAML document of a configuration file; a syntax error is a ``ConfigError`` naming the
+    file (``label``, default its name) and the line."""
+    p = Path(path)
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{label or p.name}:{where} is not valid YAML") from None
 
 
 def load_facilities(path: str | os.PathLike) -> list[Facility]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: facility configuration not found (set --config or HL7ICS_CONFIG)")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where} is not valid YAML") from None
-    return parse_facilities(doc, str(p.name))
+    return parse_facilities(read_yaml(p), str(p.name))

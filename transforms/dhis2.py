@@ -44,12 +44,11 @@ from datetime import date
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, read_yaml
 from .reporting import AGE_GROUPS, SEXES, IdsrConfig
 from .warehouse import named_queries, utcnow
 
@@ -144,11 +143,7 @@ class Dhis2Mapping:
         idsr = Path(idsr_path) if idsr_path else p.parent / "idsr.yaml"
         if not p.is_file():
             raise ConfigError(f"{p}: DHIS2 mapping not found (set --config or HL7ICS_CONFIG)")
-        try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise ConfigError(f"{p.name}:{f' line {mark.line + 1}' if mark else ''} is not valid YAML") from None
+        doc = read_yaml(p)
         known = tuple(d.code for d in IdsrConfig.load(idsr).diseases)
         return cls.from_dict(doc, known, p.name, idsr.name)
 

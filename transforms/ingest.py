@@ -206,7 +206,10 @@ class Ingestor:
         self.run_id = run_id or f"manual__{utcnow().replace(' ', 'T')}__{uuid.uuid4().hex[:8]}"
         self.loader = Loader(self.facilities.values(), PatientKeyer.from_env(settings.home), run_id=self.run_id)
         # Retries of the same DAG run resume a file at once; any other worker waits for the lease.
+        # The owner is the run and the facility (``_owner``): one run maps a task per facility, and
+        # the same file dropped in two facilities' folders must be loaded by one of them only.
         self.lease_owner = self.run_id
+        self._owners: set[str] = set()
         self._renewed_at = 0.0  # monotonic time of the last lease renewal
 
     def sync_facilities(self) -> None:
@@ -393,10 +396,12 @@ class Ingestor:
         if status != "processing":
             return FileResult(name, sha, "duplicate_file")
         # A lease, not a lock held across the whole file: a worker that dies lets go when it expires.
+        me = f"{self.lease_owner}/{facility_code or '-'}"
+        self._owners.add(me)
         got = conn.execute(text(
             "UPDATE ingested_file SET lease_owner = :me, lease_until = :until WHERE sha256 = :s "
             "AND status = 'processing' AND (lease_owner IS NULL OR lease_owner = :me OR lease_until < :now)"),
-            {"me": self.lease_owner, "until": _later(LEASE_SECONDS), "s": sha, "now": now}).rowcount
+            {"me": me, "until": _later(LEASE_SECONDS), "s": sha, "now": now}).rowcount
         if not got:
             return FileResult(name, sha, "busy")
         done = conn.execute(text("SELECT COUNT(*) FROM message_store WHERE file_sha256 = :s"),
@@ -439,9 +444,9 @@ class Ingestor:
         if time.monotonic() - self._renewed_at < LEASE_SECONDS / 3:
             return
         with self.engine.begin() as conn:
-            conn.execute(text("UPDATE ingested_file SET lease_until = :until WHERE lease_owner = :me "
-                              "AND status = 'processing'"),
-                         {"until": _later(LEASE_SECONDS), "me": self.lease_owner})
+            for me in sorted(self._owners):
+                conn.execute(text("UPDATE ingested_file SET lease_until = :until WHERE lease_owner = :me "
+                                  "AND status = 'processing'"), {"until": _later(LEASE_SECONDS), "me": me})
         self._renewed_at = time.monotonic()
 
     def _messages(self, fh, facility_code: str | None, sniff: ParseIssue | None):

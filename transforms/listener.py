@@ -28,10 +28,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from sqlalchemy import text
 
 from .ack import ERROR_TEXT, AckPlan, accept_ack_wanted, ack_mode, build_ack
+from .config import ConfigError, read_yaml
 from .extract import to_record
 from .facts import dedupe
 from .load import MS_COLUMNS, content_sha256
@@ -71,16 +71,69 @@ class ListenerConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, **overrides) -> "ListenerConfig":
+        """Read ``listener.yaml`` (the ``listener:`` mapping), checked: an unknown key, a value of
+        the wrong type or out of range is a ``ConfigError`` naming the file and key."""
         data: dict = {}
+        where = str(path)
         if path and Path(path).is_file():
-            data = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("listener") or {}
-        cfg = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+            doc = read_yaml(path, where) or {}
+            data = (doc.get("listener") if isinstance(doc, dict) else None) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"{where}: 'listener' must be a mapping")
+            _check_listener(data, where)
+        cfg = cls(**data)
         if isinstance(cfg.accepted_processing_ids, list):
             cfg.accepted_processing_ids = tuple(cfg.accepted_processing_ids)
         for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
         return cfg
+
+
+_FROM_FILE = ("host", "port", "metrics_port", "max_frame_bytes", "frame_deadline_seconds", "idle_timeout_seconds",
+              "handshake_timeout_seconds", "max_connections", "max_connections_per_peer", "lenient_end_block",
+              "group_commit_max", "accepted_processing_ids", "certificate_facilities", "tls_cert", "tls_key",
+              "tls_client_ca", "heartbeat_seconds", "commit_parallel")
+
+
+def _check_listener(data: dict, where: str) -> None:
+    def bad(key: str, what: str):
+        raise ConfigError(f"{where}: listener.{key} must be {what}")
+
+    unknown = sorted(str(k) for k in data if k not in _FROM_FILE)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) listener.{', listener.'.join(unknown)}; allowed: "
+                          f"{', '.join(_FROM_FILE)}")
+    for key, v in data.items():
+        default = ListenerConfig.__dataclass_fields__[key].default
+        if key in ("port", "metrics_port"):
+            if type(v) is not int or not 0 <= v <= 65535:
+                bad(key, "a port number (0 to 65535)")
+        elif type(default) is int:
+            if type(v) is not int or v < 1:
+                bad(key, "a positive integer")
+        elif type(default) is float:
+            if type(v) not in (int, float) or not v > 0:
+                bad(key, "a positive number of seconds")
+        elif type(default) is bool:
+            if type(v) is not bool:
+                bad(key, "true or false")
+        elif key == "host":
+            if not isinstance(v, str) or not v:
+                bad(key, "a host name or address")
+        elif key.startswith("tls_"):
+            if v is not None and (not isinstance(v, str) or not v):
+                bad(key, "a file path")
+        elif key == "accepted_processing_ids":
+            if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+                bad(key, "a list of MSH-11 codes, e.g. [P]")
+        elif key == "certificate_facilities":
+            # A single code instead of a list became a set of its letters: every message of that
+            # certificate was then refused as a sender mismatch.
+            if not isinstance(v, dict) or not all(
+                    isinstance(cn, str) and isinstance(codes, list) and all(isinstance(c, str) and c for c in codes)
+                    for cn, codes in v.items()):
+                bad(key, "a mapping of certificate CN -> list of facility codes, e.g. {chu-so.hl7.sante.tg: [CHU-SO]}")
 
 
 class Metrics:

@@ -30,6 +30,7 @@ from .quality import (STAGE as DQ_STAGE, THRESHOLD_REASON, UNKNOWN_FACILITY_CHEC
 from .warehouse import Writer, utcnow
 
 UNKNOWN_FACILITY = "UNKNOWN"
+DQ_ALERT_KIND = "dq_threshold"
 _SAFE_CODE = re.compile(r"[^A-Za-z0-9_.-]")
 MS_COLUMNS = ("id", "facility_code", "sending_facility", "sending_application", "control_id", "message_type",
               "trigger_event", "version", "message_datetime", "received_at", "source", "source_ref", "file_sha256",
@@ -171,7 +172,12 @@ class Loader:
         self.count_quality = True
         self._validator: Validator | None = None
         self.dq_breaches: list[dict] = []  # batches held by the failure-rate threshold (no patient data)
-        self.pending_alerts: list[tuple[str, str]] = []  # (kind, facility code), sent by flush_alerts
+        # (kind, facility code) -> params, sent by flush_alerts after the commit
+        self.pending_alerts: dict[tuple[str, str], dict] = {}
+        self.loaded_facilities: set[str] = set()  # facilities written since the last flush_alerts
+        # How the alerter finds its channels' connections (Airflow's resolver inside a task;
+        # None: AIRFLOW_CONN_* variables only).
+        self.resolve_connection = None
 
     @property
     def validator(self) -> Validator | None:
@@ -189,6 +195,9 @@ class Loader:
             facs = sorted({p.facility for p in prepared if p.dq is not None})
             self.dq_breaches.append({"facilities": facs, "validated": res.validated,
                                      "failed": res.failed_messages})
+            for fac in facs:
+                self.pending_alerts[(DQ_ALERT_KIND, fac)] = {"facility_code": fac, "failed": res.failed_messages,
+                                                             "validated": res.validated}
 
     # -- parsing (no database) ------------------------------------------------------------------
     def prepare(self, items: list[Incoming]) -> list[Prepared]:
@@ -252,6 +261,7 @@ class Loader:
         if any(p.dq is None and p.facts is not None for p in prepared):
             self.validate(prepared)  # callers may validate larger chunks beforehand; this catches the rest
         checks = self._validator.checks if self._validator is not None else {}
+        self.loaded_facilities.update(p.facility for p in prepared)
         dq_errors: dict[int, str] = {}
         dq_counted: list[Prepared] = []
         for p in sorted(prepared, key=lambda p: p.item.message_id):
@@ -392,19 +402,45 @@ class Loader:
                    for p in counted if p.dq.failed.get(UNKNOWN_FACILITY_CHECK)}
         for fac in sorted(unknown):
             # Sent after the commit (flush_alerts): the alerter writes through its own connection.
-            self.pending_alerts.append(("unknown_facility", fac))
+            self.pending_alerts[("unknown_facility", fac)] = {"facility_code": fac}
 
     def flush_alerts(self, engine) -> None:
-        """Send the alerts this loader's committed batches raised (de-duplicated by the alerter)."""
-        if not self.pending_alerts:
+        """Send the alerts this loader's committed batches raised (de-duplicated by the alerter),
+        and resolve ``dq_threshold:<facility>`` for the facilities written since the last call that
+        have no message held by the threshold any more (replayed, or released by a later load),
+        and ``unknown_facility:<code>`` once that code is configured.
+        The task that raised the hold succeeds on its next run, so its own alert resolves then:
+        this one stays open until the messages are out of quarantine."""
+        facilities, self.loaded_facilities = self.loaded_facilities, set()
+        if not self.pending_alerts and not facilities:
             return
-        from .alerting import Alert, Alerter, AlertingConfig
+        from .alerting import Alert, Alerter
 
-        alerter = Alerter(engine, AlertingConfig.load())
-        for kind, fac in dict.fromkeys(self.pending_alerts):
-            alerter.fire(Alert(key=f"{kind}:{fac}", kind=kind, severity="warning", facility_code=fac,
-                               params={"facility_code": fac}))
+        # The configuration is read when a message goes out; a broken alerting.yaml then falls
+        # back to ops_alert rows (and logs why) instead of failing the load.
+        alerter = Alerter(engine, None, self.resolve_connection)
+        for (kind, fac), params in self.pending_alerts.items():
+            alerter.fire(Alert(key=f"{kind}:{fac}", kind=kind, severity="error" if kind == DQ_ALERT_KIND else "warning",
+                               facility_code=fac, params=params))
+        held_now = {fac for kind, fac in self.pending_alerts if kind == DQ_ALERT_KIND}
         self.pending_alerts.clear()
+        prefix = f"{DQ_ALERT_KIND}:"
+        for key in alerter.open_keys(prefix) if facilities - held_now else ():
+            fac = key[len(prefix):]
+            if fac not in facilities or fac in held_now:
+                continue
+            with engine.connect() as conn:
+                still = conn.execute(text(
+                    "SELECT 1 FROM quarantine q JOIN message_store m ON m.id = q.message_id "
+                    "WHERE q.reason = :r AND q.resolved_at IS NULL AND m.facility_code = :f LIMIT 1"),
+                    {"r": THRESHOLD_REASON, "f": fac}).first()
+            if still is None:
+                alerter.resolve(key)
+        if facilities:
+            # A sender that was unknown is now configured: its alert is over.
+            for key in alerter.open_keys("unknown_facility:"):
+                if key.split(":", 1)[1] in self.facilities:
+                    alerter.resolve(key)
 
     def _existing_keys(self, w: Writer, prepared: list[Prepared]) -> dict[tuple, list[tuple]]:
         """(sending facility, control ID) -> [(id, content hash, status)] of stored, unquarantined rows."""

@@ -20,11 +20,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from .config import ConfigError, Facility
+from .config import ConfigError, Facility, read_yaml
 from .warehouse import Writer
 
 CRITICAL_TYPES = ("ADT",)  # the SLA's critical messages: acknowledged within 2 s, the rest within 5 s
@@ -51,7 +50,7 @@ class MonitoringConfig:
     def load(cls, path: str | os.PathLike | None) -> "MonitoringConfig":
         if not path or not Path(path).is_file():
             return cls()
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        doc = read_yaml(path) or {}
         data = doc.get("monitoring") if isinstance(doc, dict) else None
         if not isinstance(data, dict):
             raise ConfigError(f"{Path(path).name}: expected a top-level 'monitoring:' mapping")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 
+from .config import ConfigError
 from .errors import SourceError
 
 DEFAULT_PREFETCH = 200
@@ -38,13 +39,13 @@ class QueueOptions:
         if conn_id:
             conn = resolve_connection(conn_id)
             if not conn:
-                raise SourceError(f"queue source: connection {conn_id} is not defined")
+                raise ConfigError(f"queue source: connection {conn_id} is not defined")
             url = _amqp_url(conn)
         if not url or not options.get("queue"):
-            raise SourceError("queue source needs 'conn_id' (or 'url') and 'queue'")
+            raise ConfigError("queue source needs 'conn_id' (or 'url') and 'queue'")
         prefetch = int(options.get("prefetch", DEFAULT_PREFETCH))
         if not 1 <= prefetch <= 10_000:
-            raise SourceError("queue source: prefetch must be between 1 and 10000")
+            raise ConfigError("queue source: prefetch must be between 1 and 10000")
         return cls(url, str(options["queue"]), prefetch, int(options.get("max_messages", 100_000)),
                    float(options.get("idle_seconds", 1.0)))
 

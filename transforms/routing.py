@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import yaml
 
 from . import charset as _charset
-from .config import ConfigError
+from .config import ConfigError, read_yaml
 from .hl7transform import (CONVERTIBLE, VALIDATE_POLICIES, VALIDATION_LEVELS, FieldPath, MappingTable,
                            Target, Transform, build_outbound, compile_transform, load_mappings, msh18_name,
                            norm_version, parse_path, version_key)
@@ -450,11 +449,7 @@ def _destination(name: str, raw, where: str) -> Destination:
 def _load_yaml(p: Path):
     if not p.is_file():
         raise ConfigError(f"{p}: not found")
-    try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{p.name}:{f' line {mark.line + 1}' if mark else ''} is not valid YAML") from None
+    return read_yaml(p)
 
 
 @dataclass

@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from .config import ConfigError
+from .config import ConfigError, read_yaml
 
 UPTIME_TARGET = 0.999
 
@@ -46,8 +45,11 @@ class SlaConfig:
     def load(cls, path: str | os.PathLike | None) -> "SlaConfig":
         if not path or not Path(path).is_file():
             return cls()
-        doc = (yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}).get("sla") or {}
         name = Path(path).name
+        doc = read_yaml(path) or {}
+        doc = (doc.get("sla") if isinstance(doc, dict) else None) or {}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{name}: expected a top-level 'sla:' mapping")
         windows = []
         for i, w in enumerate(doc.get("maintenance") or []):
             try:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from .config import Facility, Settings
+from .config import ConfigError, Facility, Settings
 from .config import Source as SourceConfig
 from .errors import SourceError
 
@@ -117,7 +117,7 @@ class SftpSource:
 
         conn = self.resolve(self.options["conn_id"])
         if not conn:
-            raise SourceError(f"sftp source of {self.facility.code}: connection {self.options['conn_id']} is not defined")
+            raise ConfigError(f"sftp source of {self.facility.code}: connection {self.options['conn_id']} is not defined")
         return SftpClient(SftpTarget.from_connection(conn, path=self.options.get("path", "/")))
 
     @property

@@ -3,7 +3,7 @@
 Inputs: the run's data interval and ``ds``, the settings (warehouse URL from the Airflow connection
 ``hl7ics_warehouse`` first, see runtime.py; data directory; facility names from the configuration).
 Outputs: ``dq_daily`` rebuilt for the report window, and the HTML report under
-``<data_dir>/reports/dq/<ds>/``. Each function returns a small JSON-able dict (days, counts, codes)
+``<data_dir>/reports/dq/<the report's last day>/``. Each function returns a small JSON-able dict (days, counts, codes)
 for XCom; no patient data exists in this path, only counts.
 """
 from __future__ import annotations
@@ -53,14 +53,15 @@ def rebuild(interval_start: datetime | None, interval_end: datetime | None,
     return {"day_from": first.isoformat(), "day_to": last.isoformat(), "rows": rows}
 
 
-def render(rebuilt: dict, ds: str | None) -> dict:
+def render(rebuilt: dict) -> dict:
     from transforms.dq_report import render_html
     from transforms.warehouse import get_engine
 
     s = settings()
     day = date.fromisoformat(rebuilt["day_to"])
-    # A run without a logical date has no ds: the folder is then named after the report's last day.
-    out_dir = s.data_dir / "reports" / "dq" / (ds or day.isoformat())
+    # Named after the report's last day, not ``ds``: the midnight run's ds is the day that begins,
+    # and a manual run later that day would overwrite the complete report with a partial one.
+    out_dir = s.data_dir / "reports" / "dq" / day.isoformat()
     names = {f.code: f.name for f in s.facilities()}
     paths = render_html(get_engine(s.warehouse_url), out_dir, day, REPORT_DAYS, names)
     # Page names are the facility codes (configured codes are already file-name safe).

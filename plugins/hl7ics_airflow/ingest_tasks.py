@@ -23,14 +23,15 @@ def pull(facility: str, run_id: str) -> dict:
 
 
 def load(pulled: dict, run_id: str) -> dict:
+    from hl7ics_airflow.alerts import resolve_connection
+
     ing = Ingestor(settings(), run_id=run_id)
+    ing.loader.resolve_connection = resolve_connection  # alert channels defined in Airflow
     facility = pulled["facility"]
     results = [{"sha256": sha, "status": r.status, **r.counts.as_dict()}
                for sha, r in zip(pulled["files"], ing.ingest_staged(facility, pulled["files"]))]
     queued = None
     if any(src.type == "queue" for src in ing.facilities[facility].sources):
-        from hl7ics_airflow.alerts import resolve_connection
-
         # Messages from a queue are stored and committed before they are acked, within this task.
         queued = ing.ingest_queues(facility, resolve_connection).as_dict()
     raise_on_breach(ing.loader.dq_breaches)
@@ -73,7 +74,10 @@ def process_received(run_id: str = "mllp_realtime") -> dict:
     from transforms.warehouse import get_engine
 
     s = settings()
+    from hl7ics_airflow.alerts import resolve_connection
+
     loader = Loader(s.facilities(), PatientKeyer.from_env(s.home), run_id=run_id)
+    loader.resolve_connection = resolve_connection
     counts = run(get_engine(s.warehouse_url), loader).as_dict()
     raise_on_breach(loader.dq_breaches)
     return counts

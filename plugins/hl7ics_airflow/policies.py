@@ -19,21 +19,22 @@ from transforms.errors import BadDataError, SourceError
 
 RETRY_DELAY = timedelta(seconds=int(os.environ.get("HL7ICS_RETRY_DELAY_SECONDS", "60")))
 
-# Order matters: the first matching rule wins, and SourceError is both an OSError and ours.
+# Order matters: the first matching rule wins, and SourceError is both an OSError and ours. No
+# rule sets its own retry_delay: a rule's delay overrides the task's, and DAGs that run every
+# minute set a shorter one in their default_args.
 # Driver errors surface raw where the loader uses the DBAPI cursor directly (COPY, executemany).
 DATA_ERRORS = (ConfigError, BadDataError, ValueError, KeyError, TypeError, DataError, IntegrityError,
                psycopg.DataError, psycopg.IntegrityError, sqlite3.IntegrityError, sqlite3.DataError)
 
 IO_RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
-        RetryRule(exception=SourceError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
+        RetryRule(exception=SourceError, action=RetryAction.RETRY),
         *(RetryRule(exception=e, action=RetryAction.FAIL, reason="bad data or configuration: not retryable")
           for e in DATA_ERRORS),
-        RetryRule(exception=OSError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
-        RetryRule(exception=psycopg.OperationalError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
-        RetryRule(exception=sqlite3.OperationalError, action=RetryAction.RETRY, retry_delay=RETRY_DELAY),
-        RetryRule(exception=OperationalError, action=RetryAction.RETRY,
-                  retry_delay=RETRY_DELAY, reason="database unavailable"),
+        RetryRule(exception=OSError, action=RetryAction.RETRY),
+        RetryRule(exception=psycopg.OperationalError, action=RetryAction.RETRY),
+        RetryRule(exception=sqlite3.OperationalError, action=RetryAction.RETRY),
+        RetryRule(exception=OperationalError, action=RetryAction.RETRY, reason="database unavailable"),
     ],
 )
 

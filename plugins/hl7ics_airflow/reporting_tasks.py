@@ -41,4 +41,19 @@ def notify_immediate() -> dict:
                                params={"disease": f"{name.name_fr} / {name.name_en}", "facility_code": c["facility_code"],
                                        "district": c["district"], "cases": c["cases"]}), now=now)
         record_notifications(engine, found, utcnow())
-    return {"notified": [f"{c['disease']}:{c['facility_code']}:{c['iso_week']}" for c in found]}
+    closed = close_past_notices(Alerter(engine, AlertingConfig.load(s.config_dir / "alerting.yaml"),
+                                        resolve_connection), now)
+    return {"notified": [f"{c['disease']}:{c['facility_code']}:{c['iso_week']}" for c in found], "closed": closed}
+
+
+def close_past_notices(alerter, now: datetime) -> int:
+    """Close, without a message, the ``idsr:...:<ISO week>`` notices of weeks before last week:
+    each is a notice, not a problem that resolves, and left open they filled the open alerts."""
+    from transforms.reporting import iso_week
+
+    last_week = iso_week(now.date() - timedelta(days=7))
+    closed = 0
+    for key in alerter.open_keys("idsr:"):
+        if key.rsplit(":", 1)[-1] < last_week and alerter.resolve(key, now, notify=False):
+            closed += 1
+    return closed
