@@ -25,16 +25,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 from hl7ics_airflow import claims_tasks
 from hl7ics_airflow.alerts import on_dag_failure, on_dag_success
 from hl7ics_airflow.policies import default_args
-
-
-def _run_after():
-    # The scheduled time, not the wall clock: a retry or re-run of this DAG run sees the same
-    # period and the same claim readiness.
-    return getattr(get_current_context().get("dag_run"), "run_after", None)
+from hl7ics_airflow.runtime import run_after
 
 
 def _doc(ins) -> str:
@@ -63,11 +58,11 @@ def _claims_dag(ins):
     def insurer_claims_extract():
         @task
         def build_claims() -> dict:
-            return claims_tasks.build(code, _run_after())
+            return claims_tasks.build(code, run_after())
 
         @task
         def extract_period(built: dict) -> dict:
-            return claims_tasks.extract(code, _run_after())
+            return claims_tasks.extract(code, run_after())
 
         @task
         def deliver(extracted: dict) -> dict:

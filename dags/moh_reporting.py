@@ -28,6 +28,7 @@ from airflow.sdk import dag, task
 from hl7ics_airflow import reporting_tasks
 from hl7ics_airflow.alerts import on_dag_failure, on_dag_success
 from hl7ics_airflow.policies import default_args
+from hl7ics_airflow.runtime import run_after
 
 
 @dag(
@@ -45,7 +46,7 @@ from hl7ics_airflow.policies import default_args
 def moh_reporting():
     @task
     def build_weeks() -> dict:
-        return reporting_tasks.build_weeks()
+        return reporting_tasks.build_weeks(run_after())
 
     build_weeks()
 

@@ -22,6 +22,7 @@ from airflow.sdk import dag, task
 from hl7ics_airflow import monitoring_tasks
 from hl7ics_airflow.alerts import on_dag_failure, on_dag_success
 from hl7ics_airflow.policies import default_args
+from hl7ics_airflow.runtime import run_after
 
 
 @dag(
@@ -39,7 +40,7 @@ from hl7ics_airflow.policies import default_args
 def sla_monthly_report():
     @task
     def write_report() -> dict:
-        return monitoring_tasks.sla_report(None)
+        return monitoring_tasks.sla_report(None, run_after())
 
     write_report()
 

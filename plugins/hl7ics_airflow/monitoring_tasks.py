@@ -51,12 +51,14 @@ def check_interfaces() -> dict:
             "problems": sorted(p.key for p in result.problems), "resolved": outcome["resolved"]}
 
 
-def sla_report(month: str | None = None) -> dict:
+def sla_report(month: str | None = None, as_of: datetime | None = None) -> dict:
+    """The SLA report of ``month`` (default: the month before ``as_of``, the DAG run's scheduled
+    time, else now)."""
     from transforms.sla import SlaConfig, compute, previous_month, write
     from transforms.warehouse import get_engine
 
     s = settings()
-    month = month or previous_month(_now().date())
+    month = month or previous_month((as_of or _now()).date())
     report = compute(get_engine(s.warehouse_url), month, SlaConfig.load(s.config_dir / "sla.yaml"), _now())
     paths = write(report, s.data_dir / "reports" / "sla", {f.code: f.name for f in s.facilities()})
     return {"month": month, "uptime": report.uptime, "paths": [str(p) for p in paths]}

@@ -7,13 +7,14 @@ from datetime import date, datetime, timedelta, timezone
 from hl7ics_airflow.runtime import settings
 
 
-def build_weeks(today: date | None = None) -> dict:
-    """The previous ISO week (final once its deadline passed) and the current one (daily refresh)."""
+def build_weeks(as_of: date | datetime | None = None) -> dict:
+    """The previous ISO week (final once its deadline passed) and the current one (daily refresh),
+    of ``as_of`` (the DAG run's scheduled time; default today)."""
     from transforms.reporting import IdsrConfig, build
     from transforms.warehouse import get_engine
 
     s = settings()
-    today = today or datetime.now(timezone.utc).date()
+    today = as_of.date() if isinstance(as_of, datetime) else as_of or datetime.now(timezone.utc).date()
     r = build(get_engine(s.warehouse_url), IdsrConfig.load(s.config_dir / "idsr.yaml"),
               today - timedelta(days=7), today)
     return {"weeks": r.weeks, "cases": r.cases, "rows": r.rows}

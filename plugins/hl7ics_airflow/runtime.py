@@ -39,3 +39,14 @@ def warehouse_url_from_connection(conn_id: str = WAREHOUSE_CONN_ID) -> str | Non
 
 def settings() -> Settings:
     return Settings.load(warehouse_url=warehouse_url_from_connection())
+
+
+def run_after():
+    """The running DAG run's scheduled time (``run_after``), not the wall clock: a retry or a
+    re-run of an old run sees the same period (claims, SLA month, MoH weeks). None outside a task."""
+    from airflow.sdk import get_current_context
+
+    try:
+        return getattr(get_current_context().get("dag_run"), "run_after", None)
+    except Exception:  # not inside a running task (a direct call from a script or test)
+        return None
