@@ -292,6 +292,22 @@ def test_unknown_sending_facility_is_loaded_flagged_and_alerted_once(ingestor, t
     assert "Yawo" not in alerts[0][2] and "P1" not in alerts[0][2]
 
 
+def test_replay_after_a_partial_fix_loads_what_passes_despite_the_threshold(ingestor, tmp_path, monkeypatch):
+    """A batch held by the threshold, replayed with most of it still failing: the messages that
+    pass their checks load, the others stay quarantined for their own reasons only."""
+    from transforms.replay import replay
+
+    monkeypatch.setenv("HL7ICS_DQ_MAX_FAILURE_RATE", "0.2")
+    planted = _faulty_file(tmp_path / "bad.hl7", 100, 0.5, seed=3)
+    Ingestor(ingestor.settings, run_id="run-held").ingest_file(tmp_path / "bad.hl7", "CHU-SO")
+    eng = ingestor.engine
+    assert scalar(eng, "SELECT COUNT(*) FROM message_store WHERE status = 'loaded'") == 0
+    counts = replay(eng, Ingestor(ingestor.settings, run_id="replay").loader, reason="DQ_THRESHOLD")
+    assert counts.loaded == 100 - len(planted) and counts.quarantined == len(planted)
+    assert scalar(eng, "SELECT COUNT(*) FROM quarantine WHERE reason = 'DQ_THRESHOLD' AND resolved_at IS NULL") == 0
+    assert scalar(eng, "SELECT COUNT(DISTINCT message_id) FROM quarantine WHERE resolved_at IS NULL") == len(planted)
+
+
 def test_an_unknown_sender_alert_resolves_once_it_is_configured(ingestor):
     import dataclasses
 

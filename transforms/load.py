@@ -170,6 +170,10 @@ class Loader:
         # Whether write adds what it validated to dq_result; replay turns it off (its messages
         # were counted when they arrived, and counting each replay again inflates dq_daily).
         self.count_quality = True
+        # Whether the failure-rate threshold may hold a whole batch. Replay turns it off: the
+        # operator replays after a fix, and a message that now passes its checks must load even
+        # beside others that still fail (those stay quarantined for their own reasons).
+        self.hold_batches = True
         self._validator: Validator | None = None
         self.dq_breaches: list[dict] = []  # batches held by the failure-rate threshold (no patient data)
         # (kind, facility code) -> params, sent by flush_alerts after the commit
@@ -190,7 +194,7 @@ class Loader:
         v = self.validator
         if v is None:
             return
-        res = v.validate(prepared, utcnow())
+        res = v.validate(prepared, utcnow(), self.hold_batches)
         if res.held:
             facs = sorted({p.facility for p in prepared if p.dq is not None})
             self.dq_breaches.append({"facilities": facs, "validated": res.validated,

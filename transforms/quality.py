@@ -408,8 +408,9 @@ class Validator:
             out[name] = list((r.result or {}).get("unexpected_index_list") or ())
         return out
 
-    def validate(self, prepared: list, now: str) -> BatchResult:
-        """Set ``p.dq`` on each message with facts; hold the whole batch past the threshold."""
+    def validate(self, prepared: list, now: str, hold: bool = True) -> BatchResult:
+        """Set ``p.dq`` on each message with facts; hold the whole batch past the threshold
+        (unless ``hold`` is False: a replay judges each message on its own checks)."""
         import numpy as np
         import pandas as pd
 
@@ -464,7 +465,7 @@ class Validator:
                     if error:
                         erring.add(i)
         result.failed_messages = len(erring)
-        if result.validated >= self.options.min_batch \
+        if hold and result.validated >= self.options.min_batch \
                 and result.failed_messages / result.validated > self.options.max_failure_rate:
             result.held = True
             for p in todo:

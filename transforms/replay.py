@@ -4,7 +4,9 @@ Input: a warehouse engine and optional filters (reason code, facility). Output: 
 message goes through the same ``Loader`` again, from its stored raw bytes; messages that now pass
 become ``loaded`` (or ``duplicate``) and their quarantine rows get ``resolved_at``; messages that
 still fail stay quarantined with their current reasons. Idempotent: a second replay finds nothing
-new to do. ``dq_result`` is not added to: it counted these messages when they arrived. Batch-envelope holds are only replayed when their reason is named explicitly, because
+new to do. ``dq_result`` is not added to: it counted these messages when they arrived. The
+data-quality failure-rate threshold does not hold a replayed batch: each message is judged on its
+own checks. Batch-envelope holds are only replayed when their reason is named explicitly, because
 releasing a truncated transfer is an operator's decision, not a default.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ BATCH = 1000
 
 def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: str | None = None) -> Counts:
     loader.count_quality = False  # dq_result counted these messages when they arrived
+    loader.hold_batches = False  # each message is judged on its own checks (see Loader.hold_batches)
     where = ["q.resolved_at IS NULL", "m.status = 'quarantined'"]
     params: dict = {}
     if reason:
