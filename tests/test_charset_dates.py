@@ -127,6 +127,31 @@ def test_decode_declared_latin_but_utf8(declared):
     assert (text, codec, flags) == ("Sénamé ɖ", "utf-8", ["CHARSET_MISMATCH"])
 
 
+def test_one_stray_latin1_byte_does_not_garble_the_utf8_names():
+    """A UTF-8 message with one CP1252 byte in a note: the note is read as CP1252, the names stay
+    UTF-8 (the whole message used to be read as CP1252: Kɔfi -> KÉ”fi)."""
+    raw = "PID|1||X||Kɔfi^Sénamé\r".encode() + b"NTE|1||caf\xe9\r"
+    for declared, fallback in ((None, None), (None, "utf-8"), ("8859/1", None), ("ASCII", None)):
+        assert decode(raw, declared, fallback) == ("PID|1||X||Kɔfi^Sénamé\rNTE|1||café\r", "utf-8",
+                                                   ["MIXED_CHARSET"]), (declared, fallback)
+    # The same bytes decode the same way again with the codec recorded (routing re-decodes).
+    assert decode(raw, None, "utf-8")[0] == decode(raw, None, None)[0]
+
+
+@pytest.mark.parametrize("value, codec, expected, flagged", [
+    ("Am\\XE9\\yo", "utf-8", "Améyo", True),           # a Latin-1 byte escaped in a UTF-8 message
+    ("S\\XC3\\\\XA9\\nam", "utf-8", "Sénam", False),  # one UTF-8 letter over two escapes
+    ("\\XC994\\", "utf-8", "ɔ", False),
+    ("Am\\XE9\\yo", "iso-8859-1", "Améyo", False),
+])
+def test_hex_escapes(value, codec, expected, flagged):
+    from transforms.parser import unescape
+
+    flags = []
+    assert unescape(value, codec=codec, flags=flags) == expected
+    assert ("ESCAPE_CHARSET_INFERRED" in flags) == flagged
+
+
 def test_decode_declared_latin1_genuine():
     raw = "Sénamé Agbo-Zégué".encode("latin-1")
     assert decode(raw, "8859/1", None) == ("Sénamé Agbo-Zégué", "iso-8859-1", [])

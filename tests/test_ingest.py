@@ -834,6 +834,21 @@ def test_latin1_names_at_a_utf8_facility_are_not_mangled(ingestor, tmp_path):
     assert "CHARSET_INFERRED" in scalar(ingestor.engine, "SELECT flags FROM message_store")
 
 
+def test_event_time_with_a_precision_component():
+    """EVN-2 as a 2.3-2.5 TS with its degree of precision (20261102093000^S): the event time is
+    the first component; it used to be refused, and MSH-7 taken instead."""
+    from transforms.extract import to_record
+    from transforms.facts import COLUMNS, PatientKeyer, extract_facts
+    from transforms.parser import parse
+
+    raw = adt("EV-1", "A01", "20261102120000").replace("EVN|A01|20261102120000", "EVN|A01|20261102093000^S")
+    msg = parse(raw.replace("\n", "\r").encode())
+    facts = extract_facts(msg, to_record(msg), "CHU-SO", "Africa/Lome", 1, PatientKeyer(b"k" * 32),
+                          "2026-12-01 00:00:00")
+    [ev] = facts["encounter_event"]
+    assert ev[COLUMNS["encounter_event"].index("event_at")] == "2026-11-02 09:30:00"
+
+
 def test_results_keep_the_placer_number_of_their_order(ingestor, tmp_path):
     oru = ("MSH|^~\\&|LAB|CHU-SO|HL7ICS|MOH|20261102100000||ORU^R01|PL-1|P|2.5\nPID|1||P1^^^CHU-SO^MR||Kodjo^Afi\n"
            "ORC|RE|PLAC1|FILL1\nOBR|1||FILL1|718-7^Hb^LN\nOBX|1|NM|718-7^Hb^LN||12|g/dL|||||F\n")

@@ -378,6 +378,35 @@ def test_content_error_gets_ae_and_is_stored_for_the_loader(listener, sqlite_url
     assert rows(sqlite_url, "SELECT status FROM message_store") == [("received",)]
 
 
+def test_content_error_in_enhanced_mode_is_committed_ca(listener, sqlite_url):
+    """The message is stored, so committed: CA with the ERR. CE would tell the sender to send it
+    again, and every resend would get the stored CE back."""
+    lp = listener()
+    no_pv1 = hl7("CE-1", mtype="ADT^A01^ADT_A01", msh_tail="|||AL|NE").split(b"PV1|")[0]
+    ack = exchange(lp.port, no_pv1)
+    assert msa(ack) == ("CA", "CE-1") and err_code(ack) == "100"
+    assert rows(sqlite_url, "SELECT status FROM message_store") == [("received",)]
+
+
+@pytest.mark.parametrize("version, location, err", [
+    ("2.5", "PID-7", "ERR||PID^1^7|102^Data type error^HL70357|E||||bad date"),
+    ("2.5", "OBX[2]-14", "ERR||OBX^2^14|102^Data type error^HL70357|E||||bad date"),
+    ("2.3", "PID-7", "ERR|PID^1^7^102&Data type error&HL70357"),
+    ("2.5", "file", "ERR|||102^Data type error^HL70357|E||||bad date"),
+])
+def test_err_segment_locations(version, location, err):
+    """ERR-2 (2.5+) is segment ^ sequence ^ field; ERR-1 (before 2.5) adds the code in
+    subcomponents. "PID-7" used to become PID^7 (sequence 7, no field)."""
+    from transforms.ack import AckPlan, build_ack
+    from transforms.parser import parse
+
+    ack = build_ack(parse(hl7("E-1", version=version)), AckPlan("AE", 102, location, "bad date")).decode()
+    segs = ack.split("\r")
+    assert segs[2] == err
+    control = segs[0].split("|")[9]
+    assert len(control) <= 20 and control != build_ack(parse(hl7("E-2")), AckPlan("AA")).decode().split("|")[9]
+
+
 def test_third_party_client_python_hl7(listener, sqlite_url):
     from hl7.client import MLLPClient
 

@@ -650,6 +650,14 @@ def test_case_37_invalid_utf8_declared_utf8(bad):
     assert rec["patient"]["given_name"] == "Kodjo"
 
 
+def test_case_37_a_damaged_patient_identifier_is_an_error():
+    """37: "If a required identifier field is damaged -> AE 0357:102"."""
+    raw = build(msh(charset="UNICODE UTF-8"), b"PID|1||TG-\xe9042||Agbo^Kodjo", OBR)
+    rec = to_record(parse(raw))
+    assert rec["status"] == "error"
+    assert [(e["code"], e["location"], e["hl7_code"]) for e in rec["errors"]] == [("DAMAGED_PATIENT_ID", "PID-3", 102)]
+
+
 def test_case_37_nul_bytes_removed():
     """37: NUL bytes -> Raw preserved. Strip NUL before any PostgreSQL text insert, flag."""
     raw = build(msh(), b"PID|1||TG-\x000042||Ag\x00bo^Ko\x00djo", OBR) + b"\x00"

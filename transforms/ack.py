@@ -9,6 +9,8 @@ content (patient data).
 from __future__ import annotations
 
 import itertools
+import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -66,6 +68,18 @@ def to_enhanced(code: str) -> str:
     return {"AA": "CA", "AE": "CE", "AR": "CR"}.get(code, code)
 
 
+_LOCATION = re.compile(r"^([A-Z0-9]{3})(?:\[(\d+)\])?(?:-(\d+))?$")
+_PROC = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[os.getpid() % 36]  # two listener processes, two series
+
+
+def _location(location: str | None) -> tuple[str, str, str]:
+    """Our issue locations ("PID-7", "OBX[2]-14", "MSH-10", "PID") as (segment, sequence, field)."""
+    m = _LOCATION.match(location or "")
+    if not m:
+        return "", "", ""
+    return m.group(1), m.group(2) or "1", m.group(3) or ""
+
+
 def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> bytes:
     d: Delimiters = msg.delims if msg is not None else DEFAULT_DELIMITERS
     fs, cs = d.field, d.component
@@ -79,7 +93,8 @@ def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> b
     ts = time.strftime("%Y%m%d%H%M%S", time.gmtime(now or time.time()))
     event = f(9).split(cs)[1] if cs in f(9) else ""
     version = f(12) or "2.5"
-    control = f"ACK{ts}{next(_seq):06d}"
+    # MSH-10 holds 20 characters up to 2.6: A + YYMMDDhhmmss + a process digit + a counter.
+    control = f"A{ts[2:]}{_PROC}{next(_seq) % 1_000_000:06d}"
     header = [
         "MSH", d.encoding_characters, f(5), f(6), f(3), f(4), ts, "", f"ACK{cs}{event}{cs}ACK" if event else "ACK",
         control, f(11) or "P", version,
@@ -95,10 +110,13 @@ def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> b
     if plan.hl7_error:
         text = plan.text or ERROR_TEXT.get(plan.hl7_error, "Error")
         code = f"{plan.hl7_error}{cs}{ERROR_TEXT.get(plan.hl7_error, '')}{cs}HL70357"
+        seg, seq, fld = _location(plan.location)
         if version >= "2.5":
-            loc = plan.location.replace("-", cs) if plan.location else ""
-            sev = "E"
-            segs.append(fs.join(["ERR", "", loc, code, sev, "", "", "", text]))
+            # ERR-2 (ERL): segment ID ^ sequence ^ field position.
+            loc = cs.join(p for p in (seg, seq, fld) if p) if seg else ""
+            segs.append(fs.join(["ERR", "", loc, code, "E", "", "", "", text]))
         else:
-            segs.append(fs.join(["ERR", f"{plan.location}{cs}{cs}{cs}{code}"]))
+            # ERR-1 (ELD): segment ID ^ sequence ^ field position ^ code (CE, in subcomponents).
+            sc = d.subcomponent or "&"
+            segs.append(fs.join(["ERR", cs.join((seg, seq if seg else "", fld, code.replace(cs, sc)))]))
     return ("\r".join(segs) + "\r").encode(msg.codec if msg is not None and msg.codec else "utf-8", errors="replace")

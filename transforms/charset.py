@@ -107,8 +107,7 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
         try:
             return raw.decode("utf-8"), "utf-8", flags
         except UnicodeDecodeError:
-            flags.append("CHARSET_INFERRED")
-            return _decode_cp1252(raw), "cp1252", flags
+            return _by_segment(raw, "cp1252", ["CHARSET_INFERRED"], flags)
     if codec == "utf-8":
         try:
             return raw.decode("utf-8"), "utf-8", flags
@@ -116,8 +115,7 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
             if not from_declaration:
                 # Only the facility's default said UTF-8: Latin-1/CP1252 senders are common and
                 # their accented names would otherwise be replaced by U+FFFD (bad input 35).
-                flags.append("CHARSET_INFERRED")
-                return _decode_cp1252(raw), "cp1252", flags
+                return _by_segment(raw, "cp1252", ["CHARSET_INFERRED"], flags)
             flags.append("INVALID_BYTES")
             return raw.decode("utf-8", errors="replace"), "utf-8", flags
     if codec == "ascii":
@@ -127,8 +125,7 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
             flags.append("CHARSET_MISMATCH")
             return text, "utf-8", flags
         except UnicodeDecodeError:
-            flags.append("CHARSET_INFERRED")
-            return _decode_cp1252(raw), "cp1252", flags
+            return _by_segment(raw, "cp1252", ["CHARSET_INFERRED"], flags)
     if _is_latin(codec):
         # Valid multi-byte UTF-8 is vanishingly unlikely in genuine Latin-1 text, so a strict UTF-8
         # success means the sender mislabelled it.
@@ -140,8 +137,8 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
             pass
         if codec == "iso-8859-1" and _C1.search(raw):
             # C1 controls never occur in real Latin-1 text; CP1252 puts € ’ “ there.
-            flags.append("CHARSET_CP1252")
-            return _decode_cp1252(raw), "cp1252", flags
+            return _by_segment(raw, "cp1252", ["CHARSET_CP1252"], flags)
+        return _by_segment(raw, codec, [], flags)
     try:
         return raw.decode(codec), codec, flags
     except (UnicodeError, LookupError):
@@ -152,7 +149,34 @@ def decode(raw: bytes, declared: str | None, fallback: str | None) -> tuple[str,
             return raw.decode("utf-8", errors="replace"), "utf-8", flags
 
 
-def _decode_cp1252(raw: bytes) -> str:
+_SEGMENT_END = re.compile(rb"(?<=[\r\n])")
+
+
+def _by_segment(raw: bytes, eight_bit: str, eight_bit_flags: list[str], flags: list[str]) -> tuple[str, str, list[str]]:
+    """A message that is not UTF-8 as a whole, decoded segment by segment: a segment that is
+    valid UTF-8 stays UTF-8, the others are decoded as ``eight_bit``. One stray Latin-1 byte in a
+    note used to make the whole message CP1252 and garble every UTF-8 name in it (ɔ -> É”). Returns
+    ``eight_bit`` as the codec and ``eight_bit_flags`` when no segment was UTF-8 (the whole message
+    in one 8-bit charset, as before); else "utf-8" and ``MIXED_CHARSET``. The same bytes always
+    decode the same way, so a later re-decoding (routing) gets the same text."""
+    parts, utf8 = [], False
+    for seg in _SEGMENT_END.split(raw):
+        if seg.isascii():
+            parts.append(seg.decode("ascii"))
+            continue
+        try:
+            parts.append(seg.decode("utf-8"))
+            utf8 = True
+        except UnicodeDecodeError:
+            parts.append(decode_cp1252(seg) if eight_bit == "cp1252" else seg.decode(eight_bit, errors="replace"))
+    if not utf8:
+        flags.extend(eight_bit_flags)
+        return "".join(parts), eight_bit, flags
+    flags.append("MIXED_CHARSET")
+    return "".join(parts), "utf-8", flags
+
+
+def decode_cp1252(raw: bytes) -> str:
     try:
         return raw.decode("cp1252")
     except UnicodeDecodeError:

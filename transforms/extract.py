@@ -106,6 +106,11 @@ def patient_of(msg: Message, issues: list[ParseIssue]) -> dict | None:
     pid_value = unescape(cx[0], d, codec, msg.flags).strip()
     if not pid_value and ident.strip(comp + d.repetition + " ") and not any(i.code == "MISSING_PATIENT_ID" for i in issues):
         issues.append(ParseIssue("MISSING_PATIENT_ID", "PID-3", "identifier (CX.1) is empty", 101))
+    if "\ufffd" in pid_value:
+        # Bytes invalid in the declared charset were replaced: the ID no longer says which patient
+        # (bad input 37). Held, and the sender gets an AE, rather than a patient made up.
+        issues.append(ParseIssue("DAMAGED_PATIENT_ID", "PID-3", "identifier holds bytes that are invalid in the "
+                                 "message's character set", 102))
     authority = unescape(cx[3].split(sub, 1)[0], d, codec, msg.flags) if len(cx) > 3 and cx[3] else ""
     xpn = components(_f(pid, 5), d)
     family = unescape(xpn[0].split(sub, 1)[0], d, codec, msg.flags) if xpn[0] else ""

@@ -179,12 +179,14 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
                     old_auth = _c(field(mrg, 1), d, 3, cx) or (patient.get("id_authority") or facility)
                     old_key = keyer.key(facility, old_auth, old_id)
                     if old_key != pkey:
-                        rows.append((old_key, pkey, message_id, _ts(field(msg.first("EVN"), 2), tz) or now))
+                        rows.append((old_key, pkey, message_id, _ts(components(field(msg.first("EVN"), 2), d)[0], tz)
+                                     or now))
             if rows:
                 facts["patient_merge"] = rows
         if pv1 is not None and visit:
             evn = msg.first("EVN")
-            event_at = _ts(field(evn, 2), tz) if evn else None
+            # TS before 2.6 may carry a precision component (20240301120000^S): the time is the first.
+            event_at = _ts(components(field(evn, 2), d)[0], tz) if evn else None
             if event_at is None:
                 event_at = _ts(components(field(msg.first("MSH"), 7), d)[0], tz)
             if event_at is None:

@@ -736,8 +736,10 @@ class Listener:
         content = [e for e in rec["errors"] if e["code"] not in _REJECT]
         if content:
             e = content[0]
-            plan = AckPlan("CE" if enhanced else "AE", e["hl7_code"] or 207, e["location"], e["message"])
-            ack = build_ack(msg, plan) if accept_ack_wanted(msg, False) else None
+            # Stored, so committed: enhanced mode answers CA (CE would mean "not committed, send
+            # again", and every resend would get the stored CE back). The ERR says what is wrong.
+            plan = AckPlan("CA" if enhanced else "AE", e["hl7_code"] or 207, e["location"], e["message"])
+            ack = build_ack(msg, plan) if accept_ack_wanted(msg, enhanced) else None
             # Stored as received: the loader quarantines it with the same reasons (one code path).
             return Pending(raw, msg, rec, plan, ack, "received", [], facility)
         plan = AckPlan("CA" if enhanced else "AA")

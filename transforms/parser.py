@@ -130,8 +130,17 @@ def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS, codec: str = "utf-8
         seq = value[j + 1:k]
         if len(seq) == 1 and seq in _SIMPLE_ESC:
             out.append((d.field, d.component, d.repetition, d.escape, d.subcomponent, d.truncation)[_SIMPLE_ESC[seq]])
-        elif seq[:1] == "X" and len(seq) > 1 and len(seq) % 2 == 1 and _is_hex(seq[1:]):
-            decoded = bytes.fromhex(seq[1:]).decode(codec, errors="replace")
+        elif _is_hex_escape(seq):
+            # Adjacent hex escapes are one byte string: a UTF-8 letter may be split over two
+            # (\XC3\\XA9\), and decoded one by one each half became U+FFFD.
+            hexes = [seq[1:]]
+            while k + 1 < n and value[k + 1] == e:
+                k2 = value.find(e, k + 2)
+                if k2 < 0 or not _is_hex_escape(value[k + 2:k2]):
+                    break
+                hexes.append(value[k + 3:k2])
+                k = k2
+            decoded = _decode_escaped(bytes.fromhex("".join(hexes)), codec, flags)
             if "\x00" in decoded:
                 decoded = decoded.replace("\x00", "")  # PostgreSQL text cannot hold NUL
                 if flags is not None:
@@ -153,6 +162,26 @@ def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS, codec: str = "utf-8
 
 
 _HEX = re.compile(r"[0-9A-Fa-f]+")
+
+
+def _is_hex_escape(seq: str) -> bool:
+    return seq[:1] == "X" and len(seq) > 1 and len(seq) % 2 == 1 and _is_hex(seq[1:])
+
+
+def _decode_escaped(data: bytes, codec: str, flags: list | None) -> str:
+    """Bytes of ``\X..\`` escapes in the message's codec; bytes that are not valid there are
+    read as UTF-8, else CP1252 (flagged), as the charset module reads a message: a Latin-1 ``é``
+    escaped in a message decoded as UTF-8 would otherwise become U+FFFD, unflagged."""
+    try:
+        return data.decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        pass
+    if flags is not None:
+        flags.append("ESCAPE_CHARSET_INFERRED")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _charset.decode_cp1252(data)
 
 
 def _is_hex(s: str) -> bool:
