@@ -33,6 +33,12 @@ SELECT e.facility_code, e.visit_number, e.patient_class, e.admit_at, e.discharge
   JOIN (SELECT DISTINCT facility_code, visit_number FROM fact_charge WHERE facility_code IN :facilities) c
     ON c.facility_code = e.facility_code AND c.visit_number = e.visit_number;
 
+-- name: sent_visits
+-- The insurer each visit was already claimed from (a claim delivered to it).
+SELECT facility_code, visit_number, insurer_code
+  FROM claim
+ WHERE sent_sha256 IS NOT NULL;
+
 -- name: existing_claims
 SELECT claim_id, insurer_code, facility_code, visit_number, patient_key, member_id, plan_code, patient_class,
        admit_at, discharge_at, diagnosis_codes, first_charge_at, last_charge_at, lines, copay_rate, currency,
@@ -109,6 +115,17 @@ VALUES (:created_at, 'export', :outcome, :peer, NULL, :detail);
 SELECT id, insurer_code, period, version, reason, claims, total_claimed, manifest_sha256, out_dir, created_at
   FROM claim_extract
  WHERE id = :extract_id;
+
+-- name: undelivered_extracts
+-- Versions with no successful delivery, in the order they must reach the insurer.
+SELECT e.id
+  FROM claim_extract e
+ WHERE e.insurer_code = :insurer
+   AND NOT EXISTS (SELECT 1 FROM claim_delivery d WHERE d.extract_id = e.id AND d.status = 'delivered')
+ ORDER BY e.period, e.version, e.id;
+
+-- name: move_extract
+UPDATE claim_extract SET out_dir = :out_dir WHERE id = :id;
 
 -- name: delivered_of
 SELECT id, target, files, delivered_at

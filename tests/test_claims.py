@@ -481,6 +481,49 @@ def test_a_coverage_renewal_keeps_the_claims_of_the_period_before(ingestor, tmp_
         ("2026-01-01", "2026-12-31"), ("2027-01-01", "2028-06-30")]
 
 
+def test_a_visit_sent_to_one_insurer_is_not_billed_to_another(ingestor, tmp_path):
+    """INAM comes first in insurers.yaml, but its IN1 arrived after the visit was claimed from
+    GTA-C2A: the visit stays with GTA-C2A instead of being billed to both."""
+    eng = ingestor.engine
+    load(ingestor, tmp_path, [dft(d(3), "PG-1", "VG2", [(d(3), "CONS-GEN", "Consultation", 1, 5000)],
+                                  [in1("GTA-C2A", "GTA-SANTE", "GTA-91")])], "CHU-SO")
+    build_claims(eng, CFG, datetime(2026, 12, 1, 7))
+    res = extract(eng, CFG, "GTA-C2A", "2026-11", tmp_path / "c", datetime(2026, 12, 1, 7))
+    deliver_extract(eng, res.extract_id, {"type": "outbox", "path": str(tmp_path / "o")})
+    load(ingestor, tmp_path, [dft(d(4, month=12), "PG-1", "VG2", [],
+                                  [in1("INAM", "INAM-AMO", "192345678"), in1("GTA-C2A", "GTA-SANTE", "GTA-91")])],
+         "CHU-SO")
+    build_claims(eng, CFG, datetime(2026, 12, 7, 6))
+    assert rows(eng, "SELECT insurer_code, visit_number, status FROM claim WHERE visit_number = 'VG2'") == [
+        ("GTA-C2A", "VG2", "sent")]
+
+
+def test_versions_not_delivered_go_out_with_the_next_delivery(ingestor, tmp_path, monkeypatch):
+    """A first version whose delivery failed, then a correction made by hand: both reach the
+    insurer, in order, and the claims of both are marked sent. The extract was made with a
+    relative --out from another directory: the recorded folder is absolute."""
+    from transforms.claims import deliver_pending
+
+    eng = ingestor.engine
+    cov = [in1("INAM", "INAM-AMO", "293456781")]
+    load(ingestor, tmp_path, [dft(d(3), "PD-1", "VD8", [(d(3), "CONS-GEN", "Consultation", 1, 5000)], cov),
+                              dft(d(4), "PD-2", "VD9", [(d(4), "CONS-GEN", "Consultation", 1, 3000)], cov)], "CHU-SO")
+    build_claims(eng, CFG, d(10, 6))
+    monkeypatch.chdir(tmp_path)
+    v1 = extract(eng, CFG, "INAM", "2026-W45", "rel-out", d(10, 6))
+    assert rows(eng, "SELECT out_dir FROM claim_extract") == [(str(tmp_path / "rel-out" / "INAM" / "2026-W45" / "v1"),)]
+    monkeypatch.chdir(ROOT)
+    load(ingestor, tmp_path, [dft(d(11), "PD-1", "VD8", [(d(3), "LAB-GE", "Goutte épaisse", 1, 2000)], cov)],
+         "CHU-SO")
+    build_claims(eng, CFG, d(17, 6))
+    v2 = extract(eng, CFG, "INAM", "2026-W45", tmp_path / "rel-out", d(17, 6), reason="Acte oublié")
+    assert (v1.version, v2.version) == (1, 2)
+    done = deliver_pending(eng, "INAM", {"type": "outbox", "path": str(tmp_path / "o")})
+    assert [(r["extract_id"], r["status"]) for r in done] == [(v1.extract_id, "delivered"), (v2.extract_id, "delivered")]
+    assert rows(eng, "SELECT visit_number, status FROM claim ORDER BY visit_number") == [("VD8", "sent"), ("VD9", "sent")]
+    assert deliver_pending(eng, "INAM", {"type": "outbox", "path": str(tmp_path / "o")}) == []
+
+
 def test_claim_ready_after_its_period_was_extracted_goes_into_the_next_one(ingestor, tmp_path):
     eng = ingestor.engine
     cov = [in1("INAM", "INAM-AMO", "891234567")]

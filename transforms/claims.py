@@ -599,6 +599,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
                                  {"facilities": facilities, "insurers": cfg.codes}).all()
         encounters = {(r.facility_code, r.visit_number): r
                       for r in conn.execute(_q("encounters", "facilities"), {"facilities": facilities})}
+        sent_to = {(r.facility_code, r.visit_number): r.insurer_code for r in conn.execute(_q("sent_visits"))}
 
     cov_by: dict[tuple, list] = {}
     for c in coverages:
@@ -660,6 +661,11 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
         if not known:
             skipped["unknown_plan"] += 1
             continue
+        # A visit already claimed from (sent to) an insurer stays with it while it covers the
+        # charge: coverage from an earlier insurer in insurers.yaml arriving later must not bill
+        # the same charges to a second insurer (each DAG builds its own insurer only).
+        held = sent_to.get((fac, visit))
+        known = [c for c in known if c.insurer_code == held] or known
         cov = min(known, key=lambda c: (order[c.insurer_code], -c.message_id, c.member_id))
         tt = _ttype(r.transaction_type)
         if tt == "CD":  # a credit takes away, whatever sign the sender used
@@ -865,6 +871,8 @@ def extract(engine: Engine, insurers_cfg: InsurersConfig, insurer: str, period: 
     per = parse_period(ins.period, period)
     reason = _clean_reason(reason)
     now_s = _now_text(now)
+    # Recorded absolute: a relative --out would be read from another directory at delivery.
+    out_dir = Path(out_dir).resolve()
     if _dt(now_s).date() < per.end:
         raise PeriodError(f"{ins.code} {per.label} ends on {per.last_day}; extract it once it is over")
     with engine.connect() as conn:
@@ -914,6 +922,10 @@ def extract(engine: Engine, insurers_cfg: InsurersConfig, insurer: str, period: 
         vdir = version_dir(out_dir, ins.code, per.label, version)
         if rerun:
             extract_id = versions[-1].id
+            if versions[-1].out_dir != str(vdir):
+                # Written again elsewhere (the DAG's folder after a hand-run --out): delivery reads
+                # the files where they were last written.
+                conn.execute(_q("move_extract"), {"id": extract_id, "out_dir": str(vdir)})
             if built["manifest_sha256"] != versions[-1].manifest_sha256:
                 # Same claims, other bytes (configuration, facility names or a library version
                 # changed): the recorded files stand if they are there, else the version is lost.
@@ -1233,6 +1245,17 @@ def deliver_extract(engine: Engine, extract_id: int, delivery_spec: dict, resolv
         raise DeliveryError(f"delivery of {ex.insurer_code} {ex.period} v{ex.version} to {target} failed")
     log.info("claims extract %s %s v%d delivered to %s (%d files)", ex.insurer_code, ex.period, ex.version, target, n)
     return {"extract_id": extract_id, "status": status, "target": target, "files": n, "delivered_at": now_s}
+
+
+def deliver_pending(engine: Engine, insurer: str, delivery_spec: dict, resolve_connection=None,
+                    now=None) -> list[dict]:
+    """Deliver every extract version of ``insurer`` that has not been delivered, oldest period and
+    version first: a correction issued by hand (``hl7ics claims extract --reason``) and a version
+    whose delivery failed go out with the next run, instead of waiting for someone to clear the
+    run of their period. Stops at the first failure (raised; the next run resumes there)."""
+    with engine.connect() as conn:
+        ids = conn.execute(_q("undelivered_extracts"), {"insurer": insurer}).scalars().all()
+    return [deliver_extract(engine, i, delivery_spec, now=now, resolve_connection=resolve_connection) for i in ids]
 
 
 def _spec_target(spec: dict) -> str:

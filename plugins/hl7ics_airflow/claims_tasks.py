@@ -84,14 +84,17 @@ def extract(insurer_code: str, run_after: datetime | None = None) -> dict:
 
 
 def deliver(insurer_code: str, extracted: dict) -> dict:
-    """Deliver the extract to the insurer's configured target; an extract already delivered is not
-    sent twice (a retried or re-run DAG is harmless)."""
-    from transforms.claims import deliver_extract
+    """Deliver the extract, and every earlier version of the insurer not delivered yet (a
+    correction issued by hand, a delivery that failed), to the insurer's configured target; an
+    extract already delivered is not sent twice (a retried or re-run DAG is harmless)."""
+    from transforms.claims import deliver_extract, deliver_pending
     from transforms.warehouse import get_engine
 
     from hl7ics_airflow.alerts import resolve_connection
 
     s = settings()
     ins = _config(s).get(insurer_code)
-    return deliver_extract(get_engine(s.warehouse_url), int(extracted["extract_id"]), ins.delivery_spec(s.data_dir),
-                           resolve_connection=resolve_connection)
+    engine, spec = get_engine(s.warehouse_url), ins.delivery_spec(s.data_dir)
+    pending = deliver_pending(engine, insurer_code, spec, resolve_connection)
+    this = deliver_extract(engine, int(extracted["extract_id"]), spec, resolve_connection=resolve_connection)
+    return {**this, "versions_delivered": sum(1 for r in pending if r["status"] == "delivered")}
