@@ -42,7 +42,7 @@ SELECT facility_code, visit_number, insurer_code
 -- name: existing_claims
 SELECT claim_id, insurer_code, facility_code, visit_number, patient_key, member_id, plan_code, patient_class,
        admit_at, discharge_at, diagnosis_codes, first_charge_at, last_charge_at, lines, copay_rate, currency,
-       status, content_sha256, sent_sha256, sent_period
+       status, content_sha256, sent_sha256, sent_period, visible_sha256, sent_visible_sha256
   FROM claim
  WHERE insurer_code IN :insurers;
 
@@ -60,13 +60,13 @@ DELETE FROM claim WHERE claim_id IN :ids;
 
 -- name: insurer_claims
 -- What extract needs to choose a period's claims.
-SELECT claim_id, patient_class, discharge_at, last_charge_at, lines, status, content_sha256
+SELECT claim_id, patient_class, discharge_at, last_charge_at, lines, status, content_sha256, visible_sha256
   FROM claim
  WHERE insurer_code = :insurer;
 
 -- name: items
 -- Every extract item of the insurer in extract order: the last one seen per claim is its latest.
-SELECT i.claim_id, i.content_sha256, e.id AS extract_id, e.period, e.version
+SELECT i.claim_id, i.content_sha256, i.visible_sha256, e.id AS extract_id, e.period, e.version
   FROM claim_extract_item i
   JOIN claim_extract e ON e.id = i.extract_id
  WHERE e.insurer_code = :insurer
@@ -105,7 +105,8 @@ VALUES (:id, :insurer, :period, :version, :reason, :claims, :total_claimed, :man
         :created_at);
 
 -- name: insert_item
-INSERT INTO claim_extract_item (extract_id, claim_id, content_sha256) VALUES (:extract_id, :claim_id, :content_sha256);
+INSERT INTO claim_extract_item (extract_id, claim_id, content_sha256, visible_sha256)
+VALUES (:extract_id, :claim_id, :content_sha256, :visible_sha256);
 
 -- name: insert_audit
 INSERT INTO audit_event (created_at, event_type, outcome, peer, facility_code, detail)
@@ -144,9 +145,13 @@ VALUES (:extract_id, :target, :status, :files, :detail, :delivered_at);
 UPDATE claim
    SET sent_sha256 = (SELECT i.content_sha256 FROM claim_extract_item i
                        WHERE i.extract_id = :extract_id AND i.claim_id = claim.claim_id),
+       sent_visible_sha256 = (SELECT i.visible_sha256 FROM claim_extract_item i
+                               WHERE i.extract_id = :extract_id AND i.claim_id = claim.claim_id),
        sent_period = :period,
-       status = CASE WHEN content_sha256 = (SELECT i.content_sha256 FROM claim_extract_item i
-                                             WHERE i.extract_id = :extract_id AND i.claim_id = claim.claim_id)
+       status = CASE WHEN EXISTS (SELECT 1 FROM claim_extract_item i
+                                   WHERE i.extract_id = :extract_id AND i.claim_id = claim.claim_id
+                                     AND (i.content_sha256 = claim.content_sha256
+                                          OR i.visible_sha256 = claim.visible_sha256))
                      THEN 'sent' ELSE 'corrected' END,
        updated_at = :now
  WHERE claim_id IN (SELECT i.claim_id FROM claim_extract_item i WHERE i.extract_id = :extract_id)

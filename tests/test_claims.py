@@ -481,6 +481,14 @@ def test_a_coverage_renewal_keeps_the_claims_of_the_period_before(ingestor, tmp_
         ("2026-01-01", "2026-12-31"), ("2027-01-01", "2028-06-30")]
 
 
+def test_same_for_insurer():
+    from transforms.claims import same_for_insurer
+
+    assert same_for_insurer("a", "v", "a", None) and same_for_insurer("b", "v", "a", "v")
+    assert not same_for_insurer("b", "v", "a", None)  # delivered before migration 015: content only
+    assert not same_for_insurer("b", "w", "a", "v")
+
+
 def test_a_visit_sent_to_one_insurer_is_not_billed_to_another(ingestor, tmp_path):
     """INAM comes first in insurers.yaml, but its IN1 arrived after the visit was claimed from
     GTA-C2A: the visit stays with GTA-C2A instead of being billed to both."""
@@ -522,6 +530,40 @@ def test_versions_not_delivered_go_out_with_the_next_delivery(ingestor, tmp_path
     assert [(r["extract_id"], r["status"]) for r in done] == [(v1.extract_id, "delivered"), (v2.extract_id, "delivered")]
     assert rows(eng, "SELECT visit_number, status FROM claim ORDER BY visit_number") == [("VD8", "sent"), ("VD9", "sent")]
     assert deliver_pending(eng, "INAM", {"type": "outbox", "path": str(tmp_path / "o")}) == []
+
+
+def test_a_change_the_insurer_cannot_see_is_not_a_correction(ingestor, tmp_path):
+    """INAM's extract has no type_patient: an A08 turning the visit from O to E leaves its sent
+    claim 'sent' (it became 'corrected', and the correction was byte-identical to version 1).
+    Adding a column to INAM's configuration does not reopen sent claims either. A change INAM
+    does see still makes a correction."""
+    import dataclasses
+
+    from transforms.claims import InsurersConfig
+
+    eng = ingestor.engine
+    cov = [in1("INAM", "INAM-AMO", "394567812")]
+    load(ingestor, tmp_path, [adt("A04", d(3, 8), "PV-1", "VV1", d(3, 8)).replace("|I|", "|O|", 1),
+                              dft(d(3), "PV-1", "VV1", [(d(3), "CONS-GEN", "Consultation", 1, 5000)], cov)], "CHU-SO")
+    build_claims(eng, CFG, d(10, 6), insurers=["INAM"])
+    res = extract(eng, CFG, "INAM", "2026-W45", tmp_path / "c", d(10, 6))
+    deliver_extract(eng, res.extract_id, {"type": "outbox", "path": str(tmp_path / "o")})
+    inam = CFG.get("INAM")
+    wider = InsurersConfig(tuple(dataclasses.replace(i, columns=i.columns + ("type_patient",)) if i is inam else i
+                                 for i in CFG.insurers))
+    build_claims(eng, wider, d(10, 7), insurers=["INAM"])
+    assert rows(eng, "SELECT status FROM claim WHERE visit_number = 'VV1'") == [("sent",)]
+    build_claims(eng, CFG, d(10, 8), insurers=["INAM"])
+    load(ingestor, tmp_path, [adt("A08", d(11, 8), "PV-1", "VV1", d(3, 8)).replace("|I|", "|E|", 1)], "CHU-SO")
+    assert rows(eng, "SELECT patient_class FROM fact_encounter WHERE visit_number = 'VV1'") == [("E",)]
+    build_claims(eng, CFG, d(17, 6), insurers=["INAM"])
+    assert rows(eng, "SELECT status, patient_class FROM claim WHERE visit_number = 'VV1'") == [("sent", "E")]
+    assert extract(eng, CFG, "INAM", "2026-W45", tmp_path / "c", d(17, 6)).rerun  # no CorrectionNeeded
+    assert sum(r["corrections_pending"] for r in status(eng, "INAM")) == 0
+    load(ingestor, tmp_path, [dft(d(12), "PV-1", "VV1", [(d(3), "LAB-GE", "Goutte épaisse", 1, 2000)], cov)],
+         "CHU-SO")
+    build_claims(eng, CFG, d(17, 6), insurers=["INAM"])
+    assert rows(eng, "SELECT status FROM claim WHERE visit_number = 'VV1'") == [("corrected",)]
 
 
 def test_claim_ready_after_its_period_was_extracted_goes_into_the_next_one(ingestor, tmp_path):

@@ -34,9 +34,11 @@ Rules (docs: the docstrings below and config/insurers.yaml):
   Charges in another currency are not claimed (counted).
 - Status: ``open`` while the visit is (inpatient not discharged) or a charge is dated within the
   insurer's ``ready_after_days``; ``ready`` after that (dates are service dates: a backlog loaded
-  late is ready at once); ``sent`` once delivered; ``corrected`` when a sent claim's content changed
-  (``content_sha256`` differs from ``sent_sha256``). The content hash covers exactly what an
-  extract would carry (dates to the day), so a change invisible to the insurer is not a correction.
+  late is ready at once); ``sent`` once delivered; ``corrected`` when a sent claim changed for its
+  insurer: both ``content_sha256`` (every column an extract may carry, dates to the day) and
+  ``visible_sha256`` (the insurer's configured columns only) differ from what was delivered
+  (``same_for_insurer``). A change in a column the insurer does not receive is not a correction,
+  and neither is a change of the insurer's columns in ``insurers.yaml``.
 - Periods: a claim belongs to the period of its discharge date (inpatients) or last charge date
   (others). A period's first extract (version 1) holds its ready claims and any ready claim of an
   earlier period that no extract carried yet (catch-up: a claim not ready in time is never lost, it
@@ -110,7 +112,9 @@ REQUIRED_COLUMNS = ("numero_demande", "montant_reclame")  # corrections are matc
 CLAIM_COLUMNS = ("claim_id", "insurer_code", "facility_code", "visit_number", "patient_key", "member_id",
                  "plan_code", "patient_class", "admit_at", "discharge_at", "diagnosis_codes", "first_charge_at",
                  "last_charge_at", "lines", "total_amount", "copay_rate", "copay_amount", "claimed_amount",
-                 "currency", "status", "content_sha256", "sent_sha256", "sent_period", "updated_at")
+                 "currency", "status", "content_sha256", "sent_sha256", "sent_period", "updated_at",
+                 "visible_sha256")
+_NOT_UPDATED = ("claim_id", "sent_sha256", "sent_period")  # written by delivery only
 LINE_COLUMNS = ("claim_id", "line_no", "message_id", "ft1_seq", "charge_code", "description", "quantity",
                 "unit_amount", "amount", "currency", "charged_at")
 
@@ -509,9 +513,23 @@ class _View:
     total: Decimal
     copay: Decimal
     claimed: Decimal
+    visible_sha256: str | None = None  # of the insurer's configured columns only
 
 
-def _claim_view(h: dict, lines: list[dict]) -> _View:
+def _hash(rows: list[dict], columns) -> str:
+    canon = [[_canon(r[c]) for c in columns] for r in rows]
+    return hashlib.sha256(json.dumps(canon, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def same_for_insurer(sha: str | None, visible: str | None, carried_sha: str | None,
+                     carried_visible: str | None) -> bool:
+    """Whether a claim (``sha``, ``visible``) is what the insurer got (``carried_*``): the same
+    content, or the same in every column the insurer's extract carries. A hash written before
+    migration 015 has no visible part and compares on the content alone."""
+    return sha == carried_sha or (carried_visible is not None and visible == carried_visible)
+
+
+def _claim_view(h: dict, lines: list[dict], columns: tuple[str, ...] | None = None) -> _View:
     """The extract rows of one claim (every catalog column) and the SHA-256 of their canonical form.
 
     ``h``: claim_id, insurer_code, facility_code, visit_number, member_id, plan_code, patient_class,
@@ -545,9 +563,8 @@ def _claim_view(h: dict, lines: list[dict]) -> _View:
         rows.append({**head, "ligne": 0, "code_acte": None, "libelle_acte": None, "type_transaction": None,
                      "quantite": None, "prix_unitaire": None, "montant": _ZERO, "ticket_moderateur": _ZERO,
                      "montant_reclame": _ZERO, "date_acte": None})
-    canon = [[_canon(r[c]) for c, _t in CATALOG] for r in rows]
-    sha = hashlib.sha256(json.dumps(canon, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
-    return _View(rows, sha, total, copay, total - copay)
+    return _View(rows, _hash(rows, COLUMN_TYPES), total, copay, total - copay,
+                 _hash(rows, columns) if columns else None)
 
 
 def _canon(v):
@@ -704,7 +721,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
              "diagnosis_codes": ";".join(dx) or None, "copay_rate": ins.plans[cov.plan_code].copay,
              "currency": CURRENCY, "first_charge_at": lines[0]["charged_at"],
              "last_charge_at": max(ln["charged_at"] for ln in lines)}
-        computed[cid] = {"h": h, "lines": lines, "view": _claim_view(h, lines), "ins": ins}
+        computed[cid] = {"h": h, "lines": lines, "view": _claim_view(h, lines, ins.columns), "ins": ins}
         claimed_lines += len(lines)
 
     per = {c: {"claims": 0, **dict.fromkeys(STATUSES, 0), "total_claimed": _ZERO, "written": 0, "deleted": 0}
@@ -722,12 +739,13 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
                    h["member_id"], h["plan_code"], h["patient_class"], h["admit_at"], h["discharge_at"],
                    h["diagnosis_codes"], h["first_charge_at"], h["last_charge_at"], len(lines),
                    str(view.total), float(h["copay_rate"]), str(view.copay), str(view.claimed), CURRENCY, status,
-                   view.sha256, None, None, now_s)
+                   view.sha256, None, None, now_s, view.visible_sha256)
             s = per[h["insurer_code"]]
             s["claims"] += 1
             s[status] += 1
             s["total_claimed"] += view.claimed
-            content_changed = ex is None or ex.content_sha256 != view.sha256
+            content_changed = ex is None or ex.content_sha256 != view.sha256 \
+                or ex.visible_sha256 != view.visible_sha256
             if content_changed or _differs(ex, row):
                 claim_rows.append(row)
                 s["written"] += 1
@@ -749,7 +767,8 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
                     deleted.append(cid)
                 continue
             if sent:
-                status = "sent" if view.sha256 == sent else "corrected"
+                status = "sent" if same_for_insurer(view.sha256, view.visible_sha256, sent,
+                                                    ex.sent_visible_sha256) else "corrected"
             else:
                 h = c["h"]
                 status = "ready" if _settled(h["patient_class"], h["discharge_at"], h["last_charge_at"], now_dt,
@@ -766,8 +785,10 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
                      "admit_at": _ts_text(ex.admit_at), "discharge_at": _ts_text(ex.discharge_at),
                      "diagnosis_codes": ex.diagnosis_codes, "copay_rate": ex.copay_rate, "currency": CURRENCY,
                      "first_charge_at": _ts_text(ex.first_charge_at), "last_charge_at": _ts_text(ex.last_charge_at)}
-                view = _claim_view(h, [])
-                status = ("sent" if view.sha256 == ex.sent_sha256 else "corrected") if ex.sent_sha256 else "ready"
+                view = _claim_view(h, [], by_code[ex.insurer_code].columns)
+                status = ("sent" if same_for_insurer(view.sha256, view.visible_sha256, ex.sent_sha256,
+                                                     ex.sent_visible_sha256) else "corrected") \
+                    if ex.sent_sha256 else "ready"
                 keep(h, [], view, status, ex)
             else:
                 deleted.append(cid)
@@ -779,7 +800,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
             conn.execute(_q("delete_claims", "ids"), {"ids": ids})
         w = Writer(conn)
         w.upsert("claim", CLAIM_COLUMNS, claim_rows, key=("claim_id",),
-                 update=[c for c in CLAIM_COLUMNS if c not in ("claim_id", "sent_sha256", "sent_period")])
+                 update=[c for c in CLAIM_COLUMNS if c not in _NOT_UPDATED])
         w.copy("claim_line", LINE_COLUMNS, line_rows)
     for s in per.values():
         s["total_claimed"] = str(s["total_claimed"])
@@ -891,7 +912,8 @@ def extract(engine: Engine, insurers_cfg: InsurersConfig, insurer: str, period: 
                 day = _claim_day(c.patient_class, c.discharge_at, c.last_charge_at)
                 if c.status == "ready" and (c.lines or 0) > 0 and day is not None and day < end:
                     new.append(c.claim_id)
-            elif it.period == per.label and it.content_sha256 != c.content_sha256:
+            elif it.period == per.label and not same_for_insurer(c.content_sha256, c.visible_sha256,
+                                                                 it.content_sha256, it.visible_sha256):
                 changed.append(c.claim_id)
         rerun = keep_disk = False
         if not versions:
@@ -943,8 +965,8 @@ def extract(engine: Engine, insurers_cfg: InsurersConfig, insurer: str, period: 
                 "claims": len(members), "total_claimed": str(built["totals"]["montant_reclame"]),
                 "manifest_sha256": built["manifest_sha256"], "out_dir": str(vdir), "created_at": created})
             if built["items"]:
-                conn.execute(_q("insert_item"), [{"extract_id": extract_id, "claim_id": cid, "content_sha256": sha}
-                                                 for cid, sha in built["items"]])
+                conn.execute(_q("insert_item"), [{"extract_id": extract_id, "claim_id": cid, "content_sha256": sha,
+                                                  "visible_sha256": vis} for cid, sha, vis in built["items"]])
         kind = "re-run" if rerun else ("correction" if version > 1 else "first version")
         conn.execute(_q("insert_audit"), {
             "created_at": utcnow(), "outcome": "success", "peer": ins.code,
@@ -1009,12 +1031,12 @@ def _render(conn, ins: Insurer, per: Period, version: int, reason, created: str,
         h = heads.get(cid)
         if h is None:
             raise ClaimsError(f"claim {cid} vanished while extracting; run the extract again")
-        v = _claim_view(h, lines[cid])
+        v = _claim_view(h, lines[cid], ins.columns)
         if v.sha256 != h["content_sha256"]:
             # claim and claim_line are written together by build_claims: a mismatch means someone
             # edited them by hand, and the hash recorded for the insurer would be wrong.
             raise ClaimsError(f"claim {cid} does not match its recorded content hash; run build_claims again")
-        items.append((cid, v.sha256))
+        items.append((cid, v.sha256, v.visible_sha256))
         rows.extend(v.rows)
         real = sum(1 for r in v.rows if r["ligne"] > 0)
         n_lines += real
@@ -1290,10 +1312,12 @@ def status(engine: Engine, insurer: str) -> list[dict]:
         latest: dict = {}
         for r in conn.execute(_q("items"), {"insurer": insurer}):
             latest[r.claim_id] = r
-        current = {r.claim_id: r.content_sha256 for r in conn.execute(_q("insurer_claims"), {"insurer": insurer})}
+        current = {r.claim_id: r for r in conn.execute(_q("insurer_claims"), {"insurer": insurer})}
     pending: dict[str, int] = {}
     for cid, it in latest.items():
-        if current.get(cid) not in (None, it.content_sha256):
+        c = current.get(cid)
+        if c is not None and not same_for_insurer(c.content_sha256, c.visible_sha256, it.content_sha256,
+                                                  it.visible_sha256):
             pending[it.period] = pending.get(it.period, 0) + 1
     last_of = {}
     for r in versions:
