@@ -569,3 +569,18 @@ def test_shipped_listener_config_is_valid():
 
     cfg = ListenerConfig.load(Path(__file__).resolve().parent.parent / "config" / "listener.yaml")
     assert cfg.port == 2575 and cfg.accepted_processing_ids == ("P",)
+
+
+def test_send_credits_a_reply_to_its_message_only():
+    """`hl7ics send` waits for the ACK of the message it sent: a frame acknowledging another
+    control ID (a late reply) is skipped, not credited to it."""
+    import asyncio
+
+    from mllp_receivers import ScriptedReceiver
+
+    from transforms.mllp import send
+
+    answers = iter(["wrong_id", "AA"])
+    with ScriptedReceiver(lambda payload: next(answers)) as rx:
+        got = asyncio.run(send("127.0.0.1", rx.port, [hl7("SND-1"), hl7("SND-2")], timeout=1.5))
+    assert got == [None]  # SND-1's only reply was for LATE-SND-1: no ACK, and the run stops there

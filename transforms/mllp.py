@@ -137,9 +137,21 @@ def client_ssl_context(cafile: str | None = None, certfile: str | None = None, k
     return ctx
 
 
+def _field(message: bytes, segment: bytes, n: int) -> bytes | None:
+    """SEG-n of the first ``segment`` line (MSH counted as HL7 does), or None without one."""
+    for line in message.replace(b"\n", b"\r").split(b"\r"):
+        if line[:3] == segment and len(line) > 3:
+            parts = line.split(line[3:4])
+            i = n - 1 if segment == b"MSH" else n
+            return parts[i].split(b"^")[0].strip() if i < len(parts) else b""
+    return None
+
+
 async def send(host: str, port: int, messages: list[bytes], ssl_ctx: ssl.SSLContext | None = None,
                timeout: float = 30.0, server_hostname: str | None = None) -> list[bytes | None]:
-    """Send messages on one connection, one at a time, returning each reply (None on timeout)."""
+    """Send messages on one connection, one at a time, returning each reply (None on timeout). A
+    reply is matched to its message by MSA-2: a frame acknowledging another control ID (a late
+    reply, an application ACK) is skipped, never credited to the message just sent."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(host, port, ssl=ssl_ctx, server_hostname=server_hostname if ssl_ctx else None),
         timeout)
@@ -150,10 +162,14 @@ async def send(host: str, port: int, messages: list[bytes], ssl_ctx: ssl.SSLCont
         for m in messages:
             writer.write(frame(m))
             await writer.drain()
+            control = _field(m, b"MSH", 10)
             reply = None
             while reply is None:
                 if pending:
-                    reply = pending.pop(0).payload
+                    payload = pending.pop(0).payload
+                    if control and _field(payload, b"MSA", 2) not in (control, None):
+                        continue
+                    reply = payload
                     break
                 try:
                     data = await asyncio.wait_for(reader.read(65536), timeout)
