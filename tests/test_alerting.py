@@ -542,7 +542,7 @@ def test_shipped_configuration():
      "channels[0]: 'min_severity' must be one of warning, error, critical"),
     ("alerting:\n  channels:\n    - {type: webhook, conn_id: w, url: 'http://x'}\n", "channels[0]: unknown key(s) url"),
     ("- just a list\n", "expected a top-level 'alerting:' mapping"),
-    ("alerting:\n  language: [fr\n", "line 2 is not valid YAML"),
+    ("alerting:\n  language: [fr\n", "line 3 is not valid YAML"),
 ])
 def test_configuration_errors_name_the_file_and_key(tmp_path, body, expected):
     path = tmp_path / "alerting.yaml"

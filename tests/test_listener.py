@@ -584,3 +584,12 @@ def test_send_credits_a_reply_to_its_message_only():
     with ScriptedReceiver(lambda payload: next(answers)) as rx:
         got = asyncio.run(send("127.0.0.1", rx.port, [hl7("SND-1"), hl7("SND-2")], timeout=1.5))
     assert got == [None]  # SND-1's only reply was for LATE-SND-1: no ACK, and the run stops there
+
+
+@pytest.mark.parametrize("version, msh9", [("2.1", "ACK"), ("2.2", "ACK^A04"), ("2.3", "ACK^A04"),
+                                           ("2.3.1", "ACK^A04^ACK"), ("2.5", "ACK^A04^ACK")])
+def test_ack_message_type_follows_the_version(version, msh9):
+    from transforms.ack import AckPlan, build_ack
+    from transforms.parser import parse
+
+    assert build_ack(parse(hl7("V-1", version=version)), AckPlan("AA")).decode().split("|")[8] == msh9

@@ -80,6 +80,14 @@ def _location(location: str | None) -> tuple[str, str, str]:
     return m.group(1), m.group(2) or "1", m.group(3) or ""
 
 
+def _ack_type(version: str, event: str, cs: str) -> str:
+    """MSH-9 of the ACK in the sender's version: one component in 2.1, message type and event up
+    to 2.3, the message structure (third component) from 2.3.1 on."""
+    if not event or version.startswith("2.1"):
+        return "ACK"
+    return f"ACK{cs}{event}" if version < "2.3.1" else f"ACK{cs}{event}{cs}ACK"
+
+
 def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> bytes:
     d: Delimiters = msg.delims if msg is not None else DEFAULT_DELIMITERS
     fs, cs = d.field, d.component
@@ -96,7 +104,7 @@ def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> b
     # MSH-10 holds 20 characters up to 2.6: A + YYMMDDhhmmss + a process digit + a counter.
     control = f"A{ts[2:]}{_PROC}{next(_seq) % 1_000_000:06d}"
     header = [
-        "MSH", d.encoding_characters, f(5), f(6), f(3), f(4), ts, "", f"ACK{cs}{event}{cs}ACK" if event else "ACK",
+        "MSH", d.encoding_characters, f(5), f(6), f(3), f(4), ts, "", _ack_type(version, event, cs),
         control, f(11) or "P", version,
     ]
     charset = f(18)
