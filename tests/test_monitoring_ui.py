@@ -167,7 +167,7 @@ class Page(Elements):
 
 
 @contextmanager
-def airflow_jwt():
+def airflow_jwt(role="ADMIN"):
     """A JWT from Airflow's configured auth manager (SimpleAuthManager by default), as the UI's login
     would issue. Validation looks the token's id up in the revoked-token table: the metadata DB must
     exist. A 64-byte signing secret, as production sets (a generated one is too short for HS512)."""
@@ -178,7 +178,7 @@ def airflow_jwt():
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "hl7ics-monitoring-test-" + "s" * 48)
         db.initdb()
-        yield init_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="ADMIN"))
+        yield init_auth_manager().generate_jwt(SimpleAuthManagerUser(username=f"u-{role}", role=role))
 
 
 @pytest.fixture(scope="session")
@@ -237,6 +237,17 @@ def test_every_route_needs_credentials(client, sqlite_url, point_at, airflow_tok
     assert client.get("/").status_code == 403
     client.cookies.clear()
     assert get(client, "/", airflow_token).status_code == 200
+
+
+def test_a_logged_in_user_without_access_to_the_monitoring_dag_is_refused(seeded, client):
+    """Logging in is not enough: a user the auth manager does not let read interface_monitoring
+    (no role here) gets 403 on every route; a viewer reads the page."""
+    with airflow_jwt(role=None) as nobody:
+        for path in ("/", "/api/interfaces"):
+            r = get(client, path, nobody)
+            assert r.status_code == 403 and "CHU" not in r.text, path
+    with airflow_jwt(role="VIEWER") as viewer:
+        assert get(client, "/", viewer).status_code == 200
 
 
 def test_cookie_from_the_airflow_ui_is_accepted(seeded, client, airflow_token):

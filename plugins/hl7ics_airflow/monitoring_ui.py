@@ -10,7 +10,10 @@ Routes, mounted under ``/hl7ics-monitoring`` by ``plugins/hl7ics_monitoring_plug
 
 Every route requires Airflow's authentication (``GetUserDep``: an ``Authorization: Bearer <JWT>``
 header, else the ``_token`` cookie the Airflow UI sets at login); plugin routes are public unless
-they ask for it. Without credentials: 401; with an invalid token: 403. The warehouse URL is
+they ask for it. Without credentials: 401; with an invalid token: 403. Being logged in is not
+enough: the user must be allowed to read the ``interface_monitoring`` DAG (the auth manager's
+``is_authorized_dag``), whose results the page shows; anyone else gets 403 (an insurer's account
+limited to its own DAGs, a single-sign-on user without a role). The warehouse URL is
 resolved per request (``hl7ics_airflow.runtime.settings``: the ``hl7ics_warehouse`` connection, else
 ``HL7ICS_WAREHOUSE_URL``, else the embedded SQLite file), so nothing is cached across a change.
 
@@ -30,6 +33,7 @@ import threading
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/hl7ics-monitoring"
+MONITORING_DAG = "interface_monitoring"  # who may read this DAG may read its page
 MAX_FILTER_LENGTH = 100
 SECURITY_HEADERS = {
     # No script at all; inline styles and SVG only; framed by the Airflow UI (same origin) only.
@@ -58,8 +62,19 @@ def create_app():
     from fastapi.responses import HTMLResponse, JSONResponse
     from sqlalchemy.exc import SQLAlchemyError
 
+    from fastapi import Depends
+
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
     from airflow.api_fastapi.core_api.security import GetUserDep
     from transforms.monitoring_page import render_page
+
+    def may_read(user: GetUserDep):
+        if not get_auth_manager().is_authorized_dag(method="GET", details=DagDetails(id=MONITORING_DAG), user=user):
+            raise HTTPException(status_code=403, detail="Forbidden")
+        return user
+
+    Reader = Annotated[object, Depends(may_read)]
 
     app = FastAPI(title="hl7ics interface monitoring", docs_url=None, redoc_url=None, openapi_url=None)
     Filter = Annotated[Optional[str], Query(max_length=MAX_FILTER_LENGTH)]
@@ -75,11 +90,11 @@ def create_app():
     # Plain ``def`` routes: FastAPI runs them in its thread pool, so the blocking warehouse queries
     # never hold the API server's event loop.
     @app.get("/", response_class=HTMLResponse)
-    def page(user: GetUserDep, region: Filter = None, facility: Filter = None) -> HTMLResponse:
+    def page(user: Reader, region: Filter = None, facility: Filter = None) -> HTMLResponse:
         return HTMLResponse(render_page(load(region, facility)), headers=SECURITY_HEADERS)
 
     @app.get("/api/interfaces")
-    def interfaces(user: GetUserDep, region: Filter = None, facility: Filter = None) -> JSONResponse:
+    def interfaces(user: Reader, region: Filter = None, facility: Filter = None) -> JSONResponse:
         data = load(region, facility)
         return JSONResponse({"checked_at": data.checked_at, "region": data.region, "facility": data.facility,
                              "count": len(data.interfaces), "interfaces": data.interfaces},
