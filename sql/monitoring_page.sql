@@ -61,9 +61,11 @@ SELECT substr(CAST(v.hour AS TEXT), 1, 10) AS day,
 -- name: open_alerts
 -- Alerts without a facility (backlog, TLS certificate, disk, a whole-DAG failure) concern every
 -- facility, so they stay visible under a filter. total counts every match, not only the first 50.
-SELECT a.id, a.created_at, a.dag_id, a.task_id, a.facility_code, a.severity, a.error_class, a.message,
-       a.log_url, COUNT(*) OVER () AS total
+-- "Since" is when the problem opened (alert_state.opened_at), not its latest reminder.
+SELECT a.id, COALESCE(s.opened_at, a.created_at) AS created_at, a.dag_id, a.task_id, a.facility_code, a.severity,
+       a.error_class, a.message, a.log_url, COUNT(*) OVER () AS total
   FROM ops_alert a
+  LEFT JOIN alert_state s ON s.alert_key = a.alert_key AND s.state = 'open'
   LEFT JOIN dim_facility f ON f.facility_code = a.facility_code
  WHERE a.resolved_at IS NULL
    -- one row per open problem: its latest message (reminders and escalations add rows)
@@ -71,7 +73,7 @@ SELECT a.id, a.created_at, a.dag_id, a.task_id, a.facility_code, a.severity, a.e
                                         WHERE b.alert_key = a.alert_key AND b.resolved_at IS NULL))
    AND (CAST(:region AS TEXT) IS NULL OR a.facility_code IS NULL OR f.region = CAST(:region AS TEXT))
    AND (CAST(:facility AS TEXT) IS NULL OR a.facility_code IS NULL OR a.facility_code = CAST(:facility AS TEXT))
- ORDER BY a.created_at DESC, a.id DESC
+ ORDER BY COALESCE(s.opened_at, a.created_at) DESC, a.id DESC
  LIMIT :limit;
 
 -- name: quarantine_reasons

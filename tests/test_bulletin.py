@@ -279,6 +279,8 @@ def test_bulletin_numbers_hidden_counts_and_sections(warehouse_url):
     assert [c.attrs["data-week"] for c in malaria.find("circle", "death suppressed")] == [WEEK]
     assert "70+" in [squash(t.text()) for t in malaria.find("text", "value")]
     assert len(malaria.find("polyline", "deaths-line")) == 1
+    # The line stops before the week whose deaths are hidden: drawn through it, it put it at zero.
+    assert len(malaria.one("polyline", "deaths-line").attrs["points"].split()) == 11
     cholera = root.one("svg", "epicurve", data_disease="CHOLERA")
     assert not cholera.find("polyline") and len(cholera.find("circle", "death suppressed")) == 1
     dengue = root.one("svg", "epicurve", data_disease="DENGUE")

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from transforms.config import Settings
 from transforms.monitoring import MonitoringConfig, evaluate, in_working_hours, refresh_rollup, store
-from transforms.sla import SlaConfig, compute, month_bounds, to_csv, to_html
+from transforms.sla import FacilitySla, SlaConfig, compute, month_bounds, to_csv, to_html
 from transforms.warehouse import Writer, get_engine
 
 _ids = itertools.count(1)
@@ -355,6 +355,22 @@ def test_sla_overlapping_and_adjacent_maintenance_windows(engine):
                     now=datetime(2026, 12, 1))
         assert (r.scheduled_downtime_minutes, r.unscheduled_downtime_minutes) == (120, 0)
         assert r.uptime == 1.0 and r.outages == []
+
+
+def test_sla_outage_list_shows_unscheduled_minutes_and_colours_the_figure_shown(engine):
+    """An outage that ran into a maintenance window is listed for its unscheduled part; a share
+    printed as the target (99.90%) is not red."""
+    start, end = month_bounds("2026-10")
+    at = lambda h, m=0: datetime(2026, 10, 20, h, m)  # noqa: E731
+    _beats(engine, [(start - timedelta(days=1), at(1, 30), True), (at(3), end + timedelta(days=1), False)])
+    r = compute(engine, "2026-10", SlaConfig(heartbeat_tolerance_seconds=0, maintenance=((at(2), at(4), "m"),)),
+                now=datetime(2026, 12, 1))
+    assert r.outages == [(at(1, 30), at(2))] and r.unscheduled_downtime_minutes == 30
+    assert "(30.0 min)" in to_html(r)
+    r.uptime = 0.9989996
+    r.facilities = [dataclasses.replace(FacilitySla("CHU-SO"), critical_messages=100000, critical_within=99899)]
+    page = to_html(r)
+    assert "class='bad'" not in page and 'class="big ok" id="uptime">99.900' in page
 
 
 def test_sla_before_the_listener_ever_ran_has_no_uptime(engine):

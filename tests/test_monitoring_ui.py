@@ -411,6 +411,25 @@ def test_at_most_50_alerts_latest_first(warehouse_url, point_at, client, airflow
     assert "latest 50 of 60" in page.all_text and "Open alerts (60)" in page.all_text
 
 
+def test_an_alert_is_dated_from_when_its_problem_opened(warehouse_url, point_at, client, airflow_token):
+    """A silence open since the 12th and reminded on the 15th reads "since the 12th" (the page
+    showed the latest reminder's time), and sorts as the older problem it is."""
+    from transforms.alerting import Alert, Alerter, AlertingConfig
+
+    eng = get_engine(warehouse_url)
+    a = Alerter(eng, AlertingConfig(reminder_minutes=60))
+    opened = CHECK - timedelta(days=3)
+    for at in (opened, CHECK - timedelta(minutes=5)):
+        a.fire(Alert(key="silence:CHU-SO", kind="silence", severity="error", facility_code="CHU-SO",
+                     params={"facility_code": "CHU-SO", "minutes": 90, "expected_minutes": 30}), now=at)
+    a.fire(Alert(key="disk:/var", kind="disk_usage", severity="error",
+                 params={"path": "/var", "percent": 95, "threshold": 90}), now=CHECK - timedelta(hours=1))
+    point_at(warehouse_url)
+    page = Page(get(client, "/", airflow_token).text)
+    assert [r["data-facility"] for r in page.rows("alert")] == ["", "CHU-SO"]
+    assert ts(opened) in page.all_text and ts(CHECK - timedelta(minutes=5)) not in page.all_text
+
+
 def test_no_check_yet_and_no_cached_warehouse(seeded, tmp_path, point_at, client, airflow_token):
     assert len(Page(get(client, "/", airflow_token).text).rows("iface")) == 22
     # Another warehouse in the same process: the URL is read per request, nothing is kept.

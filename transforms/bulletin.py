@@ -431,10 +431,18 @@ def _epicurve(code: str, name: str, series: list[tuple[Count, Count, Count]], we
                              f'font-size="9" fill="#222222">{_esc(c.fmt(lang, k, compact=True))}</text>')
         deaths_pts.append((x0 + slot / 2, d, wk))
     # The line only where deaths were published: a red line along zero would read as the axis.
+    # It breaks at a week whose deaths are hidden: drawn through it, it put that week at zero.
     if any(d.known for _, d, _ in deaths_pts):
-        coords = " ".join(f"{x:.1f},{y(d.known):.1f}" for x, d, _ in deaths_pts)
-        parts.append(f'<polyline class="deaths-line" points="{coords}" fill="none" stroke="{COLORS["deaths"]}" '
-                     f'stroke-width="2" stroke-linejoin="round"/>')
+        runs: list[list] = [[]]
+        for x, d, _ in deaths_pts:
+            if d.hidden:
+                runs.append([])
+            else:
+                runs[-1].append(f"{x:.1f},{y(d.known):.1f}")
+        for run in runs:
+            if len(run) > 1:
+                parts.append(f'<polyline class="deaths-line" points="{" ".join(run)}" fill="none" '
+                             f'stroke="{COLORS["deaths"]}" stroke-width="2" stroke-linejoin="round"/>')
     for x, d, wk in deaths_pts:
         label = _esc(f'{t["Deaths"]} {wk}: {d.fmt(lang, k)}')
         if d.known:
@@ -633,7 +641,7 @@ def _lab_table(data: WeekData, names: Names, lang: str) -> str:
 
 
 def _rate_cell(rate: float, lang: str, kind: str) -> str:
-    low = rate < COMPLETENESS_TARGET
+    low = round(rate, 2) < COMPLETENESS_TARGET  # judged on the whole percent shown (79.8% prints 80 %)
     color = COLORS["low"] if low else COLORS["ok"]
     w = max(0.0, min(rate, 1.0)) * 60
     return (f'<td class="n rate {kind}{" low" if low else ""}" data-rate="{rate:.4f}">'
