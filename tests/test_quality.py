@@ -452,29 +452,27 @@ def test_a_copy_of_a_quarantined_message_is_not_its_duplicate(ingestor, tmp_path
 
 
 def test_a_reason_that_applies_again_reopens_its_quarantine_row(ingestor, tmp_path):
-    """A message held with its batch (DQ_THRESHOLD) and for its own reason. Replayed alone, it is
-    no longer in a batch over the threshold, so that row is resolved. Replayed again after its own
-    reason is fixed, with the still-bad rest, the threshold applies again: the resolved row must
-    open again, or the message stays quarantined with no open row and no replay finds it."""
+    """A message quarantined for an expectation, replayed under a suite where that check has
+    another name: its row is resolved and the new reason opens. Replayed again under the first
+    suite, the first reason applies again: its resolved row must open again, or the message stays
+    quarantined with no open row for that reason and a replay by that reason never finds it."""
     from transforms.replay import replay
 
-    def adt04(cid, sex="F", patient_class="O"):
-        return (f"MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|{cid}|P|2.5\n"
-                f"EVN|A04|20261102080000\nPID|1||P-{cid}^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|{sex}\n"
-                f"PV1|1|{patient_class}|CONS||||||||||||||||V-{cid}\n")
-
-    write(tmp_path / "x.hl7", adt04("M-1", sex="X") + "".join(adt04(f"B-{i}", patient_class="Z") for i in range(24)))
+    write(tmp_path / "x.hl7", "MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|M-1|P|2.5\n"
+          "EVN|A04|20261102080000\nPID|1||P-M-1^^^CHU-SO^MR||Ɛdɔ^Ama||19900101|X\n"
+          "PV1|1|O|CONS||||||||||||||||V-M-1\n")
     ingestor.ingest_file(tmp_path / "x.hl7", "CHU-SO")
     eng = ingestor.engine
-    m1 = "SELECT reason FROM quarantine WHERE resolved_at IS NULL AND message_id = (SELECT id FROM message_store " \
-         "WHERE control_id = 'M-1') ORDER BY reason"
-    assert rows(eng, m1) == [("DQ_THRESHOLD",), ("sex_in_hl7_table_0001",)]
-    strict = _suite_dir(tmp_path / "strict", lambda d: None)
-    replay(eng, _replayer(ingestor, strict), reason="sex_in_hl7_table_0001")
-    assert rows(eng, m1) == [("sex_in_hl7_table_0001",)]  # alone, it is no batch over the threshold
-    replay(eng, _replayer(ingestor, _sex_x_allowed(tmp_path), "replay-2"))
+    m1 = "SELECT reason FROM quarantine WHERE resolved_at IS NULL ORDER BY reason"
+    assert rows(eng, m1) == [("sex_in_hl7_table_0001",)]
+    renamed = _suite_dir(tmp_path / "renamed", lambda d: _edit_json(
+        d / "phi_patient.json", lambda doc: [e["meta"].update(name="sex_in_table_0001_v2") for e in doc["expectations"]
+                                             if e["meta"]["name"] == "sex_in_hl7_table_0001"]))
+    replay(eng, _replayer(ingestor, renamed))
+    assert rows(eng, m1) == [("sex_in_table_0001_v2",)]
+    replay(eng, _replayer(ingestor, _suite_dir(tmp_path / "first", lambda d: None), "replay-2"))
     assert scalar(eng, "SELECT status FROM message_store WHERE control_id = 'M-1'") == "quarantined"
-    assert rows(eng, m1) == [("DQ_THRESHOLD",)]
+    assert rows(eng, m1) == [("sex_in_hl7_table_0001",)]
     assert scalar(eng, "SELECT COUNT(*) FROM message_store m WHERE status = 'quarantined' AND NOT EXISTS "
                        "(SELECT 1 FROM quarantine q WHERE q.message_id = m.id AND q.resolved_at IS NULL)") == 0
 
