@@ -43,3 +43,30 @@ def test_facility_charset_fallback(tmp_path):
     assert rec["charset"] == "iso-8859-1" and rec["patient"]["family_name"] == "Sénamé"
     rec = json.loads(run(str(f)).stdout)
     assert rec["charset"] == "cp1252" and "CHARSET_INFERRED" in rec["flags"]
+
+
+def test_cli_refuses_a_week_never_built_and_names_what_it_cannot_read(tmp_path, hl7ics_home, capsys):
+    """Found by review: the bulletin and the DHIS2 export of a week the reporting tables were never
+    built for said "no case" with exit 0; a bad warehouse URL and a missing listener config gave a
+    traceback or were ignored; an I/O error did not name its file."""
+    from transforms.cli import main
+
+    from transforms.config import Settings
+    from transforms.ingest import Ingestor
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    Ingestor(Settings.load(warehouse_url=url)).sync_facilities()
+    assert main(["report", "weekly", "--week", "2026W45", "--no-pdf", "--warehouse", url]) == 2
+    assert "never built" in capsys.readouterr().err
+    assert main(["dhis2", "export", "--period", "2026W45", "--dry-run", "--warehouse", url]) == 2
+    assert "hl7ics report build --from 2026-11-02 --to 2026-11-08" in capsys.readouterr().err
+    assert main(["report", "build", "--from", "2026-11-02", "--to", "2026-11-08", "--warehouse", url]) == 0
+    assert main(["dhis2", "export", "--period", "2026W45", "--dry-run", "--warehouse", url]) == 0
+    capsys.readouterr()
+    assert main(["report", "build", "--warehouse", "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"]) == 2
+    assert capsys.readouterr().err.startswith("hl7ics: warehouse error: OperationalError")
+    assert main(["listen", "--listener-config", str(tmp_path / "typo.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    missing = tmp_path / "absent.hl7"
+    assert main(["validate", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err

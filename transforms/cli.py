@@ -72,6 +72,9 @@ def cmd_listen(args) -> int:
     from .listener import ListenerConfig, serve
 
     settings = _settings(args)
+    if args.listener_config and not Path(args.listener_config).is_file():
+        # Named on purpose: running on built-in defaults (bound to 0.0.0.0) would hide the typo.
+        raise ConfigError(f"--listener-config {args.listener_config}: no such file")
     cfg = ListenerConfig.load(args.listener_config or settings.config_dir / "listener.yaml",
                               host=args.host, port=args.port, metrics_port=args.metrics_port,
                               tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
@@ -292,20 +295,39 @@ def cmd_report_build(args) -> int:
     return 0
 
 
+def _require_built_week(engine, week: str) -> None:
+    """A week the reporting tables were never built for reads as a week without any case: the
+    bulletin said "no notifiable disease" and the DHIS2 export sent nothing, with exit 0."""
+    from datetime import timedelta
+
+    from .dhis2 import iso_week
+    from .reporting import week_built, week_start
+
+    iso = iso_week(week)
+    if not week_built(engine, iso):
+        start = week_start(iso)
+        raise ConfigError(f"the reporting tables hold nothing for {iso} (never built): run "
+                          f"`hl7ics report build --from {start} --to {start + timedelta(days=6)}` first "
+                          "(the moh_reporting DAG does it daily)")
+
+
 def cmd_report_weekly(args) -> int:
     from .bulletin import cli_weekly
     from .warehouse import get_engine
 
     settings = _settings(args)
     out = Path(args.out) if args.out else settings.data_dir / "reports" / "bulletin"
-    return cli_weekly(get_engine(settings.warehouse_url), args.week, out, args.lang, pdf=not args.no_pdf,
-                      config_dir=settings.config_dir)
+    engine = get_engine(settings.warehouse_url)
+    _require_built_week(engine, args.week)
+    return cli_weekly(engine, args.week, out, args.lang, pdf=not args.no_pdf, config_dir=settings.config_dir)
 
 
 def cmd_dhis2_export(args) -> int:
     from .dhis2 import cli_main
+    from .warehouse import get_engine
 
     args.warehouse_url = _settings(args).warehouse_url
+    _require_built_week(get_engine(args.warehouse_url), args.period)
     return cli_main(args)
 
 
@@ -360,12 +382,14 @@ def cmd_db_upgrade(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    if args.config:  # the DAG's tasks read it from the environment, as a deployment sets it
+        os.environ["HL7ICS_CONFIG"] = str(Path(args.config).resolve())
     return run_demo(days=args.days, seed=args.seed, per_day=args.per_day)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hl7ics", description="HL7 Interface Coordination Service (Togo)")
-    p.add_argument("--config", help="configuration directory (default: ./config or $HL7ICS_CONFIG)")
+    p.add_argument("--config", help="configuration directory (default: $HL7ICS_CONFIG, else the project's config/)")
     sub = p.add_subparsers(dest="command", required=True)
 
     sp = sub.add_parser("parse", help="parse HL7 v2 files and print one JSON record per message (NDJSON)")
@@ -536,16 +560,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"hl7ics: configuration error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"hl7ics: I/O error: {type(exc).__name__}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader of our output went away (| head): not our failure
+        try:
+            sys.stdout = open(os.devnull, "w")  # no second error when Python flushes at exit
+        except OSError:
+            pass
         return 0
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"hl7ics: I/O error: {type(exc).__name__}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except (ArgumentError, OperationalError) as exc:
+        # A warehouse URL that is malformed, or a database that is down or does not exist. The
+        # class and the driver's first line only: no bound parameters, and the URL's password is
+        # masked by SQLAlchemy.
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        print(f"hl7ics: warehouse error: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -247,6 +247,8 @@ def read_yaml(path: str | os.PathLike, label: str | None = None):
     p = Path(path)
     try:
         return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label or p.name}: not UTF-8 text (save it as UTF-8)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

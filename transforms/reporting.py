@@ -118,6 +118,16 @@ def iso_week(d: date | datetime) -> str:
     return f"{y}-W{w:02d}"
 
 
+def week_built(engine: Engine, iso_week_label: str) -> bool:
+    """Whether ``build`` ever covered the ISO week: it writes a completeness row for every
+    facility of ``dim_facility`` for every week it rebuilds, cases or not (a warehouse without any
+    facility yet cannot tell, and counts as built)."""
+    with engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT 1 FROM moh_completeness WHERE iso_week = :w UNION ALL "
+            "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM dim_facility)"), {"w": iso_week_label}).first() is not None
+
+
 def week_start(week: str) -> date:
     """'2026-W45' or '2026W45' -> the Monday of that ISO week."""
     s = week.replace("-", "").upper()
