@@ -70,3 +70,18 @@ def test_cli_refuses_a_week_never_built_and_names_what_it_cannot_read(tmp_path, 
     missing = tmp_path / "absent.hl7"
     assert main(["validate", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_parse_prints_a_file_name_that_is_not_utf8(tmp_path, capsys):
+    """A file name in Latin-1 bytes (é = 0xE9) crashed the output halfway through a record."""
+    import os
+
+    from transforms.cli import main
+
+    name = os.fsdecode(tmp_path.as_posix().encode() + b"/r\xe9sultat.hl7")
+    with open(name, "wb") as fh:
+        fh.write(b"MSH|^~\\&|LAB|CHU-SO|HL7ICS|MOH|20261102||ADT^A04|N-1|P|2.5\rPID|1||P1||Ama\r")
+    main(["parse", name])
+    out = capsys.readouterr().out
+    assert json.loads(out)["source"]["file"].endswith("r\ufffdsultat.hl7")
+    out.encode("utf-8")  # printable as UTF-8

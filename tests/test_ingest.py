@@ -576,10 +576,12 @@ def test_cli_ingest_counts_and_exit_codes(tmp_path, hl7ics_home, capsys):
     url = f"sqlite:///{tmp_path / 'w.db'}"
     d = tmp_path / "CHU-SO"
     write(d / "a.hl7", adt("CLI-1", "A01", "20261102080000") + adt("", "A01", "20261102080000"))
+    (d / "manifest.json").write_text('{"messages": 2}')  # not a message file: skipped, and said so
     assert main(["ingest", str(d), "--warehouse", url]) == 0
     out = capsys.readouterr().out
     line = [l for l in out.splitlines() if l.startswith("CHU-SO")][0].split()
     assert line[1:] == ["1", "0", "2", "1", "0", "1"]
+    assert "skipped 1 file(s)" in out
     assert main(["ingest", str(tmp_path / "missing"), "--warehouse", url]) == 2
     assert main(["ingest", str(d), "--warehouse", url, "--facility", "NOPE"]) == 2
     bad = tmp_path / "cfg"

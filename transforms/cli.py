@@ -26,6 +26,12 @@ def _delegate(module: str, function: str):
     return run
 
 
+def _shown(path: str) -> str:
+    """A path as text that can always be printed: a file name that is not UTF-8 (bytes kept by
+    Python as surrogates) crashed the output halfway through a record."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
+
+
 def _settings(args) -> Settings:
     return Settings.load(getattr(args, "config", None), getattr(args, "warehouse", None))
 
@@ -37,7 +43,7 @@ def cmd_parse(args) -> int:
     out = sys.stdout
     for path in args.paths:
         if not os.path.isfile(path):
-            rec = {"source": {"file": path}, "status": "error", "errors": [
+            rec = {"source": {"file": _shown(path)}, "status": "error", "errors": [
                 {"code": "FILE_NOT_READABLE", "location": "", "message": "not a readable file", "hl7_code": 0,
                  "severity": "error"}]}
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -46,6 +52,7 @@ def cmd_parse(args) -> int:
         for rec in iter_file_records(path, args.facility_charset):
             if rec["status"] != "ok":
                 had_error = True
+            rec["source"]["file"] = _shown(path)
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
     out.flush()
     return 1 if had_error else 0
@@ -64,7 +71,7 @@ def cmd_validate(args) -> int:
                 issues = validate_structure(rm.raw, codec)
                 status = "valid" if not issues else "; ".join(f"{i['code']}: {i['detail']}" for i in issues)
                 bad += bool(issues)
-                print(f"{path}#{rm.index}: {status}")
+                print(f"{_shown(path)}#{rm.index}: {status}")
     return 1 if bad else 0
 
 
@@ -153,7 +160,7 @@ def _print_counts(results: dict, out=None) -> None:
 
 def cmd_ingest(args) -> int:
     from .errors import SourceError
-    from .ingest import Ingestor
+    from .ingest import Ingestor, sniff_file
     from .warehouse import printable_url
 
     settings = _settings(args)
@@ -163,11 +170,21 @@ def cmd_ingest(args) -> int:
     if args.facility and args.facility not in ing.facilities:
         raise ConfigError(f"facility {args.facility} is not in {settings.config_dir / 'facilities.yaml'}")
     files: list[Path] = []
+    skipped = 0
     for raw in args.paths:
         p = Path(raw)
         if p.is_dir():
-            files.extend(sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith(".")
-                                and x.suffix not in (".tmp", ".part")))
+            for x in sorted(p.rglob("*")):
+                if not x.is_file() or x.name.startswith(".") or x.suffix in (".tmp", ".part"):
+                    continue
+                # A folder may hold other files (a generator's manifest.json): one with no MSH,
+                # FHS or BHS in its first 64 KiB is not a message file. Named on the command line,
+                # a file is always taken (and quarantined if it holds no HL7).
+                problem = sniff_file(x)
+                if problem is not None and problem.code == "NOT_HL7_CONTENT":
+                    skipped += 1
+                    continue
+                files.append(x)
         elif p.is_file():
             files.append(p)
         else:
@@ -189,6 +206,8 @@ def cmd_ingest(args) -> int:
             row[k] += v
     ing.record_run(sorted(results))
     _print_counts(results)
+    if skipped:
+        print(f"skipped {skipped} file(s) of the folder(s) holding no HL7 message (no MSH, FHS or BHS)")
     print(f"warehouse: {printable_url(settings.warehouse_url)}")
     _print_breaches(ing.loader.dq_breaches)
     return 0

@@ -179,7 +179,7 @@ def discover(settings: Settings, facility: Facility, now: float | None = None) -
     return [str(s.local_path(r)) for s in sources_for(settings, facility) for r in s.ready(now)]
 
 
-def _sniff(path: Path) -> ParseIssue | None:
+def sniff_file(path: Path) -> ParseIssue | None:
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if not head.strip():
@@ -406,7 +406,7 @@ class Ingestor:
             return FileResult(name, sha, "busy")
         done = conn.execute(text("SELECT COUNT(*) FROM message_store WHERE file_sha256 = :s"),
                             {"s": sha}).scalar_one()
-        return _FileJob(path, name, sha, facility_code, source, done, _sniff(path))
+        return _FileJob(path, name, sha, facility_code, source, done, sniff_file(path))
 
     def _batches(self, job: "_FileJob"):
         # Renewed at each file too: a run of many small files never fills a batch, and its leases
