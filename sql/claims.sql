@@ -33,11 +33,14 @@ SELECT e.facility_code, e.visit_number, e.patient_class, e.admit_at, e.discharge
   JOIN (SELECT DISTINCT facility_code, visit_number FROM fact_charge WHERE facility_code IN :facilities) c
     ON c.facility_code = e.facility_code AND c.visit_number = e.visit_number;
 
--- name: sent_visits
--- The insurer each visit was already claimed from (a claim delivered to it).
-SELECT facility_code, visit_number, insurer_code
-  FROM claim
- WHERE sent_sha256 IS NOT NULL;
+-- name: sent_charges
+-- The charges already claimed from an insurer (a line of a claim delivered to it), with what
+-- identifies a charge across resends (facility, FT1-2, FT1-6).
+SELECT c.insurer_code, l.message_id, l.ft1_seq, f.facility_code, f.transaction_id, f.transaction_type
+  FROM claim_line l
+  JOIN claim c ON c.claim_id = l.claim_id
+  LEFT JOIN fact_charge f ON f.message_id = l.message_id AND f.ft1_seq = l.ft1_seq
+ WHERE c.sent_sha256 IS NOT NULL;
 
 -- name: existing_claims
 SELECT claim_id, insurer_code, facility_code, visit_number, patient_key, member_id, plan_code, patient_class,

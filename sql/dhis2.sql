@@ -54,3 +54,7 @@ SELECT id, created_at, period, data_set, mode, target, values_sent, status, impo
 SELECT org_unit, data_element, category_option_combo, attribute_option_combo, value
   FROM dhis2_sent_value
  WHERE data_set = :data_set AND period = :period;
+
+-- name: mapped_org_units
+-- The DHIS2 org units the configuration maps facilities to now.
+SELECT DISTINCT dhis2_org_unit FROM dim_facility WHERE dhis2_org_unit <> '';

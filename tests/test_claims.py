@@ -489,6 +489,16 @@ def test_same_for_insurer():
     assert not same_for_insurer("b", "w", "a", "v")
 
 
+def test_an_undated_coverage_made_precise_later_no_longer_covers_every_date(ingestor, tmp_path):
+    eng = ingestor.engine
+    load(ingestor, tmp_path, [dft(d(1), "PU-1", "VU1", [], [in1("INAM", "INAM-AMO", "697812345")])], "CHU-SO")
+    load(ingestor, tmp_path, [dft(d(4), "PU-1", "VU1", [(d(4), "CONS-GEN", "Consultation", 1, 5000)],
+                                  [in1("INAM", "INAM-AMO", "697812345", "20260101", "20261031")])], "CHU-SO")
+    assert rows(eng, "SELECT period_start, valid_to FROM fact_coverage WHERE member_id = '697812345'") == [
+        ("2026-01-01", "2026-10-31")]
+    assert build_claims(eng, CFG, d(10, 6))["skipped"]["coverage_not_valid"] == 1
+
+
 def test_a_visit_sent_to_one_insurer_is_not_billed_to_another(ingestor, tmp_path):
     """INAM comes first in insurers.yaml, but its IN1 arrived after the visit was claimed from
     GTA-C2A: the visit stays with GTA-C2A instead of being billed to both."""
@@ -504,6 +514,27 @@ def test_a_visit_sent_to_one_insurer_is_not_billed_to_another(ingestor, tmp_path
     build_claims(eng, CFG, datetime(2026, 12, 7, 6))
     assert rows(eng, "SELECT insurer_code, visit_number, status FROM claim WHERE visit_number = 'VG2'") == [
         ("GTA-C2A", "VG2", "sent")]
+
+
+def test_a_visit_split_between_two_insurers_stays_split(ingestor, tmp_path):
+    """CNSS covered the visit's first charge; INAM coverage starts later and covers the second.
+    Both claims delivered, a rebuild moves neither charge (keying the stickiness on the visit
+    moved one insurer's charges to the other, in an order the database chose)."""
+    eng = ingestor.engine
+    load(ingestor, tmp_path, [
+        dft(d(3), "PS-1", "VS1", [(d(3), "CONS-SPE", "Consultation", 1, 10000, "CG", "T-S1")],
+            [in1("CNSS", "CNSS-AT", "4567890123", "20260101", "20261104")]),
+        dft(d(6), "PS-1", "VS1", [(d(6), "CONS-GEN", "Consultation", 1, 5000, "CG", "T-S2")],
+            [in1("INAM", "INAM-AMO", "495678123", "20261105", "20271231"),
+             in1("CNSS", "CNSS-AT", "4567890123", "20260101", "20261104")])], "CHU-SO")
+    build_claims(eng, CFG, datetime(2026, 12, 1, 7))
+    for code, period in (("INAM", "2026-W45"), ("CNSS", "2026-11")):
+        res = extract(eng, CFG, code, period, tmp_path / "c", datetime(2026, 12, 1, 7))
+        deliver_extract(eng, res.extract_id, {"type": "outbox", "path": str(tmp_path / "o" / code)})
+    for _ in range(2):
+        build_claims(eng, CFG, datetime(2026, 12, 8, 7))
+        assert rows(eng, "SELECT insurer_code, status, lines FROM claim WHERE visit_number = 'VS1' "
+                         "ORDER BY insurer_code") == [("CNSS", "sent", 1), ("INAM", "sent", 1)]
 
 
 def test_versions_not_delivered_go_out_with_the_next_delivery(ingestor, tmp_path, monkeypatch):
@@ -564,6 +595,25 @@ def test_a_change_the_insurer_cannot_see_is_not_a_correction(ingestor, tmp_path)
          "CHU-SO")
     build_claims(eng, CFG, d(17, 6), insurers=["INAM"])
     assert rows(eng, "SELECT status FROM claim WHERE visit_number = 'VV1'") == [("corrected",)]
+
+
+def test_an_old_version_that_cannot_be_delivered_does_not_hold_back_the_others(ingestor, tmp_path):
+    from transforms.claims import deliver_pending
+
+    eng = ingestor.engine
+    cov = [in1("INAM", "INAM-AMO", "596781234")]
+    load(ingestor, tmp_path, [dft(d(3), "PB-1", "VB8", [(d(3), "CONS-GEN", "Consultation", 1, 5000)], cov)], "CHU-SO")
+    build_claims(eng, CFG, d(10, 6))
+    w45 = extract(eng, CFG, "INAM", "2026-W45", tmp_path / "c", d(10, 6))
+    for p in w45.out_dir.iterdir():
+        p.unlink()  # its files were cleaned up before anyone delivered them
+    load(ingestor, tmp_path, [dft(d(10), "PB-2", "VB9", [(d(10), "CONS-GEN", "Consultation", 1, 3000)], cov)],
+         "CHU-SO")
+    build_claims(eng, CFG, d(17, 6))
+    w46 = extract(eng, CFG, "INAM", "2026-W46", tmp_path / "c", d(17, 6))
+    got = deliver_pending(eng, "INAM", {"type": "outbox", "path": str(tmp_path / "o")})
+    assert [(r["extract_id"], r["status"]) for r in got] == [(w45.extract_id, "failed"), (w46.extract_id, "delivered")]
+    assert "manifest" in got[0]["error"] and "VB8" not in got[0]["error"]
 
 
 def test_claim_ready_after_its_period_was_extracted_goes_into_the_next_one(ingestor, tmp_path):

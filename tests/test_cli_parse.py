@@ -58,6 +58,8 @@ def test_cli_refuses_a_week_never_built_and_names_what_it_cannot_read(tmp_path, 
     Ingestor(Settings.load(warehouse_url=url)).sync_facilities()
     assert main(["report", "weekly", "--week", "2026W45", "--no-pdf", "--warehouse", url]) == 2
     assert "never built" in capsys.readouterr().err
+    assert main(["dhis2", "export", "--period", "2026W60", "--dry-run", "--warehouse", url]) == 2
+    assert "no ISO week 60" in capsys.readouterr().err
     assert main(["dhis2", "export", "--period", "2026W45", "--dry-run", "--warehouse", url]) == 2
     assert "hl7ics report build --from 2026-11-02 --to 2026-11-08" in capsys.readouterr().err
     assert main(["report", "build", "--from", "2026-11-02", "--to", "2026-11-08", "--warehouse", url]) == 0

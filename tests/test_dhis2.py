@@ -533,6 +533,11 @@ def test_a_cell_that_falls_to_zero_after_its_push_is_sent_as_zero(sqlite_url, ma
     push(build_data_value_set(eng, PERIOD, mapping), dhis2.url, (USER, PASSWORD), engine=eng, dry_run_only=True)
     assert prepare(eng, PERIOD, mapping).zeroed == 4
     assert prepare(eng, "2026W44", mapping).zeroed == 0
+    # A facility whose org unit was emptied in the configuration: its counts are not visible to
+    # this export, and zeros would erase them in DHIS2.
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE dim_facility SET dhis2_org_unit = '' WHERE facility_code = 'USP-NANERGOU'"))
+    assert prepare(eng, PERIOD, mapping).zeroed == 0
 
 
 def test_a_written_file_counts_as_handed_over(sqlite_url, mapping, tmp_path):

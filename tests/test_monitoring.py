@@ -122,8 +122,11 @@ def test_the_night_is_not_silence_and_closing_time_does_not_end_one(engine, faci
     assert r.keep_open == {"silence:CHU-SO"}
     assert apply_alerts(alerter, r.problems, closing, r.keep_open)["resolved"] == []
     assert alerter.open_keys("silence:") == ["silence:CHU-SO"]
-    # The next morning's first message resolves it.
+    # The next morning, nothing has come yet: the silence is not over because the day began.
     morning = (day + timedelta(days=2)).replace(hour=7, minute=5)
+    r = check(engine, facility, morning)
+    assert apply_alerts(alerter, r.problems, morning, r.keep_open)["resolved"] == []
+    # Its first message resolves it.
     add_messages(engine, facility.code, [morning])
     r = check(engine, facility, morning + timedelta(minutes=5))
     assert apply_alerts(alerter, r.problems, morning, r.keep_open)["resolved"] == ["silence:CHU-SO"]

@@ -472,6 +472,13 @@ def _qty(v) -> float | None:
     return None if v is None else float(v)
 
 
+def _charge_key(r) -> tuple:
+    """What identifies a charge across resends: facility, FT1-2 and FT1-6 when the sender gives a
+    transaction ID, else the FT1 itself."""
+    tt = _ttype(r.transaction_type)
+    return (r.facility_code, r.transaction_id, tt) if r.transaction_id else (r.message_id, r.ft1_seq)
+
+
 def _ttype(v) -> str:
     return (str(v).strip().upper() if v is not None else "") or "CG"
 
@@ -616,7 +623,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
                                  {"facilities": facilities, "insurers": cfg.codes}).all()
         encounters = {(r.facility_code, r.visit_number): r
                       for r in conn.execute(_q("encounters", "facilities"), {"facilities": facilities})}
-        sent_to = {(r.facility_code, r.visit_number): r.insurer_code for r in conn.execute(_q("sent_visits"))}
+        sent_to = {_charge_key(r): r.insurer_code for r in conn.execute(_q("sent_charges"))}
 
     cov_by: dict[tuple, list] = {}
     for c in coverages:
@@ -634,13 +641,13 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
         if tt not in CHARGE_TYPES:
             skipped["other_types"] += 1
             continue
-        key = (r.facility_code, r.transaction_id, tt) if r.transaction_id else (r.message_id, r.ft1_seq)
+        key = _charge_key(r)
         if key in kept:
             replaced += 1
         kept[key] = r
 
     groups: dict[tuple, list] = {}
-    for r in kept.values():
+    for key, r in kept.items():
         fac, visit = r.facility_code, r.visit_number
         if not visit:
             skipped["no_visit"] += 1
@@ -678,10 +685,11 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
         if not known:
             skipped["unknown_plan"] += 1
             continue
-        # A visit already claimed from (sent to) an insurer stays with it while it covers the
+        # A charge already claimed from (sent to) an insurer stays with it while it covers the
         # charge: coverage from an earlier insurer in insurers.yaml arriving later must not bill
-        # the same charges to a second insurer (each DAG builds its own insurer only).
-        held = sent_to.get((fac, visit))
+        # it to a second insurer (each DAG builds its own insurer only). New charges of the
+        # visit are placed as usual.
+        held = sent_to.get(key)
         known = [c for c in known if c.insurer_code == held] or known
         cov = min(known, key=lambda c: (order[c.insurer_code], -c.message_id, c.member_id))
         tt = _ttype(r.transaction_type)
@@ -1274,10 +1282,18 @@ def deliver_pending(engine: Engine, insurer: str, delivery_spec: dict, resolve_c
     """Deliver every extract version of ``insurer`` that has not been delivered, oldest period and
     version first: a correction issued by hand (``hl7ics claims extract --reason``) and a version
     whose delivery failed go out with the next run, instead of waiting for someone to clear the
-    run of their period. Stops at the first failure (raised; the next run resumes there)."""
+    run of their period. A version that cannot be delivered (its files gone) does not stop the
+    others: it is reported with ``status`` "failed" and an ``error`` (no patient data)."""
     with engine.connect() as conn:
         ids = conn.execute(_q("undelivered_extracts"), {"insurer": insurer}).scalars().all()
-    return [deliver_extract(engine, i, delivery_spec, now=now, resolve_connection=resolve_connection) for i in ids]
+    out = []
+    for i in ids:
+        try:
+            out.append(deliver_extract(engine, i, delivery_spec, now=now, resolve_connection=resolve_connection))
+        except Exception as exc:  # each version on its own; the caller decides what a failure means
+            log.warning("claims extract %s could not be delivered: %s", i, type(exc).__name__)
+            out.append({"extract_id": i, "status": "failed", "error": f"{type(exc).__name__}: {_terminal_safe(exc)}"[:300]})
+    return out
 
 
 def _spec_target(spec: dict) -> str:

@@ -322,7 +322,10 @@ def _require_built_week(engine, week: str) -> None:
     from .dhis2 import iso_week
     from .reporting import week_built, week_start
 
-    iso = iso_week(week)
+    try:
+        iso = iso_week(week)
+    except ValueError as exc:  # PeriodError: "2026 has no ISO week 60", named as before
+        raise ConfigError(str(exc)) from None
     if not week_built(engine, iso):
         start = week_start(iso)
         raise ConfigError(f"the reporting tables hold nothing for {iso} (never built): run "

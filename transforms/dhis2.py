@@ -270,6 +270,7 @@ def prepare(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | 
         rows = conn.execute(text(q["weekly_cells"]), {"iso_week": week}).all()
         unmapped_rows = conn.execute(text(q["unmapped_facilities"]), {"iso_week": week}).all()
         sent = conn.execute(text(q["sent_values"]), {"data_set": mapping.data_set, "period": pe}).all()
+        mapped = set(conn.execute(text(q["mapped_org_units"])).scalars())
 
     cells: dict[tuple[str, str, str], int] = {}
     measure_of = {de: m for (_, m), de in mapping.data_elements.items()}
@@ -313,7 +314,9 @@ def prepare(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | 
     zeroed = 0
     for r in sent:
         cell = (r.org_unit, r.data_element, r.category_option_combo, r.attribute_option_combo)
-        if r.value != "0" and cell not in held:
+        # Only org units still mapped to a facility: one whose code was emptied or changed in the
+        # configuration has counts this export cannot see, and zeros would erase them in DHIS2.
+        if r.value != "0" and cell not in held and r.org_unit in mapped:
             zeroed += 1
             values.append({"dataElement": cell[1], "period": pe, "orgUnit": cell[0], "categoryOptionCombo": cell[2],
                            "attributeOptionCombo": cell[3], "value": "0"})
@@ -382,9 +385,10 @@ def exports_for_period(engine: Engine, period: str) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def write_export(payload: dict, out: Path, *, engine: Engine | None = None) -> Path:
+def write_export(payload: dict, out: Path, *, engine: Engine | None = None, handed_over: bool = True) -> Path:
     """Write the payload to ``out`` (replaced atomically: a reader never sees half a file); with
-    ``engine``, record it in ``dhis2_export`` (mode ``file``)."""
+    ``engine``, record it in ``dhis2_export`` (mode ``file``) and, when the file is what goes to
+    DHIS2 (``handed_over``; not a copy kept beside a push), its values in ``dhis2_sent_value``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -393,7 +397,8 @@ def write_export(payload: dict, out: Path, *, engine: Engine | None = None) -> P
     if engine is not None:
         record_export(engine, period=payload["period"], data_set=payload["dataSet"], mode="file", target=str(out),
                       values_sent=len(payload["dataValues"]), status="written")
-        record_sent(engine, payload)
+        if handed_over:
+            record_sent(engine, payload)
     return out
 
 
@@ -737,8 +742,8 @@ def cli_main(ns, out=None, err=None) -> int:
             if auth is None:
                 raise ConfigError(f"no DHIS2 credentials: define the connection {mapping.connection_id} "
                                   f"(AIRFLOW_CONN_{mapping.connection_id.upper()}) with a login and password or a token")
-            if getattr(ns, "out", None):
-                write_export(ex.payload, Path(ns.out), engine=engine)
+            if getattr(ns, "out", None):  # a copy of what is pushed: the push records what DHIS2 took
+                write_export(ex.payload, Path(ns.out), engine=engine, handed_over=False)
             report = out
         elif getattr(ns, "out", None):
             path = write_export(ex.payload, Path(ns.out), engine=engine)

@@ -489,9 +489,16 @@ class Loader:
             w.copy("fact_charge", COLUMNS["fact_charge"], facts["fact_charge"])
         if "fact_coverage" in facts:
             cols = COLUMNS["fact_coverage"]
-            w.upsert("fact_coverage", cols, dedupe(facts["fact_coverage"], COVERAGE_KEY),
-                     key=tuple(cols[i] for i in COVERAGE_KEY),
+            rows = dedupe(facts["fact_coverage"], COVERAGE_KEY)
+            w.upsert("fact_coverage", cols, rows, key=tuple(cols[i] for i in COVERAGE_KEY),
                      where="excluded.message_id >= fact_coverage.message_id")
+            # A coverage sent without dates and later with them was one coverage made precise:
+            # the undated row (open-ended) would otherwise cover every date for ever.
+            dated = [{"p": r[0], "f": r[1], "i": r[2], "m": r[3], "id": r[9]} for r in rows if r[4]]
+            if dated:
+                conn.execute(text(
+                    "DELETE FROM fact_coverage WHERE period_start = '' AND patient_key = :p AND facility_code = :f "
+                    "AND insurer_code = :i AND member_id = :m AND message_id < :id"), dated)
         if "patient_merge" in facts:
             # Last, so facts written in this same batch for the retired key move too.
             merges = dedupe(facts["patient_merge"], (0,))

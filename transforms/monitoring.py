@@ -167,7 +167,9 @@ def refresh_rollup(engine: Engine, facilities: list[str], now: datetime, cfg: Mo
                              _ts(now)))
     with engine.begin() as conn:
         _serialize(conn)
-        conn.execute(text("DELETE FROM interface_volume_hourly WHERE hour >= :s"), {"s": _ts(since)})
+        # Only the facilities recounted: the published history of one no longer configured stays.
+        conn.execute(text("DELETE FROM interface_volume_hourly WHERE hour >= :s AND facility_code = :f"),
+                     [{"s": _ts(since), "f": code} for code in codes])
         Writer(conn).copy("interface_volume_hourly", ("hour", "facility_code", "source", "message_type", "messages",
                                                       "quarantined", "duplicates", "updated_at"), rows)
     return len(rows)
@@ -294,6 +296,10 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
                 keep_open.add(f"silence:{f.code}")
                 for r in fac_rows:
                     r["_off_hours"] = True
+        elif opened is not None and (last is None or last < opened):
+            # Nothing since the night: a silence still open from the day before is not over
+            # because the working day just began; the first message ends it.
+            keep_open.add(f"silence:{f.code}")
 
     total_backlog = [(n, o) for n, o in backlog.values() if o is not None]
     if total_backlog:

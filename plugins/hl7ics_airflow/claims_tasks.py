@@ -94,7 +94,14 @@ def deliver(insurer_code: str, extracted: dict) -> dict:
 
     s = settings()
     ins = _config(s).get(insurer_code)
+    from transforms.claims import ClaimsError
+
     engine, spec = get_engine(s.warehouse_url), ins.delivery_spec(s.data_dir)
-    pending = deliver_pending(engine, insurer_code, spec, resolve_connection)
+    # This run's extract first: an older version that cannot go out must not hold it back.
     this = deliver_extract(engine, int(extracted["extract_id"]), spec, resolve_connection=resolve_connection)
-    return {**this, "versions_delivered": sum(1 for r in pending if r["status"] == "delivered")}
+    pending = deliver_pending(engine, insurer_code, spec, resolve_connection)
+    failed = [r for r in pending if r["status"] == "failed"]
+    if failed:
+        raise ClaimsError(f"{insurer_code}: {len(failed)} earlier extract version(s) could not be delivered "
+                          f"({'; '.join(r['error'] for r in failed)[:500]}); see hl7ics claims status")
+    return {**this, "versions_delivered": len(pending)}
