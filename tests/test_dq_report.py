@@ -339,3 +339,10 @@ def test_data_quality_report_end_to_end(dagbag, hl7ics_home, warehouse_url, monk
     so = Elements((out_dir / "CHU-SO.html").read_text(encoding="utf-8"))
     assert so.find("svg", "chart-rate")[0]["data-points"] == "2"
     assert "CHU Sylvanus Olympio" in "".join(so.text), "names come from config/facilities.yaml"
+
+
+def test_a_rate_with_nothing_evaluated_is_not_shown_as_zero():
+    """0% would read as "everything passed" for a facility where no error check ran."""
+    from transforms.dq_report import _share
+
+    assert _share(0, 0) == "—" and _share(200, 3) == "1.5%" and _share(10, 0) == "0%"

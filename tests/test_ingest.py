@@ -582,6 +582,8 @@ def test_cli_ingest_counts_and_exit_codes(tmp_path, hl7ics_home, capsys):
     line = [l for l in out.splitlines() if l.startswith("CHU-SO")][0].split()
     assert line[1:] == ["1", "0", "2", "1", "0", "1"]
     assert "skipped 1 file(s)" in out
+    assert main(["replay", "--reason", "MISSNG_SEGMENT", "--warehouse", url]) == 0
+    assert "open reasons (facility: messages): MISSING_CONTROL_ID (CHU-SO: 1)" in capsys.readouterr().out
     assert main(["ingest", str(tmp_path / "missing"), "--warehouse", url]) == 2
     assert main(["ingest", str(d), "--warehouse", url, "--facility", "NOPE"]) == 2
     bad = tmp_path / "cfg"

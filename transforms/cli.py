@@ -229,10 +229,22 @@ def cmd_replay(args) -> int:
     settings = _settings(args)
     loader = Loader(settings.facilities(), PatientKeyer.from_env(settings.home),
                     run_id=f"replay__{utcnow().replace(' ', 'T')}")
-    counts = replay(get_engine(settings.warehouse_url), loader, args.reason, args.facility)
+    engine = get_engine(settings.warehouse_url)
+    counts = replay(engine, loader, args.reason, args.facility)
     c = counts.as_dict()
     print(f"replayed {c['messages']} quarantined messages: {c['loaded']} loaded, {c['duplicates']} duplicates, "
           f"{c['quarantined']} still quarantined")
+    if not c["messages"] and (args.reason or args.facility):
+        # A misspelt reason or facility code matches nothing: say what there is to replay.
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            open_rows = conn.execute(text(
+                "SELECT q.reason, m.facility_code, COUNT(DISTINCT m.id) FROM quarantine q "
+                "JOIN message_store m ON m.id = q.message_id WHERE q.resolved_at IS NULL "
+                "AND m.status = 'quarantined' GROUP BY q.reason, m.facility_code ORDER BY 1, 2")).all()
+        shown = ", ".join(f"{r} ({f}: {n})" for r, f, n in open_rows[:20]) or "none"
+        print(f"nothing in quarantine matches the filter; open reasons (facility: messages): {shown}")
     _print_breaches(loader.dq_breaches)
     return 0
 

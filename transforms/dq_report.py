@@ -207,6 +207,11 @@ def _rate(evaluated: int, failed: int) -> float:
     return failed / evaluated if evaluated else 0.0
 
 
+def _share(evaluated: int, failed: int) -> str:
+    """A failure rate for a table cell; "—" when nothing was evaluated (0% would claim a pass)."""
+    return _pct(_rate(evaluated, failed)) if evaluated else "—"
+
+
 def _by_day(rows: list[dict]) -> dict[str, dict[date, tuple[int, int]]]:
     """severity -> day -> (evaluated, failed), summed over tables and expectations."""
     out: dict[str, dict[date, tuple[int, int]]] = {s: {} for s in SEVERITIES}
@@ -392,7 +397,7 @@ def _facility_page(code: str, name: str, rows: list[dict], day_from: date, day_t
         out.append(f'<tr data-expectation="{_esc(it["expectation"])}"><td>{_esc(it["table_name"])}</td>'
                    f'<td>{_esc(it["expectation"])}</td><td>{_esc(it["severity"])}</td>'
                    f'<td class="n">{it["evaluated"]}</td><td class="n">{it["failed"]}</td>'
-                   f'<td class="n">{_esc(_pct(_rate(it["evaluated"], it["failed"])))}</td></tr>')
+                   f'<td class="n">{_esc(_share(it["evaluated"], it["failed"]))}</td></tr>')
     out.append("</tbody></table>")
     out.append("<h2>Per day / Par jour</h2><table class=\"numbers numbers-days\"><thead><tr><th>Day / Jour</th>"
                "<th class=\"n\">Errors: evaluated / Erreurs : évalués</th><th class=\"n\">failed / en échec</th>"
@@ -402,7 +407,7 @@ def _facility_page(code: str, name: str, rows: list[dict], day_from: date, day_t
         cells = []
         for sev in SEVERITIES:
             e, f = series.get(sev, {}).get(d, (0, 0))
-            cells += [str(e), str(f), _pct(_rate(e, f))]
+            cells += [str(e), str(f), _share(e, f)]
         out.append(f"<tr><td>{d.isoformat()}</td>" + "".join(f'<td class="n">{_esc(c)}</td>' for c in cells)
                    + "</tr>")
     out.append("</tbody></table>")
@@ -440,8 +445,8 @@ def _index_page(by_fac: dict[str, list[dict]], names: dict[str, str], pages: dic
         if code in by_fac:
             link = f'<a href="{_esc(quote(pages[code]))}">{label}</a>'
             out.append(f'<tr data-facility="{_esc(code)}"><td>{link}</td><td class="n">{ee + we}</td>'
-                       f'<td class="n">{ef}</td><td class="n">{_esc(_pct(_rate(ee, ef)))}</td>'
-                       f'<td class="n">{_esc(_pct(_rate(we, wf)))}</td>'
+                       f'<td class="n">{ef}</td><td class="n">{_esc(_share(ee, ef))}</td>'
+                       f'<td class="n">{_esc(_share(we, wf))}</td>'
                        f"<td>{_rate_chart(series, day_from, days, width=180, height=40, spark=True)}</td></tr>")
         else:
             out.append(f'<tr data-facility="{_esc(code)}"><td>{label}</td>'
