@@ -494,7 +494,8 @@ class Loader:
                      where="excluded.message_id >= fact_coverage.message_id")
             # A coverage sent without dates and later with them was one coverage made precise:
             # the undated row (open-ended) would otherwise cover every date for ever.
-            dated = [{"p": r[0], "f": r[1], "i": r[2], "m": r[3], "id": r[9]} for r in rows if r[4]]
+            start, mid = cols.index("period_start"), cols.index("message_id")
+            dated = [{"p": r[0], "f": r[1], "i": r[2], "m": r[3], "id": r[mid]} for r in rows if r[start]]
             if dated:
                 conn.execute(text(
                     "DELETE FROM fact_coverage WHERE period_start = '' AND patient_key = :p AND facility_code = :f "

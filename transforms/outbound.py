@@ -345,8 +345,8 @@ def _alert_held(engine, by_dest: dict[str, dict], alerter, now: datetime) -> Non
                                        "codes": ", ".join(d["codes"][:5]) or "-"}), now=now)
         elif d["queued"]:
             alerter.resolve(key, now=now)
-    if not any(d["review"] or d["error"] for name, d in by_dest.items() if name == "-") \
-            and any(d["queued"] for d in by_dest.values()):
+    none = by_dest.get("-")
+    if not (none and (none["review"] or none["error"])) and any(d["queued"] for d in by_dest.values()):
         # Copies with no destination (a router failure) have no destination whose clean pass
         # could resolve them: any clean pass does.
         alerter.resolve(f"{HELD_ALERT_KIND}:-", now=now)
