@@ -494,12 +494,17 @@ class Loader:
                      where="excluded.message_id >= fact_coverage.message_id")
             # A coverage sent without dates and later with them was one coverage made precise:
             # the undated row (open-ended) would otherwise cover every date for ever.
+            # One read for the chunk; a DELETE only where an older undated row exists (rarely).
             start, mid = cols.index("period_start"), cols.index("message_id")
-            dated = [{"p": r[0], "f": r[1], "i": r[2], "m": r[3], "id": r[mid]} for r in rows if r[start]]
-            if dated:
-                conn.execute(text(
-                    "DELETE FROM fact_coverage WHERE period_start = '' AND patient_key = :p AND facility_code = :f "
-                    "AND insurer_code = :i AND member_id = :m AND message_id < :id"), dated)
+            dated = {tuple(r[:4]): r[mid] for r in rows if r[start]}
+            undated = w.query_in("SELECT patient_key, facility_code, insurer_code, member_id, message_id "
+                                 "FROM fact_coverage WHERE period_start = '' AND {match}", "patient_key",
+                                 sorted({k[0] for k in dated})) if dated else []
+            gone = [{"p": p, "f": f, "i": i, "m": m} for p, f, i, m, at in undated
+                    if (p, f, i, m) in dated and at < dated[(p, f, i, m)]]
+            if gone:
+                conn.execute(text("DELETE FROM fact_coverage WHERE period_start = '' AND patient_key = :p "
+                                  "AND facility_code = :f AND insurer_code = :i AND member_id = :m"), gone)
         if "patient_merge" in facts:
             # Last, so facts written in this same batch for the retired key move too.
             merges = dedupe(facts["patient_merge"], (0,))
