@@ -4,7 +4,8 @@ Input: the received message's MSH fields (or nothing, when no MSH could be read)
 Output: the ACK bytes: MSH with sending/receiving application and facility swapped, MSH-9
 ``ACK^<event>^ACK``, MSH-11/MSH-12 echoed, MSA-1 the code and MSA-2 the received MSH-10, and an
 ERR segment with an HL7 table 0357 code when the outcome is an error. Texts never quote message
-content (patient data).
+content (patient data). Also the reading side, for replies to what we send: ``control_id_of`` (the
+MSH-10 a reply must echo) and ``parse_ack`` (MSA-1, MSA-2 and the error code).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ ERROR_TEXT = {
     207: "Application internal error",
 }
 _seq = itertools.count(1)
+_ERR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 
 
 @dataclass
@@ -128,3 +130,43 @@ def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> b
             sc = d.subcomponent or "&"
             segs.append(fs.join(["ERR", cs.join((seg, seq if seg else "", fld, code.replace(cs, sc)))]))
     return ("\r".join(segs) + "\r").encode(msg.codec if msg is not None and msg.codec else "utf-8", errors="replace")
+
+
+# Reading ACKs (the replies to what we send: outbound delivery and ``hl7ics send``)
+
+def control_id_of(payload: bytes) -> str | None:
+    """MSH-10 of ``payload`` (what the ACK's MSA-2 must echo), or None."""
+    body = payload[3:] if payload[:3] == b"\xef\xbb\xbf" else payload
+    if body[:3] != b"MSH" or len(body) < 4:
+        return None
+    first = re.split(rb"\r\n|\r|\n", body, maxsplit=1)[0]
+    fields = first.split(first[3:4])
+    if len(fields) <= 9:
+        return None
+    return fields[9].decode("latin-1").strip() or None
+
+
+def parse_ack(ack: bytes) -> tuple[str | None, str | None, str | None]:
+    """(MSA-1, MSA-2, error code) of an ACK. The error code is ERR-3.1 (2.5 and later) or the code
+    inside ERR-1 (earlier versions), kept only if it looks like a code."""
+    s = ack.decode("latin-1")
+    segs = re.split(r"\r\n|\r|\n", s)
+    msh = segs[0] if segs and segs[0].startswith("MSH") and len(segs[0]) > 7 else "MSH|^~\\&"
+    fs, cs, ss = msh[3], msh[4], msh[7] if len(msh) > 7 else "&"
+    code = ctrl = err = None
+    for seg in segs:
+        if seg.startswith("MSA" + fs) and code is None:
+            f = seg.split(fs)
+            code = f[1].strip().upper() or None
+            ctrl = f[2].strip() if len(f) > 2 else None
+        elif seg.startswith("ERR" + fs) and err is None:
+            f = seg.split(fs)
+            if len(f) > 3 and f[3]:
+                err = f[3].split(cs)[0]
+            elif len(f) > 1 and f[1]:
+                c = f[1].split(cs)
+                err = c[3].split(ss)[0] if len(c) > 3 else None
+            err = err.strip() if err else None
+            if err and not _ERR_CODE.match(err):
+                err = None
+    return code, ctrl, err

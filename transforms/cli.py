@@ -95,6 +95,7 @@ def cmd_listen(args) -> int:
 def cmd_send(args) -> int:
     import asyncio
 
+    from .ack import parse_ack
     from .mllp import client_ssl_context, send
     from .parser import iter_file
 
@@ -115,8 +116,7 @@ def cmd_send(args) -> int:
             continue
         text = ack.decode("utf-8", errors="replace")
         print(f"#{i}: " + text.replace("\r", "\n     ").rstrip())
-        msa = [seg for seg in text.split("\r") if seg.startswith("MSA")]
-        if not msa or msa[0].split(msa[0][3])[1] not in ("AA", "CA"):
+        if parse_ack(ack)[0] not in ("AA", "CA"):
             rc = 1
     if len(acks) < len(messages):
         rc = 1

@@ -98,9 +98,10 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)  # YAML's true/false are ints to Python
 
 
-def _only(entry: dict, allowed: tuple[str, ...], where: str) -> None:
-    """A misspelt key would otherwise be ignored and its default used without a word."""
-    unknown = sorted(str(k) for k in entry if k not in allowed)
+def only_keys(entry: dict, allowed: tuple[str, ...], where: str, prefix: str = "") -> None:
+    """A misspelt key would otherwise be ignored and its default used without a word. ``prefix``
+    names the mapping the keys sit in (``listener.``)."""
+    unknown = sorted(prefix + str(k) for k in entry if k not in allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
 
@@ -127,7 +128,7 @@ def _source(raw, where: str) -> Source:
     typ = _req(raw, "type", where)
     if typ not in SOURCE_TYPES:
         raise ConfigError(f"{where}: source type '{typ}' is not one of {', '.join(SOURCE_TYPES)}")
-    _only(raw, _SOURCE_KEYS[typ], where)
+    only_keys(raw, _SOURCE_KEYS[typ], where)
     opts = {k: v for k, v in raw.items() if k != "type"}
     if typ in ("folder", "sftp"):
         _glob(opts, where)
@@ -183,7 +184,7 @@ def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
         if code in seen:
             raise ConfigError(f"{where}: duplicate facility code")
         seen.add(code)
-        _only(entry, _FACILITY_KEYS, where)
+        only_keys(entry, _FACILITY_KEYS, where)
         ftype = _req(entry, "type", where)
         if ftype not in FACILITY_TYPES:
             raise ConfigError(f"{where}: type '{ftype}' is not one of {', '.join(FACILITY_TYPES)}")

@@ -31,7 +31,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from .ack import ERROR_TEXT, AckPlan, accept_ack_wanted, ack_mode, build_ack
-from .config import ConfigError, read_yaml
+from .config import ConfigError, only_keys, read_yaml
 from .extract import to_record
 from .facts import dedupe
 from .load import MS_COLUMNS, content_sha256
@@ -100,10 +100,7 @@ def _check_listener(data: dict, where: str) -> None:
     def bad(key: str, what: str):
         raise ConfigError(f"{where}: listener.{key} must be {what}")
 
-    unknown = sorted(str(k) for k in data if k not in _FROM_FILE)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) listener.{', listener.'.join(unknown)}; allowed: "
-                          f"{', '.join(_FROM_FILE)}")
+    only_keys(data, _FROM_FILE, where, "listener.")
     for key, v in data.items():
         default = ListenerConfig.__dataclass_fields__[key].default
         if key in ("port", "metrics_port"):

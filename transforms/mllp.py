@@ -15,6 +15,8 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 
+from .ack import control_id_of, parse_ack
+
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 
 
@@ -137,16 +139,6 @@ def client_ssl_context(cafile: str | None = None, certfile: str | None = None, k
     return ctx
 
 
-def _field(message: bytes, segment: bytes, n: int) -> bytes | None:
-    """SEG-n of the first ``segment`` line (MSH counted as HL7 does), or None without one."""
-    for line in message.replace(b"\n", b"\r").split(b"\r"):
-        if line[:3] == segment and len(line) > 3:
-            parts = line.split(line[3:4])
-            i = n - 1 if segment == b"MSH" else n
-            return parts[i].split(b"^")[0].strip() if i < len(parts) else b""
-    return None
-
-
 async def send(host: str, port: int, messages: list[bytes], ssl_ctx: ssl.SSLContext | None = None,
                timeout: float = 30.0, server_hostname: str | None = None) -> list[bytes | None]:
     """Send messages on one connection, one at a time, returning each reply (None on timeout). A
@@ -162,12 +154,13 @@ async def send(host: str, port: int, messages: list[bytes], ssl_ctx: ssl.SSLCont
         for m in messages:
             writer.write(frame(m))
             await writer.drain()
-            control = _field(m, b"MSH", 10)
+            control = control_id_of(m)
             reply = None
             while reply is None:
                 if pending:
                     payload = pending.pop(0).payload
-                    if control and _field(payload, b"MSA", 2) not in (control, None):
+                    code, ctrl, _err = parse_ack(payload)
+                    if control and code is not None and ctrl != control:
                         continue
                     reply = payload
                     break

@@ -76,6 +76,7 @@ from typing import Iterable
 from sqlalchemy import text
 
 from .config import ConfigError
+from .ack import control_id_of, parse_ack
 from .mllp import Framer, client_ssl_context, frame
 
 log = logging.getLogger("hl7ics.outbound")
@@ -93,7 +94,6 @@ DEAD_ALERT_KIND = "outbound_dead"
 HELD_ALERT_KIND = "routing_held"
 _PG_ROUTING_LOCK = 724110    # advisory lock: one routing transaction at a time on PostgreSQL
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 
 
 # --- time --------------------------------------------------------------------------------------
@@ -130,18 +130,6 @@ def _clean(value, limit: int = 200) -> str | None:
 
 
 # --- routing -----------------------------------------------------------------------------------
-
-def control_id_of(payload: bytes) -> str | None:
-    """MSH-10 of ``payload`` (what the ACK's MSA-2 must echo), or None."""
-    body = payload[3:] if payload[:3] == b"\xef\xbb\xbf" else payload
-    if body[:3] != b"MSH" or len(body) < 4:
-        return None
-    first = re.split(rb"\r\n|\r|\n", body, maxsplit=1)[0]
-    fields = first.split(first[3:4])
-    if len(fields) <= 9:
-        return None
-    return fields[9].decode("latin-1").strip() or None
-
 
 def order_key(raw: bytes, facility_code: str | None, keyer, charset: str | None = None) -> str:
     """The patient, as the warehouse's keyed pseudonym of PID-3's first identifier (the same value
@@ -403,32 +391,6 @@ class _Row:
     payload: bytes
     control_id: str | None
     attempts: int
-
-
-def parse_ack(ack: bytes) -> tuple[str | None, str | None, str | None]:
-    """(MSA-1, MSA-2, error code) of an ACK. The error code is ERR-3.1 (2.5 and later) or the code
-    inside ERR-1 (earlier versions), kept only if it looks like a code."""
-    s = ack.decode("latin-1")
-    segs = re.split(r"\r\n|\r|\n", s)
-    msh = segs[0] if segs and segs[0].startswith("MSH") and len(segs[0]) > 7 else "MSH|^~\\&"
-    fs, cs, ss = msh[3], msh[4], msh[7] if len(msh) > 7 else "&"
-    code = ctrl = err = None
-    for seg in segs:
-        if seg.startswith("MSA" + fs) and code is None:
-            f = seg.split(fs)
-            code = f[1].strip().upper() or None
-            ctrl = f[2].strip() if len(f) > 2 else None
-        elif seg.startswith("ERR" + fs) and err is None:
-            f = seg.split(fs)
-            if len(f) > 3 and f[3]:
-                err = f[3].split(cs)[0]
-            elif len(f) > 1 and f[1]:
-                c = f[1].split(cs)
-                err = c[3].split(ss)[0] if len(c) > 3 else None
-            err = err.strip() if err else None
-            if err and not _CODE.match(err):
-                err = None
-    return code, ctrl, err
 
 
 class _MllpTransport:
