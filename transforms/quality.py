@@ -22,9 +22,11 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 from .config import PROJECT_ROOT, ConfigError
+from .dq_screen import screen
 from .facts import COLUMNS
 from .parser import Message, components, field as hl7_field
 
@@ -90,12 +92,16 @@ class QualityOptions:
     directory: Path = PROJECT_ROOT / "expectations"
     max_failure_rate: float = 0.5
     min_batch: int = 20
+    # Whether ``dq_screen`` may pass expectations without a GX run (off: GX evaluates every one).
+    prescreen: bool = True
 
     @classmethod
     def from_env(cls) -> "QualityOptions":
         flag = os.environ.get("HL7ICS_DQ", "on").strip().lower()
-        if flag not in ("on", "off", "true", "false", "1", "0"):
-            raise ConfigError("HL7ICS_DQ must be 'on' or 'off'")
+        screen = os.environ.get("HL7ICS_DQ_PRESCREEN", "on").strip().lower()
+        for name, value in (("HL7ICS_DQ", flag), ("HL7ICS_DQ_PRESCREEN", screen)):
+            if value not in ("on", "off", "true", "false", "1", "0"):
+                raise ConfigError(f"{name} must be 'on' or 'off'")
         try:
             rate = float(os.environ.get("HL7ICS_DQ_MAX_FAILURE_RATE", "0.5"))
             min_batch = int(os.environ.get("HL7ICS_DQ_MIN_BATCH", "20"))
@@ -104,7 +110,8 @@ class QualityOptions:
         if not 0.0 < rate <= 1.0:
             raise ConfigError("HL7ICS_DQ_MAX_FAILURE_RATE must be in (0, 1]")
         return cls(flag in ("on", "true", "1"),
-                   Path(os.environ.get("HL7ICS_EXPECTATIONS_DIR") or PROJECT_ROOT / "expectations"), rate, max(1, min_batch))
+                   Path(os.environ.get("HL7ICS_EXPECTATIONS_DIR") or PROJECT_ROOT / "expectations"), rate, max(1, min_batch),
+                   screen in ("on", "true", "1"))
 
 
 def load_suites(directory: str | os.PathLike) -> dict[str, Suite]:
@@ -232,9 +239,10 @@ class _Engine:
             self.documents[table] = suite.document
         self._located: dict[tuple, object] = {}
 
-    def run(self, table: str, frame, parameters: dict) -> list:
+    def run(self, table: str, frame, parameters: dict, names: tuple[str, ...] | None = None) -> list:
         """GX's results for ``table``'s suite on ``frame``: each expectation's once, and for the
-        ones that failed, with the positions of the failing rows.
+        ones that failed, with the positions of the failing rows. ``names``: only these
+        expectations, located at once (``dq_screen`` found them failing or could not tell).
 
         Why two passes: most chunks fail few expectations, and asking GX for positions
         (``COMPLETE``) costs about 70% more than asking for pass or fail (``BOOLEAN_ONLY``), mostly
@@ -242,6 +250,9 @@ class _Engine:
         failed run again, on the same batch, for their positions. Without ``mostly`` (which
         ``load_suites`` refuses), an expectation passes exactly when no row fails it."""
         batch = self.batches[table].get_batch(batch_parameters={"dataframe": frame})
+        if names is not None:
+            return batch.validate(self._locating(table, names), result_format=_RESULT_FORMAT,
+                                  expectation_parameters=parameters).results
         screened = batch.validate(self.suites[table], result_format=_SCREEN_FORMAT,
                                   expectation_parameters=parameters).results
         failed = tuple(r.expectation_config.meta["name"] for r in screened
@@ -372,6 +383,31 @@ def _column(values: list):
 _STR = None  # the dtype pandas infers for text, found on first use (pandas is imported lazily)
 
 
+class _Columns:
+    """A table's columns as lists, each built on first use: ``values(name)``, None for a column
+    the table does not have. The rows' own columns come from the row tuples, the context columns
+    from each row's message (``owner``: its position in the batch), ``_now`` is the run's time."""
+
+    def __init__(self, rows: list[tuple], columns: tuple[str, ...], owner: list[int], context: list[list], now: str):
+        self.rows, self.owner, self.context, self.now = rows, owner, context, now
+        self.position = {c: i for i, c in enumerate(columns)}
+        self.built: dict[str, list] = {}
+
+    def __call__(self, name: str) -> list | None:
+        got = self.built.get(name)
+        if got is None:
+            if name in self.position:
+                got = list(map(itemgetter(self.position[name]), self.rows))
+            elif name == "_now":
+                got = [self.now] * len(self.rows)
+            elif name in CONTEXT_COLUMNS:
+                got = list(map(self.context[CONTEXT_COLUMNS.index(name)].__getitem__, self.owner))
+            else:
+                return None
+            self.built[name] = got
+        return got
+
+
 class Validator:
     """Validates batches of ``Prepared`` messages; one per loader."""
 
@@ -388,15 +424,16 @@ class Validator:
             self._engine = _engine_for(self.options.directory, self.suites)
         return self._engine
 
-    def failures(self, table: str, frame) -> dict[str, list[int]]:
-        """Run ``table``'s suite on ``frame``: expectation name -> positions of the failing rows."""
+    def failures(self, table: str, frame, names: tuple[str, ...] | None = None) -> dict[str, list[int]]:
+        """Run ``table``'s suite (or only its expectations ``names``) on ``frame``: expectation
+        name -> positions of the failing rows."""
         suite = self.suites[table]
         missing = [c for c in suite.columns if c not in frame.columns]
         if missing:
             raise QualityConfigError(f"{suite.path.name}: the frame lacks column(s) {', '.join(missing)}")
         if not (frame.index.is_monotonic_increasing and (len(frame) == 0 or frame.index[-1] == len(frame) - 1)):
             frame = frame.reset_index(drop=True)  # positions, not labels, identify failing rows
-        results = _off_our_stack(self.engine.run, table, frame, self.parameters)
+        results = _off_our_stack(self.engine.run, table, frame, self.parameters, names)
         out: dict[str, list[int]] = {}
         for r in results:
             name = r.expectation_config.meta["name"]
@@ -411,7 +448,6 @@ class Validator:
     def validate(self, prepared: list, now: str, hold: bool = True) -> BatchResult:
         """Set ``p.dq`` on each message with facts; hold the whole batch past the threshold
         (unless ``hold`` is False: a replay judges each message on its own checks)."""
-        import numpy as np
         import pandas as pd
 
         todo = [p for p in prepared if p.facts is not None and p.check is not None and p.dq is None]
@@ -420,16 +456,18 @@ class Validator:
             return result
         for p in todo:
             p.dq = Verdict()
-        # Context columns are gathered once per message and spread to rows by position (numpy
-        # take), which is several times cheaper than widening every row tuple.
-        context = [np.array([p.check_context[i] for p in todo], dtype=object) for i in range(3)]
+        # Context columns are gathered once per message and spread to rows by position, which is
+        # several times cheaper than widening every row tuple.
+        context = [[p.check_context[i] for p in todo] for i in range(3)]
         # One pass over the messages distributes their rows to every checked table.
         gathered: dict[str, tuple[list, list]] = {t: ([], []) for t in self.suites if t != "message_store"}
+        slots = list(gathered.items())
         for i, p in enumerate(todo):
             counts = p.dq.rows
-            for table, own in p.facts.items():
-                slot = gathered.get(table)
-                if slot is not None and own:
+            facts = p.facts
+            for table, slot in slots:
+                own = facts.get(table)
+                if own:
                     slot[0].extend(own)
                     if len(own) == 1:
                         slot[1].append(i)
@@ -442,21 +480,20 @@ class Validator:
                 p.dq.rows["message_store"] = 1
         erring: set[int] = set()  # positions in todo of messages failing an error-severity check
         for table, suite in self.suites.items():
-            cols = TABLES[table]
             rows, owner = gathered[table]
             if not rows:
                 continue
+            values = _Columns(rows, TABLES[table], owner, context, now)
+            names = None
+            if self.options.prescreen:
+                names = tuple(c.name for c, exp in zip(suite.checks, suite.document["expectations"])
+                              if screen(exp, values, self.parameters) is not True)
+                if not names:
+                    continue  # GX would pass every expectation: no frame, no run
             # Only the columns the suite reads: names, addresses and phone numbers never reach GX.
             # Built column by column: a fifth cheaper than from row tuples.
-            frame = pd.DataFrame({c: _column([r[i] for r in rows]) for i, c in enumerate(cols)
-                                  if c in suite.columns}, index=pd.RangeIndex(len(rows)))
-            pos = np.asarray(owner)
-            for name, values in zip(CONTEXT_COLUMNS, context):
-                if name in suite.columns:
-                    frame[name] = values[pos]
-            if "_now" in suite.columns:
-                frame["_now"] = now
-            for name, indexes in self.failures(table, frame).items():
+            frame = pd.DataFrame({c: _column(values(c)) for c in suite.columns}, index=pd.RangeIndex(len(rows)))
+            for name, indexes in self.failures(table, frame, names).items():
                 error = self.checks[name].severity == "error"
                 for idx in indexes:
                     i = owner[idx]
