@@ -123,6 +123,7 @@ def test_every_screen_verdict_is_the_verdict_of_gx(validator, table):
     ({"type": "expect_column_pair_values_a_to_be_greater_than_b",
       "kwargs": {"column_A": "a", "column_B": "b", "ignore_row_if": "either_value_is_missing"}},
      {"a": [2.0], "b": [1.0]}, None),
+    ({"type": "expect_column_values_to_match_regex", "kwargs": {"column": "x", "regex": "(["}}, {"x": [None]}, None),
     # And what it decides:
     ({"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "x", "value_set": None}}, {"x": ["z"]}, True),
     ({"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "x", "value_set": {"$PARAMETER": "known"}}},

@@ -98,6 +98,10 @@ def screen(expectation: dict, values: Values, parameters: dict) -> bool | None:
     regex = kwargs.get("regex")
     if not isinstance(regex, str):
         return None
+    try:
+        re.compile(regex)
+    except re.error:
+        return None  # GX reports the pattern, even on a chunk with nothing to match
     if not present:
         return True
     import pandas as pd
