@@ -53,6 +53,8 @@ def test_defaults_are_filled():
     ({"sources": [{"type": "folder", "path": "x", "stable_seconds": False}]}, "stable_seconds must be"),
     ({"sources": [{"type": "folder", "path": "x", "stable_second": 5}]}, "unknown key(s) stable_second"),
     ({"sources": [{"type": "queue", "conn_id": "c", "queue": "q", "prefetch": True}]}, "prefetch must be"),
+    ({"sources": [{"type": "sftp", "conn_id": "c", "archive": "../../etc"}]}, "archive must be a folder below"),
+    ({"sources": [{"type": "sftp", "conn_id": "c", "archive": "/srv/old"}]}, "archive must be a folder below"),
 ])
 def test_errors_name_the_facility_and_key(change, message):
     entry = {**GOOD, **change}
@@ -67,6 +69,18 @@ def test_two_facilities_cannot_read_one_folder():
         parse_facilities({"facilities": [GOOD, other]})
     other["sources"] = [{"type": "folder", "path": "inbound/CHR-Y"}]
     assert len(parse_facilities({"facilities": [GOOD, other]})) == 2
+
+
+def test_two_facilities_cannot_read_one_queue():
+    """Each would take the other's messages under its own code."""
+    queue = {"type": "queue", "conn_id": "amqp", "queue": "hl7.shared"}
+    one = {**GOOD, "sources": [queue]}
+    other = {**GOOD, "code": "CHR-Y", "sources": [queue]}
+    with pytest.raises(ConfigError, match=r"facilities CHU-X and CHR-Y both read hl7.shared \(queue source\); "
+                                          r"each facility needs a queue of its own"):
+        parse_facilities({"facilities": [one, other]})
+    other["sources"] = [{**queue, "queue": "hl7.chr-y"}]
+    assert len(parse_facilities({"facilities": [one, other]})) == 2
 
 
 def test_duplicate_codes_and_bad_yaml(tmp_path):

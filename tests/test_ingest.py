@@ -533,6 +533,28 @@ def test_migrations_are_versioned_and_idempotent(warehouse_url):
         assert c.execute(text("SELECT COUNT(*) FROM schema_migrations")).scalar() == len(migrations())
 
 
+def test_database_errors_do_not_carry_the_values_they_were_given(warehouse_url):
+    """A failed statement's exception (what a task log or a failure alert shows) names the SQL but
+    not its parameters, which may be a patient's name or ID."""
+    from sqlalchemy.exc import IntegrityError
+
+    eng = get_engine(warehouse_url)
+    with pytest.raises(IntegrityError) as err:
+        with eng.begin() as c:
+            for _ in range(2):
+                c.execute(text("INSERT INTO phi_patient (patient_key, facility_code, patient_id, family_name) "
+                               "VALUES (:k, 'CHU-SO', :p, :n)"), {"k": "k-1", "p": "TG-778899", "n": "Ɖogbé"})
+    assert "TG-778899" not in str(err.value) and "Ɖogbé" not in str(err.value)
+    assert "hidden due to hide_parameters" in str(err.value)
+    from transforms.warehouse import safe_db_message
+
+    assert safe_db_message('invalid input syntax for type date: "Kɔfi 1990"') == \
+        'invalid input syntax for type date: "…"'
+    assert safe_db_message('duplicate key value violates unique constraint "phi_patient_pkey"\n'
+                           'DETAIL:  Key (patient_key)=(TG-1) already exists.') == \
+        'duplicate key value violates unique constraint "phi_patient_pkey"'
+
+
 def test_coverage_periods_migration_keeps_the_stored_coverage(warehouse_url, monkeypatch):
     """013 rebuilds fact_coverage with a period key; rows stored before it survive with their
     period (IN1-12, or '' when open-ended), and a renewal then adds a period beside them."""

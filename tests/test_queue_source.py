@@ -156,3 +156,23 @@ def test_queue_source_configuration_errors(tmp_path):
         with pytest.raises(ConfigError, match=message) as exc:
             parse_facilities(doc)
         assert "secret" not in str(exc.value)
+
+
+def test_a_message_id_that_is_not_plain_text_is_hashed_not_stored(ingestor, queue):
+    """A publisher's message ID with a NUL byte, separators or control characters: source_ref gets
+    its hash (PostgreSQL refused the NUL and the whole batch went back on the queue for ever)."""
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+    ch = conn.channel()
+    for i, b in enumerate(generate_mix(5, seed=3)):
+        mid = ["evil\x00id", "../../etc/passwd", "a\rb", "ok-3", "x" * 255][i]
+        ch.basic_publish(exchange="", routing_key=queue, body=b,
+                         properties=pika.BasicProperties(delivery_mode=2, message_id=mid))
+    conn.close()
+    assert ingestor.ingest_queues("CHU-SO").loaded == 5
+    assert depth(queue) == 0
+    refs = [r[0] for r in rows(ingestor.engine, "SELECT source_ref FROM message_store ORDER BY id")]
+    assert len(set(refs)) == 5
+    assert not any(bad in r for r in refs for bad in ("\x00", "..", "/", "\r", "x" * 255))
+    assert sum(":ok-3:" in r for r in refs) == 1

@@ -169,3 +169,72 @@ def test_each_file_is_finished_on_the_source_it_came_from(tmp_path, warehouse_ur
     assert not (server.root / "lab" / "b.hl7").exists()
     assert [p.name.endswith("-b.hl7") for p in (server.root / "lab" / "archive").iterdir()] == [True]
     assert (server.root / "outbound" / "b.hl7").exists()
+
+
+def test_a_file_replaced_with_the_same_size_stays_until_its_new_content_loads(tmp_path, warehouse_url, hl7ics_home,
+                                                                               monkeypatch, server):
+    """A sender re-sending a corrected file under the same name, with the same length, within the
+    same second: finishing the first content must not delete the second unread."""
+    import hashlib
+
+    remote = server.root / "outbound"
+    first = generate_mix(1, seed=21)[0] + b"\r"
+    second = first.replace(b"|P|", b"|T|", 1)
+    assert len(first) == len(second) and first != second
+    (remote / "daily.hl7").write_bytes(first)
+    settings = _settings(tmp_path, warehouse_url, monkeypatch, server, after="delete")
+    ing, staged, _ = _load_staged(settings)
+    st = (remote / "daily.hl7").stat()
+    (remote / "daily.hl7").write_bytes(second)
+    import os
+    os.utime(remote / "daily.hl7", ns=(st.st_atime_ns, st.st_mtime_ns))  # same second, same size
+    ing.archive_staged("HD-TSEVIE", staged[0])
+    assert (remote / "daily.hl7").read_bytes() == second
+    ing, staged, _ = _load_staged(settings, run_id="run-2")
+    assert scalar(ing.engine, "SELECT COUNT(*) FROM ingested_file WHERE sha256 = :s",
+                  s=hashlib.sha256(second).hexdigest()) == 1
+    ing.archive_staged("HD-TSEVIE", staged[0])
+    assert not (remote / "daily.hl7").exists()
+
+
+def test_names_that_are_not_utf8_or_too_long_are_skipped_not_fatal(tmp_path, warehouse_url, hl7ics_home,
+                                                                   monkeypatch, server):
+    """One odd name in the sender's folder must not stop its other files: a name that is not
+    UTF-8, or too long to download (.part) or archive (hash prefix) under 255 bytes, is left."""
+    import os
+
+    remote = server.root / "outbound"
+    with open(os.path.join(os.fsencode(remote), b"caf\xe9.hl7"), "wb") as f:
+        f.write(generate_mix(1, seed=1)[0])
+    (remote / ("a" * 248 + ".hl7")).write_bytes(generate_mix(1, seed=2)[0])
+    (remote / "normal.hl7").write_bytes(b"\r".join(generate_mix(3, seed=3)))
+    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
+    ing, staged, results = _load_staged(settings)
+    assert len(staged) == 1 and results[0].counts.loaded == 3
+    assert ing.archive_staged("HD-TSEVIE", staged[0])
+    assert not (remote / "normal.hl7").exists() and (remote / ("a" * 248 + ".hl7")).exists()
+    assert scalar(ing.engine, "SELECT COUNT(DISTINCT source) FROM message_store WHERE source = 'sftp'") == 1
+    assert scalar(ing.engine, "SELECT COUNT(*) FROM message_store WHERE source <> 'sftp'") == 0
+
+
+def test_the_pull_task_finds_the_sftp_connection_through_airflow(tmp_path, warehouse_url, hl7ics_home, monkeypatch,
+                                                                  server):
+    """A connection kept in Airflow (metadata database or a secrets backend), not in AIRFLOW_CONN_*."""
+    from airflow.sdk import Connection
+
+    (server.root / "outbound" / "x.hl7").write_bytes(b"\r".join(generate_mix(3, seed=4)))
+    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
+    conn = server.connection("/")
+    monkeypatch.delenv("AIRFLOW_CONN_HL7ICS_SFTP_TEST")
+    kept = Connection(conn_id="hl7ics_sftp_test", conn_type="sftp", host=conn["host"], port=conn["port"],
+                      login=conn["login"], extra=json.dumps(conn["extra"]))
+    monkeypatch.setattr(Connection, "get", classmethod(lambda cls, cid: kept if cid == "hl7ics_sftp_test" else None))
+    monkeypatch.setenv("HL7ICS_CONFIG", str(settings.config_dir))
+    monkeypatch.setenv("HL7ICS_WAREHOUSE_URL", warehouse_url)
+    from hl7ics_airflow import ingest_tasks
+
+    pulled = ingest_tasks.pull("HD-TSEVIE", "run-af")
+    assert len(pulled["files"]) == 1
+    loaded = ingest_tasks.load(pulled, "run-af")
+    assert ingest_tasks.archive(loaded, "run-af")["archived"] == 1
+    assert not (server.root / "outbound" / "x.hl7").exists()

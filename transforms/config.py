@@ -160,7 +160,12 @@ def _source(raw, where: str) -> Source:
         opts.setdefault("path", "/")
         if opts.setdefault("after", "move") not in ("move", "delete"):
             raise ConfigError(f"{where}: after must be 'move' (to the 'archive' folder) or 'delete'")
-        opts.setdefault("archive", "archive")
+        archive = opts.setdefault("archive", "archive")
+        if not isinstance(archive, str) or not archive.strip() or "\x00" in archive or archive.startswith("/") \
+                or ".." in archive.split("/"):
+            raise ConfigError(f"{where}: archive must be a folder below 'path' (relative, without '..')")
+        if not isinstance(opts["path"], str) or "\x00" in opts["path"]:
+            raise ConfigError(f"{where}: path must be a remote folder name")
     return Source(typ, opts)
 
 
@@ -234,10 +239,11 @@ def parse_facilities(doc, origin: str = "facilities.yaml") -> list[Facility]:
             elif src.type == "sftp":
                 key = ("sftp", src.options["conn_id"], os.path.normpath(str(src.options["path"])))
             else:
-                continue
+                key = ("queue", src.options.get("conn_id") or src.options.get("url"), str(src.options["queue"]))
             if key in folders and folders[key] != f.code:
                 raise ConfigError(f"{origin}: facilities {folders[key]} and {f.code} both read {key[-1]} "
-                                  f"({src.type} source); each facility needs a folder of its own")
+                                  f"({src.type} source); each facility needs a {'queue' if src.type == 'queue' else 'folder'} "
+                                  "of its own")
             folders[key] = f.code
     return out
 

@@ -211,6 +211,9 @@ class Ingestor:
         self.lease_owner = self.run_id
         self._owners: set[str] = set()
         self._renewed_at = 0.0  # monotonic time of the last lease renewal
+        # How sources find their connections (Airflow's resolver inside a task, so a secrets
+        # backend works; None: AIRFLOW_CONN_* variables only).
+        self.resolve_connection = None
 
     def sync_facilities(self) -> None:
         """dim_facility mirrors the configuration (upsert; facilities are never deleted)."""
@@ -473,7 +476,8 @@ class Ingestor:
             # whether or not the facility also has a drop folder.
             return archive_local(self.settings, facility_code, path, sha)
         ref = {"source": source, "ref": str(path), "name": path.name}
-        return source_for_ref(self.settings, self.facilities[facility_code], ref).finish(ref, sha)
+        return source_for_ref(self.settings, self.facilities[facility_code], ref,
+                              self.resolve_connection).finish(ref, sha)
 
     # -- staging: what the DAG's pull -> load -> archive steps pass around is a content hash --------
     def staging_dir(self, facility_code: str) -> Path:
@@ -489,7 +493,7 @@ class Ingestor:
 
         fac = self.facilities[facility_code]
         d = self.staging_dir(facility_code)
-        for src in sources_for(self.settings, fac):
+        for src in sources_for(self.settings, fac, self.resolve_connection):
             for ref in src.ready():
                 path = src.local_path(ref)
                 try:
@@ -511,12 +515,18 @@ class Ingestor:
 
     def ingest_staged(self, facility_code: str, shas: list[str]) -> list[FileResult]:
         """Ingest staged files (named by content hash) of one facility, validated together."""
+        import json
+
         d = self.staging_dir(facility_code)
         specs = []
         for sha in shas:
             name_file = d / f"{sha}.name"
             name = name_file.read_text(encoding="utf-8") if name_file.exists() else None
-            specs.append((d / f"{sha}.hl7", facility_code, "folder", name))
+            origin = d / f"{sha}.src"
+            # The type of the source it came from (message_store.source): sftp for a file staged
+            # from a server, folder for a drop folder.
+            kind = json.loads(origin.read_text(encoding="utf-8"))[0]["source"] if origin.exists() else "folder"
+            specs.append((d / f"{sha}.hl7", facility_code, kind, name))
         return self.ingest_files(specs)
 
     def archive_staged(self, facility_code: str, sha: str) -> str | None:
@@ -531,7 +541,7 @@ class Ingestor:
                 return None
             fac = self.facilities[facility_code]
             for ref in json.loads(origin.read_text(encoding="utf-8")):
-                source_for_ref(self.settings, fac, ref).finish(ref, sha)
+                source_for_ref(self.settings, fac, ref, self.resolve_connection).finish(ref, sha, d / f"{sha}.hl7")
             origin.unlink()
         dest = self.archive(d / f"{sha}.hl7", facility_code, sha=sha)  # staged files are named by their hash
         if dest is not None:

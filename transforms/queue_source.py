@@ -14,6 +14,7 @@ requeue) and the run fails, so nothing is lost.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -22,6 +23,10 @@ from .config import ConfigError
 from .errors import SourceError
 
 DEFAULT_PREFETCH = 200
+# A publisher's message ID is used as it is only when it is plain text of this shape; any other
+# (NUL bytes, separators, control characters) is replaced by its hash, so no sender-chosen text that
+# a database or a path could choke on reaches source_ref.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,9 @@ def source_ref(queue: str, properties, body: bytes) -> str:
     and a reused ID with another body is another message), or the body's hash alone."""
     mid = getattr(properties, "message_id", None)
     digest = hashlib.sha256(body).hexdigest()
-    ident = f"{mid}:{digest[:16]}" if mid and len(mid) <= 200 else digest
+    if isinstance(mid, str) and mid and not _PLAIN_ID.fullmatch(mid):
+        mid = "h" + hashlib.sha256(mid.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    ident = f"{mid}:{digest[:16]}" if isinstance(mid, str) and mid else digest
     return f"queue:{queue}:{ident}"
 
 

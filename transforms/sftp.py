@@ -93,10 +93,17 @@ class Transfer:
     resumed_from: int  # bytes already in place from an earlier, interrupted attempt
 
 
+# Room left under the usual 255-byte limit of file names for what is added to a name here: the
+# ``.part`` suffix of a download and the 17-byte hash prefix of an archived copy.
+MAX_NAME_BYTES = 200
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a plain remote file name, else ``ValueError`` (the name is not echoed)."""
-    if not isinstance(name, str) or not name or name in (".", "..") or _BAD_NAME.search(name) or len(name) > 255:
-        raise ValueError("remote file names must be plain names: no path separator, control character, '.' or '..'")
+    if not isinstance(name, str) or not name or name in (".", "..") or _BAD_NAME.search(name) \
+            or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ValueError("remote file names must be plain names of at most 200 bytes: no path separator, "
+                         "control character, '.' or '..'")
     return name
 
 
@@ -385,17 +392,17 @@ class SftpClient:
         return self._call("list", self._list, pattern)
 
     async def _list(self, pattern: str) -> list[RemoteFile]:
-        names = await self._io(self._sftp.readdir(self.target.path))
+        # Listed as bytes and decoded here: asyncssh's own decoding fails the whole listing on one
+        # name that is not UTF-8, which would stop every file of the folder.
+        names = await self._io(self._sftp.readdir(self.target.path.encode("utf-8")))
         out = []
         for entry in names:
-            name = entry.filename
-            if isinstance(name, bytes):
-                name = name.decode("utf-8", "replace")
-            if name in (".", ".."):
-                continue
             try:
+                name = entry.filename.decode("utf-8") if isinstance(entry.filename, bytes) else entry.filename
+                if name in (".", ".."):
+                    continue
                 check_name(name)
-            except ValueError:
+            except (UnicodeDecodeError, ValueError):
                 log.warning("sftp %s: skipped a listed entry whose name is not a plain file name", self.target.label)
                 continue
             a = entry.attrs
@@ -438,6 +445,17 @@ class SftpClient:
             raise SftpError(f"{self.target.label}: download incomplete ({got} of {size} bytes); it will resume")
         os.replace(part, local)
         return Transfer(name, size, resumed)
+
+    def matches(self, name: str, local_path: str | os.PathLike) -> bool:
+        """Whether the remote file ``name`` holds, at its start and at the end of ``local_path``'s
+        length, the same 64 KiB as ``local_path`` (the whole file when it is under 128 KiB)."""
+        check_name(name)
+        local = Path(local_path)
+        return self._call("verify", self._matches, name, local, local.stat().st_size)
+
+    async def _matches(self, name: str, local: Path, size: int) -> bool:
+        async with await self._io(self._sftp.open(self.target.remote(name), "rb")) as f:
+            return await self._same_prefix_download(f, local, size)
 
     async def _same_prefix_download(self, f, part: Path, offset: int) -> bool:
         with open(part, "rb") as lf:

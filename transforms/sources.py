@@ -31,7 +31,7 @@ class Source(Protocol):
 
     def local_path(self, ref: SourceRef) -> Path: ...
 
-    def finish(self, ref: SourceRef, sha256: str) -> str | None: ...
+    def finish(self, ref: SourceRef, sha256: str, copy: Path | None = None) -> str | None: ...
 
 
 class FolderSource:
@@ -39,7 +39,7 @@ class FolderSource:
 
     type = "folder"
 
-    def __init__(self, settings: Settings, facility: Facility, config: SourceConfig):
+    def __init__(self, settings: Settings, facility: Facility, config: SourceConfig, resolve_connection=None):
         self.settings = settings
         self.facility = facility
         self.options = config.options
@@ -66,7 +66,7 @@ class FolderSource:
     def local_path(self, ref: SourceRef) -> Path:
         return Path(ref["ref"])
 
-    def finish(self, ref: SourceRef, sha256: str) -> str | None:
+    def finish(self, ref: SourceRef, sha256: str, copy: Path | None = None) -> str | None:
         return archive_local(self.settings, self.facility.code, Path(ref["ref"]), sha256)
 
 
@@ -134,8 +134,8 @@ class SftpSource:
             files = [f for f in c.list(pattern) if fnmatch.fnmatch(f.name, pattern)
                      and not f.name.endswith((".tmp", ".part")) and not f.name.startswith(".")
                      and settled(self.options, f.mtime, now)]
-        return [{"source": self.type, "ref": f.name, "name": f.name, "size": f.size, "origin": self.origin}
-                for f in sorted(files, key=lambda f: (f.mtime, f.name))]
+        return [{"source": self.type, "ref": f.name, "name": f.name, "size": f.size, "mtime": f.mtime,
+                 "origin": self.origin} for f in sorted(files, key=lambda f: (f.mtime, f.name))]
 
     def local_path(self, ref: SourceRef) -> Path:
         self.cache.mkdir(parents=True, exist_ok=True)
@@ -144,17 +144,23 @@ class SftpSource:
             c.download(ref["ref"], local)  # resumes a .part left by an interrupted attempt
         return local
 
-    def finish(self, ref: SourceRef, sha256: str) -> str | None:
-        """Move (or delete) the remote file, only if it is still what was staged. A file that
-        grew or was replaced since (a sender still writing, or re-sending under the same name)
-        stays, and the next run loads its new content; a file already gone (moved by an attempt
-        that stopped before recording it) counts as finished."""
+    def finish(self, ref: SourceRef, sha256: str, copy: Path | None = None) -> str | None:
+        """Move (or delete) the remote file, only if it is still what was staged: the size staged,
+        the modification time listed before the download, and the first and last 64 KiB of the
+        staged ``copy``. A file that grew or was replaced since (a sender still writing, or
+        re-sending under the same name, even with the same size in the same second) stays, and
+        the next run loads its new content; a file already gone (moved by an attempt that stopped
+        before recording it) counts as finished."""
         with self._client() as c:
             current = [f for f in c.list(self.options.get("glob", "*.hl7")) if f.name == ref["ref"]]
             if not current:
                 return None
             staged = ref.get("staged_size")
             if staged is not None and current[0].size != staged:
+                return None
+            if ref.get("mtime") is not None and current[0].mtime != ref["mtime"]:
+                return None
+            if copy is not None and copy.exists() and not c.matches(ref["ref"], copy):
                 return None
             if self.options.get("after", "move") == "delete":
                 c.remove(ref["ref"])
@@ -166,13 +172,16 @@ class SftpSource:
 SOURCE_TYPES: dict[str, type] = {"folder": FolderSource, "sftp": SftpSource}
 
 
-def sources_for(settings: Settings, facility: Facility) -> list[Source]:
-    """Instances of the facility's configured sources whose type is implemented."""
-    return [SOURCE_TYPES[s.type](settings, facility, s) for s in facility.sources if s.type in SOURCE_TYPES]
+def sources_for(settings: Settings, facility: Facility, resolve_connection=None) -> list[Source]:
+    """Instances of the facility's configured sources whose type is implemented.
+    ``resolve_connection``: how connections are found (Airflow's resolver inside a task, so a
+    secrets backend works; None: ``AIRFLOW_CONN_*`` variables only)."""
+    return [SOURCE_TYPES[s.type](settings, facility, s, resolve_connection)
+            for s in facility.sources if s.type in SOURCE_TYPES]
 
 
-def source_for_ref(settings: Settings, facility: Facility, ref: SourceRef) -> Source:
-    for s in sources_for(settings, facility):
+def source_for_ref(settings: Settings, facility: Facility, ref: SourceRef, resolve_connection=None) -> Source:
+    for s in sources_for(settings, facility, resolve_connection):
         # Refs staged before "origin" existed name only the type: the first such source.
         if s.type == ref["source"] and ref.get("origin") in (None, getattr(s, "origin", None)):
             return s

@@ -67,6 +67,33 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+# PostgreSQL ends some messages with the offending value: 'invalid input syntax for type ...: "x"'.
+_QUOTED_VALUE = re.compile(r'(:\s*)"[^"]*"\s*$')
+
+
+def safe_db_message(message: str) -> str:
+    """A database error message without the values it may quote: its first line only (PostgreSQL's
+    DETAIL lines repeat the failing row or key, a patient's name or ID among them), and a value
+    quoted at its end replaced. Names of tables, columns and constraints stay."""
+    lines = message.strip().splitlines()
+    return _QUOTED_VALUE.sub('\\1"…"', lines[0]) if lines else message
+
+
+def _without_values(ctx) -> None:
+    """``handle_error`` hook: the exception raised (what a task log or the CLI shows) keeps its
+    class, so retry rules still apply, but not the values (``hide_parameters`` drops the bound
+    parameters; this drops what the server's message repeats of them)."""
+    orig = ctx.original_exception
+    text_ = str(orig)
+    safe = safe_db_message(text_)
+    if safe == text_:
+        return
+    orig.args = (safe,)
+    exc = ctx.sqlalchemy_exception
+    if exc is not None:
+        exc.args = (f"({type(orig).__module__}.{type(orig).__name__}) {safe}",)
+
+
 def get_engine(url: str, migrate: bool = True) -> Engine:
     """Engine for a warehouse URL (cached per process); applies pending migrations on first use."""
     url = normalize_url(url)
@@ -77,7 +104,7 @@ def get_engine(url: str, migrate: bool = True) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        eng = create_engine(url, connect_args={"timeout": 30})
+        eng = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(eng, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; take control so BEGIN IMMEDIATE works.
         @event.listens_for(eng, "connect")
@@ -88,7 +115,8 @@ def get_engine(url: str, migrate: bool = True) -> Engine:
         def _begin(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
-        eng = create_engine(url, pool_pre_ping=True)
+        eng = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    event.listen(eng, "handle_error", _without_values)
     if migrate:
         upgrade(eng)
     _ENGINES[url] = eng

@@ -18,22 +18,30 @@ def facility_codes() -> list[str]:
     return [f.code for f in s.facilities() if f.sources]
 
 
-def pull(facility: str, run_id: str) -> dict:
-    return {"facility": facility, "files": Ingestor(settings(), run_id=run_id).stage(facility)}
-
-
-def load(pulled: dict, run_id: str) -> dict:
+def _ingestor(run_id: str) -> Ingestor:
+    """An ingestor whose sources and alert channels find connections the way Airflow does
+    (connections defined in Airflow or a secrets backend, not only AIRFLOW_CONN_* variables)."""
     from hl7ics_airflow.alerts import resolve_connection
 
     ing = Ingestor(settings(), run_id=run_id)
-    ing.loader.resolve_connection = resolve_connection  # alert channels defined in Airflow
+    ing.resolve_connection = resolve_connection
+    ing.loader.resolve_connection = resolve_connection
+    return ing
+
+
+def pull(facility: str, run_id: str) -> dict:
+    return {"facility": facility, "files": _ingestor(run_id).stage(facility)}
+
+
+def load(pulled: dict, run_id: str) -> dict:
+    ing = _ingestor(run_id)
     facility = pulled["facility"]
     results = [{"sha256": sha, "status": r.status, **r.counts.as_dict()}
                for sha, r in zip(pulled["files"], ing.ingest_staged(facility, pulled["files"]))]
     queued = None
     if any(src.type == "queue" for src in ing.facilities[facility].sources):
         # Messages from a queue are stored and committed before they are acked, within this task.
-        queued = ing.ingest_queues(facility, resolve_connection).as_dict()
+        queued = ing.ingest_queues(facility, ing.resolve_connection).as_dict()
     raise_on_breach(ing.loader.dq_breaches)
     return {"facility": facility, "files": results, "queue": queued}
 
@@ -51,7 +59,7 @@ def raise_on_breach(breaches: list[dict]) -> None:
 
 
 def archive(loaded: dict, run_id: str) -> dict:
-    ing = Ingestor(settings(), run_id=run_id)
+    ing = _ingestor(run_id)
     moved = sum(1 for f in loaded["files"] if ing.archive_staged(loaded["facility"], f["sha256"]))
     return {"facility": loaded["facility"], "archived": moved}
 
