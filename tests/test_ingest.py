@@ -533,6 +533,47 @@ def test_migrations_are_versioned_and_idempotent(warehouse_url):
         assert c.execute(text("SELECT COUNT(*) FROM schema_migrations")).scalar() == len(migrations())
 
 
+def test_two_writers_of_one_message_at_once_load_it_once_on_postgresql(pg_url, hl7ics_home):
+    """A file chunk still being written while the real-time loop (or a replay, or another file)
+    writes the same message: the second writer waits for the first one's commit and finds its copy
+    a duplicate, instead of both reading 'absent' and both loading it."""
+    import threading
+    import time
+
+    from transforms.facts import PatientKeyer
+    from transforms.load import Incoming, Loader
+
+    settings = Settings.load(warehouse_url=pg_url)
+    Ingestor(settings, run_id="sync").sync_facilities()
+    eng = get_engine(pg_url)
+    raw = (b"MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A01|K-1|P|2.5\rEVN|A01|20261102080000\r"
+           b"PID|1||P1^^^CHU-SO^MR||Kodjo^Afi||19900101|F\rPV1|1|I|MED||||||||||||||||VK\r")
+    loaders = [Loader(settings.facilities(), PatientKeyer.from_env(settings.home), run_id=f"w{i}") for i in (1, 2)]
+    prepared = [ld.prepare([Incoming(raw, "folder", f"f{i}:0", "CHU-SO")]) for i, ld in enumerate(loaders)]
+    first_written = threading.Event()
+    statuses = {}
+
+    def first():
+        with eng.begin() as c:
+            loaders[0].write(c, prepared[0])
+            first_written.set()
+            time.sleep(1.5)  # the second writer runs meanwhile
+
+    def second():
+        first_written.wait()
+        with eng.begin() as c:
+            statuses["second"] = loaders[1].write(c, prepared[1])
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rows(eng, "SELECT source_ref, status FROM message_store ORDER BY id") == [("f0:0", "loaded"),
+                                                                                     ("f1:0", "duplicate")]
+    assert scalar(eng, "SELECT COUNT(*) FROM encounter_event") == 1
+
+
 def test_database_errors_do_not_carry_the_values_they_were_given(warehouse_url):
     """A failed statement's exception (what a task log or a failure alert shows) names the SQL but
     not its parameters, which may be a patient's name or ID."""

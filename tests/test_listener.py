@@ -343,6 +343,28 @@ def test_cases_45_46_47_protocol_rejects(listener, sqlite_url, kwargs, code):
     assert rows(sqlite_url, "SELECT COUNT(*) FROM quarantine") == [(1,)]
 
 
+def test_a_plain_replay_leaves_what_the_listener_refused(listener, sqlite_url):
+    """The sender was told AR (test data, a sender its certificate does not allow, a cut frame...):
+    ``hl7ics replay`` without a reason must not load it behind the sender's back; naming the
+    reason does (an operator's decision)."""
+    from transforms.config import Settings
+    from transforms.facts import PatientKeyer
+    from transforms.load import Loader
+    from transforms.replay import replay
+
+    lp = listener()
+    assert msa(exchange(lp.port, hl7("T-1", processing="T")))[0] == "AR"
+    settings = Settings.load(warehouse_url=sqlite_url)
+    loader = Loader(settings.facilities(), PatientKeyer.from_env(settings.home), run_id="replay")
+    assert replay(get_engine(sqlite_url), loader).messages == 0
+    assert rows(sqlite_url, "SELECT status FROM message_store") == [("quarantined",)]
+    assert replay(get_engine(sqlite_url), loader, reason="DQ_THRESHOLD").messages == 0
+    counts = replay(get_engine(sqlite_url), loader, reason="PROCESSING_ID_REFUSED")
+    assert counts.loaded == 1
+    assert rows(sqlite_url, "SELECT status FROM message_store") == [("loaded",)]
+    assert rows(sqlite_url, "SELECT COUNT(*) FROM quarantine WHERE resolved_at IS NULL") == [(0,)]
+
+
 def test_case_46_localised_version_is_accepted(listener):
     lp = listener()
     assert msa(exchange(lp.port, hl7("V-1", version="2.5.1^FRA^2.5"))) == ("AA", "V-1")

@@ -43,6 +43,11 @@ log = logging.getLogger("hl7ics.listener")
 
 # Parser error codes that make a message unacceptable at the protocol level (AR), with the HL7
 # table 0357 code; other errors are content errors (AE) the loader quarantines.
+# What the listener refuses (AR/CR) on its own judgement, besides the parse errors of _REJECT that the
+# loader finds again. The sender was told the message was refused (and has usually resent it), so a
+# replay releases these only when they are named (``replay.EXPLICIT_ONLY``).
+REFUSED_REASONS = ("EMBEDDED_END_BLOCK", "EMPTY_MESSAGE", "ORPHAN_ACK", "CONTROL_ID_TOO_LONG", "PROCESSING_ID_REFUSED",
+                   "UNSUPPORTED_MESSAGE_TYPE", "SEC-SENDER-MISMATCH")
 _REJECT = {"MISSING_MSH": 100, "BAD_DELIMITERS": 102, "MISSING_MESSAGE_TYPE": 101, "MISSING_CONTROL_ID": 101,
            "MISSING_VERSION": 101, "UNSUPPORTED_VERSION": 203, "UNSUPPORTED_CHARSET": 203}
 

@@ -100,6 +100,9 @@ _NO_REASONS: frozenset = frozenset()  # the quarantine reasons of most messages 
 # Facts are extracted before the message has its message_store id; this sentinel marks the id
 # columns, which ``write`` fills in. Column positions come from facts.COLUMNS.
 _PLACEHOLDER = -1
+# Advisory lock class (first key) of the per-sender duplicate check on PostgreSQL; 724120 is the
+# monitoring rollup's.
+DUPLICATE_LOCK = 724121
 _ID_COLUMNS = {t: [i for i, c in enumerate(cols) if c in ("message_id", "last_message_id")]
                for t, cols in COLUMNS.items()}
 
@@ -254,6 +257,14 @@ class Loader:
         ids = w.allocate_ids("message_store", len(new))
         for p, i in zip(new, ids):
             p.item.message_id = i
+        if w.dialect == "postgresql":
+            # The duplicate check below reads what other transactions have committed. Two writers
+            # of one sender's messages at once (a file chunk and the real-time loop, or a replay)
+            # would each find the other's copy absent and both load it. So one lock per sending
+            # facility, taken in order and held to the commit (SQLite's BEGIN IMMEDIATE already
+            # serialises all writers); different facilities still load in parallel.
+            for sender in sorted({p.rec.get("sending_facility") or "" for p in prepared}):
+                w.query("SELECT pg_advisory_xact_lock(?, hashtext(?))", [DUPLICATE_LOCK, sender])
         existing = self._existing_keys(w, prepared)
         seen: dict[tuple, int] = {}  # (facility, control id, content hash) -> id loaded in this batch
         seen_ids: dict[tuple, set] = {}  # (facility, control id) -> content hashes in this batch

@@ -6,19 +6,21 @@ become ``loaded`` (or ``duplicate``) and their quarantine rows get ``resolved_at
 still fail stay quarantined with their current reasons. Idempotent: a second replay finds nothing
 new to do. ``dq_result`` is not added to: it counted these messages when they arrived. The
 data-quality failure-rate threshold does not hold a replayed batch: each message is judged on its
-own checks. Batch-envelope holds are only replayed when their reason is named explicitly, because
-releasing a truncated transfer is an operator's decision, not a default.
+own checks. Batch-envelope holds and the listener's refusals are only replayed when their reason is
+named explicitly: releasing a truncated transfer, test data (MSH-11) or a message from a sender
+its certificate does not allow is an operator's decision, not a default.
 """
 from __future__ import annotations
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from .listener import REFUSED_REASONS
 from .load import Counts, Incoming, Loader
 from .parser import ParseIssue
 from .warehouse import utcnow
 
-EXPLICIT_ONLY = ("BATCH_COUNT_MISMATCH", "BATCH_STRUCTURE", "BATCH_ENVELOPE")
+EXPLICIT_ONLY = ("BATCH_COUNT_MISMATCH", "BATCH_STRUCTURE", "BATCH_ENVELOPE", *REFUSED_REASONS)
 BATCH = 1000
 
 
@@ -52,12 +54,12 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
             holds = conn.execute(text(
                 f"SELECT message_id, reason, detail FROM quarantine WHERE resolved_at IS NULL AND message_id IN "
                 f"({marks}) AND reason IN ({', '.join(repr(r) for r in EXPLICIT_ONLY)})"), p).all()
-        # A batch-envelope hold survives a replay for another reason: only naming it releases it.
+        # A hold of EXPLICIT_ONLY survives a replay for another reason: only naming it releases it.
         kept: dict[int, list[ParseIssue]] = {}
         for mid, rsn, detail in holds:
             if rsn != reason:
                 loc = (detail or "").split(":", 1)[0] or "batch"
-                kept.setdefault(mid, []).append(ParseIssue(rsn, loc, "batch envelope problem (held until released)", 207))
+                kept.setdefault(mid, []).append(ParseIssue(rsn, loc, "held until its reason is named in a replay", 207))
         items = [Incoming(bytes(r[1]), r[2], r[3], r[4] if r[4] != "UNKNOWN" else None, r[5], kept.get(r[0], []),
                           r[0], str(r[6]) if r[6] is not None else None) for r in rows]
         prepared = loader.prepare(items)
