@@ -497,6 +497,37 @@ def test_replay_after_a_fix_is_idempotent(ingestor, tmp_path, monkeypatch):
     assert checksum(eng) == before
 
 
+def test_two_replays_at_once_load_each_message_once(ingestor, tmp_path, monkeypatch):
+    """A replay that runs while another is still preparing the same messages: the second one to
+    write finds them loaded (it claims in its write transaction) and writes nothing."""
+    from transforms import extract
+    from transforms.facts import PatientKeyer
+    from transforms.load import Loader
+    from transforms.replay import replay
+
+    write(tmp_path / "1.hl7", adt("R-1", "A04", "20261102080000").split("PV1|")[0])
+    ingestor.ingest_file(tmp_path / "1.hl7", "CHU-SO")
+    eng = ingestor.engine
+    monkeypatch.setattr(extract, "_ADT_NEEDS_PV1", set())  # "the fix"
+    settings = ingestor.settings
+    first, other = (Loader(settings.facilities(), PatientKeyer.from_env(settings.home), run_id=r)
+                    for r in ("replay-1", "replay-2"))
+    real = first.prepare
+    seen = {}
+
+    def prepare_while_the_other_replay_runs(items):
+        out = real(items)
+        first.prepare = real
+        seen["other"] = replay(eng, other)
+        return out
+
+    monkeypatch.setattr(first, "prepare", prepare_while_the_other_replay_runs)
+    assert replay(eng, first).messages == 0
+    assert seen["other"].loaded == 1
+    assert rows(eng, "SELECT status FROM message_store") == [("loaded",)]
+    assert scalar(eng, "SELECT COUNT(*) FROM quarantine WHERE resolved_at IS NULL") == 0
+
+
 def test_crash_mid_file_resumes_without_duplicates(ingestor, tmp_path, monkeypatch):
     import transforms.ingest as ingest_mod
 

@@ -64,15 +64,20 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
                           r[0], str(r[6]) if r[6] is not None else None) for r in rows]
         prepared = loader.prepare(items)
         with engine.begin() as conn:
+            # Claimed in the write transaction: another replay may have loaded some of these since
+            # they were read (FOR UPDATE holds them on PostgreSQL; SQLite's write lock is taken).
+            still = {r[0] for r in conn.execute(text(
+                f"SELECT id FROM message_store WHERE id IN ({marks}) AND status = 'quarantined'"
+                + (" FOR UPDATE" if conn.dialect.name == "postgresql" else "")), p)}
+            prepared = [x for x in prepared if x.item.message_id in still]
             counts = loader.write(conn, prepared)
             now = utcnow()
             open_rows = conn.execute(text(
                 f"SELECT id, message_id, stage, reason FROM quarantine WHERE resolved_at IS NULL "
                 f"AND message_id IN ({marks})"), p).all()
             # A row is resolved when its message left quarantine or its reason no longer applies.
-            done = [qid for qid, mid, stage, rsn in open_rows
-                    if loader.outcomes.get(mid, ("quarantined", set()))[0] != "quarantined"
-                    or (stage, rsn) not in loader.outcomes[mid][1]]
+            done = [qid for qid, mid, stage, rsn in open_rows if mid in still
+                    and (loader.outcomes[mid][0] != "quarantined" or (stage, rsn) not in loader.outcomes[mid][1])]
             if done:
                 conn.execute(text("UPDATE quarantine SET resolved_at = :now WHERE id = :q"),
                              [{"now": now, "q": q} for q in done])
