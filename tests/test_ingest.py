@@ -807,7 +807,7 @@ def test_replay_for_another_reason_keeps_the_batch_hold(ingestor, tmp_path):
     assert scalar(ingestor.engine, "SELECT status FROM message_store") == "quarantined"
 
 
-def store_received(engine, raw: bytes, control_id: str) -> int:
+def store_received(engine, raw: bytes, control_id: str, facility: str = "CHU-SO") -> int:
     """A row as the MLLP listener stores it: committed, ``received``, waiting for the real-time loop."""
     from transforms.load import MS_COLUMNS, content_sha256
     from transforms.warehouse import Writer
@@ -815,8 +815,8 @@ def store_received(engine, raw: bytes, control_id: str) -> int:
     row = dict.fromkeys(MS_COLUMNS)
     row.update(received_at="2026-11-02 08:00:01", source="mllp", source_ref=f"mllp:test:{control_id}",
                sha256=hashlib.sha256(raw).hexdigest(), content_sha256=content_sha256(raw), raw=raw,
-               size_bytes=len(raw), status="received", updated_at="2026-11-02 08:00:01", facility_code="CHU-SO",
-               sending_facility="CHU-SO", control_id=control_id)
+               size_bytes=len(raw), status="received", updated_at="2026-11-02 08:00:01", facility_code=facility,
+               sending_facility=facility, control_id=control_id)
     with engine.begin() as conn:
         w = Writer(conn)
         row["id"] = w.allocate_ids("message_store", 1)[0]
@@ -840,6 +840,19 @@ def test_a_message_from_the_listener_and_a_file_is_loaded_once(ingestor, tmp_pat
     assert rows(ingestor.engine, "SELECT source, status FROM message_store ORDER BY id") == [
         ("mllp", "loaded"), ("folder", "duplicate")]
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 1
+
+
+def test_a_real_time_message_from_an_unconfigured_sender_is_unknown_in_every_table(ingestor):
+    """The listener stores MSH-4 as it came; a code that is not configured loads as UNKNOWN in
+    message_store and in the facts alike (it was NEWFAC in one and UNKNOWN in the other)."""
+    from transforms.realtime import process_received
+
+    raw = adt("N-1", "A01", "20261102080000", visit="VN").replace("CHU-SO", "NEWFAC").replace("\n", "\r").encode()
+    store_received(ingestor.engine, raw, "N-1", facility="NEWFAC")
+    assert process_received(ingestor.engine, ingestor.loader).loaded == 1
+    assert rows(ingestor.engine, "SELECT facility_code, sending_facility FROM message_store") == [("UNKNOWN", "NEWFAC")]
+    assert rows(ingestor.engine, "SELECT facility_code FROM encounter_event") == [("UNKNOWN",)]
+    assert rows(ingestor.engine, "SELECT facility_code FROM fact_encounter") == [("UNKNOWN",)]
 
 
 def test_two_real_time_loops_at_once_write_each_message_once(ingestor, tmp_path):

@@ -33,13 +33,13 @@ def process_received(engine: Engine, loader: Loader, batch: int = 2000, max_batc
                 "WHERE status = 'received' ORDER BY id LIMIT :n"), {"n": batch}).all()
         if not rows:
             break
-        items = [Incoming(bytes(r[1]), r[2], r[3], None, None, [], r[0], str(r[5]) if r[5] is not None else None)
-                 for r in rows]
+        # The listener attributed each row (MSH-4, checked against the client certificate when
+        # there is one). A configured facility is the message's origin from the start, so its facts,
+        # charset fallback and time zone follow it; any other code loads as UNKNOWN, facts and
+        # message_store alike, as it would from a file.
+        items = [Incoming(bytes(r[1]), r[2], r[3], r[4] if r[4] in loader.facilities else None, None, [], r[0],
+                          str(r[5]) if r[5] is not None else None) for r in rows]
         prepared = loader.prepare(items)
-        for p, r in zip(prepared, rows):
-            # The listener attributed the row (certificate or MSH-4); keep that attribution.
-            if r[4] and r[4] != "UNKNOWN":
-                p.facility = r[4]
         with engine.begin() as conn:
             # Claim the rows: another loop (a stalled task whose retry has started, say) may have
             # processed some since they were read. Only rows still waiting are written; on
