@@ -528,6 +528,55 @@ def test_two_replays_at_once_load_each_message_once(ingestor, tmp_path, monkeypa
     assert scalar(eng, "SELECT COUNT(*) FROM quarantine WHERE resolved_at IS NULL") == 0
 
 
+def _hold(engine, control_id: str) -> None:
+    """Put a loaded message back in quarantine as the data-quality threshold would have held it."""
+    with engine.begin() as c:
+        c.execute(text("UPDATE message_store SET status = 'quarantined' WHERE control_id = :c"), {"c": control_id})
+        c.execute(text("INSERT INTO quarantine (message_id, stage, reason, detail, created_at) SELECT id, 'dq', "
+                       "'DQ_THRESHOLD', 'held', '2026-11-02 08:00:00' FROM message_store WHERE control_id = :c"),
+                  {"c": control_id})
+
+
+def test_replaying_an_older_message_leaves_newer_patient_and_medication_data(ingestor, tmp_path):
+    """A message held, then released by a replay after a newer one for the same patient and order
+    was loaded: phi_patient kept the newer demographics but dim_patient took the older ones, and
+    fact_medication the older quantity."""
+    from transforms.replay import replay
+
+    def rde(control, when, qty, sex, dob):
+        return (f"MSH|^~\\&|PHA|CHU-SO|HL7ICS|MOH|{when}||RDE^O11|{control}|P|2.5\n"
+                f"PID|1||P7^^^CHU-SO^MR||Kodjo^Afi||{dob}|{sex}\n"
+                f"ORC|NW|ORD-1|||||||{when}\n"
+                f"RXE|^^^20261102|AMOX500^Amoxicillin 500mg^L|{qty}||TAB\n")
+
+    ingestor.ingest_file(write(tmp_path / "1.hl7", rde("M-1", "20261102080000", "10", "F", "19900101")), "CHU-SO")
+    ingestor.ingest_file(write(tmp_path / "2.hl7", rde("M-2", "20261102100000", "20", "M", "19850101")), "CHU-SO")
+    eng = ingestor.engine
+    _hold(eng, "M-1")
+    assert replay(eng, ingestor.loader, reason="DQ_THRESHOLD").loaded == 1
+    assert rows(eng, "SELECT sex, birth_date FROM phi_patient") == [("M", "1985-01-01")]
+    assert rows(eng, "SELECT sex, birth_year FROM dim_patient") == [("M", 1985)]
+    assert rows(eng, "SELECT quantity, message_id FROM fact_medication") == [(20.0, 2)]
+
+
+def test_an_older_medication_message_fills_only_what_is_empty():
+    """Writer.upsert(coalesce, newer): the newer row's values stay; an older one fills NULLs."""
+    from transforms.warehouse import Writer, get_engine
+
+    import tempfile
+
+    eng = get_engine(f"sqlite:///{tempfile.mkdtemp()}/w.db")
+    with eng.begin() as c:
+        c.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY, a TEXT, b TEXT, m INTEGER)")
+        w = Writer(c)
+        up = dict(key=("k",), update=("a", "b", "m"), coalesce=True, newer="m")
+        w.upsert("t", ("k", "a", "b", "m"), [("x", "new-a", None, 5)], **up)
+        w.upsert("t", ("k", "a", "b", "m"), [("x", "old-a", "old-b", 3)], **up)
+        assert c.exec_driver_sql("SELECT a, b, m FROM t").all() == [("new-a", "old-b", 5)]
+        w.upsert("t", ("k", "a", "b", "m"), [("x", None, "newer-b", 8)], **up)
+        assert c.exec_driver_sql("SELECT a, b, m FROM t").all() == [("new-a", "newer-b", 8)]
+
+
 def test_crash_mid_file_resumes_without_duplicates(ingestor, tmp_path, monkeypatch):
     import transforms.ingest as ingest_mod
 

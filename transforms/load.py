@@ -471,8 +471,10 @@ class Loader:
         if "phi_patient" in facts:
             w.upsert("phi_patient", COLUMNS["phi_patient"], dedupe(facts["phi_patient"], (0,)), key=("patient_key",),
                      where="excluded.last_message_id >= phi_patient.last_message_id")
+            # dim_patient follows phi_patient: updated only where this batch's values are the ones
+            # phi_patient now holds (an older message replayed lost there, and must lose here too).
             w.upsert("dim_patient", COLUMNS["dim_patient"], dedupe(facts["dim_patient"], (0,)), key=("patient_key",),
-                     update=("sex", "birth_year", "district", "updated_at"))
+                     update=("sex", "birth_year", "district", "updated_at"), where=_DIM_FOLLOWS_PHI)
         if "encounter_event" in facts:
             ev = facts["encounter_event"]
             # The visits' earlier events are read before this batch's are written: folded with the
@@ -489,10 +491,11 @@ class Loader:
         if "fact_medication" in facts:
             rows = _merge_medication(facts["fact_medication"])
             cols = COLUMNS["fact_medication"]
-            # Orders and dispenses arrive separately; a later message fills in, never blanks out.
+            # Orders and dispenses arrive separately; a later message fills in, never blanks out, and
+            # an older one (a replay) only fills what is still empty.
             w.upsert("fact_medication", cols, rows, key=("facility_code", "order_number", "drug_code"),
                      update=("patient_key", "drug_name", "quantity", "units", "ordered_at", "dispensed_at",
-                             "message_id", "updated_at"), coalesce=True)
+                             "message_id", "updated_at"), coalesce=True, newer="message_id")
         if "fact_immunization" in facts:
             w.insert("fact_immunization", COLUMNS["fact_immunization"], facts["fact_immunization"],
                      on_conflict_nothing=("facility_code", "patient_key", "vaccine_code", "administered_at"))
@@ -551,6 +554,16 @@ class Loader:
                 rows.append(state + (now,))
         w.upsert("fact_encounter", ENCOUNTER_COLUMNS, rows, key=("facility_code", "visit_number"))
 
+
+def _same(a: str, b: str) -> str:
+    """Portable null-safe equality (IS NOT DISTINCT FROM needs SQLite 3.39)."""
+    return f"({a} = {b} OR ({a} IS NULL AND {b} IS NULL))"
+
+
+_DIM_FOLLOWS_PHI = (
+    "EXISTS (SELECT 1 FROM phi_patient p WHERE p.patient_key = excluded.patient_key AND "
+    + " AND ".join((_same("p.sex", "excluded.sex"), _same("p.district", "excluded.district"),
+                    _same("CAST(substr(p.birth_date, 1, 4) AS INTEGER)", "excluded.birth_year"))) + ")")
 
 _MERGE_TABLES = ("fact_encounter", "encounter_event", "fact_lab_order", "fact_lab_result", "fact_medication",
                  "fact_charge")

@@ -305,10 +305,13 @@ class Writer:
         self.upsert(table, columns, rows, key=on_conflict_nothing, update=())
 
     def upsert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], key: Sequence[str] = (),
-               update: Sequence[str] | None = None, where: str | None = None, coalesce: bool = False):
+               update: Sequence[str] | None = None, where: str | None = None, coalesce: bool = False,
+               newer: str | None = None):
         """INSERT rows; with ``key``, ON CONFLICT(key) DO UPDATE ``update`` columns (or DO NOTHING).
 
-        ``coalesce`` keeps the stored value where the new one is NULL.
+        ``coalesce`` keeps the stored value where the new one is NULL. With ``newer`` (a column
+        that orders versions, e.g. the message id), a row older than the stored one only fills
+        the stored NULLs, and ``newer`` keeps the larger value.
         ``where`` is an optional SQL condition on the update (e.g. only newer events win); it may
         refer to ``excluded.col`` and ``<table>.col``. Rows with the same key must be deduplicated
         by the caller (PostgreSQL refuses to update one row twice in a statement).
@@ -321,7 +324,13 @@ class Writer:
         if key:
             upd = [c for c in (columns if update is None else update) if c not in key]
             if upd:
-                if coalesce:
+                if coalesce and newer:
+                    later = f"excluded.{newer} >= {table}.{newer}"
+                    sets = ", ".join(
+                        f"{c} = CASE WHEN {later} THEN excluded.{c} ELSE {table}.{c} END" if c == newer else
+                        f"{c} = CASE WHEN {later} THEN COALESCE(excluded.{c}, {table}.{c}) "
+                        f"ELSE COALESCE({table}.{c}, excluded.{c}) END" for c in upd)
+                elif coalesce:
                     sets = ", ".join(f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in upd)
                 else:
                     sets = ", ".join(f"{c} = excluded.{c}" for c in upd)
