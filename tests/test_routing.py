@@ -799,3 +799,97 @@ def test_a_destination_reached_by_two_rules_gets_one_copy(tmp_path):
     """)
     results = router.route(oru(""))
     assert [(r.rule, r.destination) for r in results] == [("first", "a"), ("second", "b")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Repetitions, timing, charsets (review of 2026-12-06)
+def _xform(steps: str):
+    import yaml
+
+    from transforms.hl7transform import compile_transform, load_mappings
+
+    tables = load_mappings(MAPPINGS)
+    return compile_transform("t", {"steps": yaml.safe_load(steps)}, "t", tables), tables
+
+
+def _pid11(addresses: str) -> bytes:
+    return oru("OBX|1|NM|718-7^Hb^LN||9\r").replace("Quartier Bè^^Lomé^Golfe^^TG".encode(), addresses.encode())
+
+
+def test_removing_a_component_clears_it_in_every_repetition():
+    """Data minimisation for surveillance: the street of a second address must go too."""
+    t, tables = _xform("- remove: [PID-11.1, PID-11.2]\n")
+    raw = _pid11("Rue 12^Bp 45^Lomé^Golfe^^TG^H~Rue 7 Tokoin^Bp 9^Lomé^Golfe^^TG^C")
+    out = build_outbound(parse(raw), Target("x"), t, "r", tables)
+    assert seg(out.payload, "PID")[11] == "^^Lomé^Golfe^^TG^H~^^Lomé^Golfe^^TG^C"
+
+
+def test_copying_a_whole_field_copies_every_repetition():
+    t, tables = _xform("- copy: {from: PID-11, to: PID-12}\n")
+    out = build_outbound(parse(_pid11("Rue 12^^Lomé~Rue 7^^Kara")), Target("x"), t, "r", tables)
+    assert seg(out.payload, "PID")[12] == "Rue 12^^Lomé~Rue 7^^Kara"
+
+
+def test_mapping_a_component_maps_every_repetition_and_holds_an_unmapped_one():
+    t, tables = _xform("- map: {field: OBX-5.1, table: lab_local_to_loinc}\n")
+    out = build_outbound(parse(oru("OBX|1|CWE|X^x^L||HGB^Hb^L~DENS-PF^D^L|||A|||F\r")), Target("x"), t, "r", tables)
+    assert out.payload is None and out.review == [("lab_local_to_loinc", "DENS-PF")]
+    out = build_outbound(parse(oru("OBX|1|CWE|X^x^L||HGB^Hb^L~HGB^Hb^L|||A|||F\r")), Target("x"), t, "r", tables)
+    assert seg(out.payload, "OBX")[5] == "718-7^Hb^L~718-7^Hb^L"
+
+
+def test_a_second_identifier_moved_to_pid2_is_one_identifier():
+    """PID-2 does not repeat: one identifier goes there, the others are dropped and noted."""
+    t, tables = _xform("- patient_ids: {prefer: [MR], keep: first, others_to: PID-2}\n")
+    raw = oru("").replace(b"CHU000555^^^CHU-SO^MR", b"CHU000555^^^CHU-SO^MR~INAM9^^^INAM^MB~NIN7^^^ANID^NI")
+    out = build_outbound(parse(raw), Target("x"), t, "r", tables)
+    pid = seg(out.payload, "PID")
+    assert pid[3] == "CHU000555^^^CHU-SO^MR" and pid[2] == "INAM9^^^INAM^MB"
+    assert "DROPPED_REPETITION:PID-3" in out.notes
+
+
+def test_obr27_that_differs_from_orc7_is_kept_when_timing_moves_to_tq1():
+    obr = ["OBR", "1", "ORD-1", "LAB-1", "TDR^TDR^L", "", "", "20261102"] + [""] * 20
+    obr[25], obr[27] = "F", "1^Q6H^D3^20261102090000^^S"
+    raw = ("MSH|^~\\&|SIL|INH|X|Y|20261102||ORU^R01|C2|P|2.3|||AL|NE||UNICODE UTF-8\r"
+           "PID|1||CHU000123^^^CHU-SO^MR||Mensah^Kofi\r"
+           "ORC|RE|ORD-1|LAB-1||CM||^^^20261102090000^^R\r" + "|".join(obr) + "\r"
+           "OBX|1|NM|HGB^Hb^L||9.5||||||F\r").encode()
+    out = build_outbound(parse(raw), Target("ehr", "2.5.1", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert out.error is None and "OBR-27_KEPT" in out.notes
+    assert seg(out.payload, "OBR")[27] == "1^Q6H^D3^20261102090000^^S"
+    same = raw.replace(b"1^Q6H^D3^20261102090000^^S", b"^^^20261102090000^^R")
+    out = build_outbound(parse(same), Target("ehr", "2.5.1", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert len(seg(out.payload, "OBR")) <= 27 or seg(out.payload, "OBR")[27] == ""
+
+
+def test_cp1252_text_is_labelled_or_sent_as_utf8_when_the_charset_is_kept():
+    """A facility without MSH-18 whose bytes were read as CP1252 (no HL7 name): Latin-1 text goes
+    out as 8859/1 (same bytes); text with a CP1252-only letter goes out in UTF-8, labelled."""
+    base = oru("").decode().replace("UNICODE UTF-8", "")
+    latin = base.replace("Agbéko", "Agbéko").encode("cp1252")
+    msg = parse(latin)
+    assert msg.codec == "cp1252"
+    out = build_outbound(msg, Target("x"), None, "r", {})
+    assert seg(out.payload, "MSH")[17] == "8859/1" and out.payload == latin.replace(b"||\rPID", b"||8859/1\rPID", 1)
+    œ = base.replace("Agbéko", "Sœur Agbéko").encode("cp1252")
+    out = build_outbound(parse(œ), Target("x"), None, "r", {})
+    assert seg(out.payload, "MSH")[17] == "UNICODE UTF-8" and "CHARSET_RECODED" in out.notes
+    assert record(out.payload)["patient"]["family_name"] == "Sœur Agbéko"
+
+
+def test_utf8_letter_split_over_two_hex_escapes_converts_to_latin1():
+    raw = oru("NTE|1||Pr\\XC3\\\\XA9\\lèvement\r")
+    out = build_outbound(parse(raw), Target("x", "keep", "iso-8859-1", "8859/1"), None, "r", {})
+    assert out.error is None and seg(out.payload, "NTE")[3] == "Pr\\XE9\\lèvement"
+
+
+def test_decomposed_accents_fit_latin1_and_replacement_characters_are_noted():
+    import unicodedata
+
+    raw = oru("OBX|1|NM|718-7^Hb^LN||9\r", family=unicodedata.normalize("NFD", "Agbéko"))
+    out = build_outbound(parse(raw), Target("x", "keep", "iso-8859-1", "8859/1"), None, "r", {})
+    assert out.error is None and "Agbéko".encode("latin-1") in out.payload
+    damaged = oru("OBX|1|NM|718-7^Hb^LN||9\r").replace("Agbéko".encode(), b"Agb\xe9ko")
+    out = build_outbound(parse(damaged), Target("x"), None, "r", {})
+    assert "SOURCE_INVALID_BYTES" in out.notes

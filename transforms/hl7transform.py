@@ -36,6 +36,7 @@ import csv
 import importlib
 import inspect
 import re
+import unicodedata
 from dataclasses import dataclass, field as dc_field
 from functools import lru_cache
 from pathlib import Path
@@ -169,8 +170,10 @@ def _part(parts: list[str], i: int) -> str:
 
 
 def get_at(value: str, d: Delimiters, rep: int | None, comp: int | None, sub: int | None) -> str:
-    """The escaped value at a repetition/component/subcomponent of a field value."""
-    if rep is not None or d.repetition in value:
+    """The escaped value at a repetition/component/subcomponent of a field value. A whole field
+    (no repetition, no component) is read with all its repetitions; a component without a
+    repetition is read from the first one."""
+    if rep is not None or (comp is not None and d.repetition in value):
         reps = value.split(d.repetition)
         value = _part(reps, (rep or 1) - 1)
     if comp is None:
@@ -405,6 +408,12 @@ class RemoveStep(Step):
             for seg in _segments_of(work.segments, p):
                 if p.level == 1 and p.rep is None:
                     set_field(seg, p.field, "")  # type: ignore[arg-type]
+                elif p.rep is None:
+                    # A component named without a repetition goes from every repetition: a second
+                    # address's street must not reach a destination the first one's could not.
+                    reps = get_field(seg, p.field).split(d.repetition)  # type: ignore[arg-type]
+                    set_field(seg, p.field, _join([set_at(r, d, None, p.comp, p.sub, "") for r in reps],  # type: ignore[arg-type]
+                                                  d.repetition))
                 else:
                     write_path(seg, d, p, "")
 
@@ -463,7 +472,12 @@ def apply_patient_ids(work: Work, prefer, keep: str, others_to: str | None) -> N
             if others and others_to:
                 n = int(others_to.split("-")[1])
                 existing = [r for r in get_field(seg, n).split(d.repetition) if r]
-                set_field(seg, n, d.repetition.join(existing + [o for o in others if o not in existing]))
+                moved = existing + [o for o in others if o not in existing]
+                if n == 2 and len(moved) > 1:
+                    # PID-2 does not repeat: one identifier fits, the rest is dropped and said so.
+                    moved = moved[:1]
+                    work.note("DROPPED_REPETITION:PID-3")
+                set_field(seg, n, d.repetition.join(moved))
             elif others:
                 work.note("DROPPED_REPETITION:PID-3")
         else:
@@ -500,15 +514,22 @@ class MapStep(Step):
                 if new != value:
                     set_field(seg, p.field, new)  # type: ignore[arg-type]
             else:
-                raw = get_at(value, d, p.rep, p.comp, p.sub)
-                if not raw:
-                    continue
-                code = unescape(raw, d)
-                hit = self.table.get(code)
-                if hit is None:
-                    self._miss(work, code)
-                    continue
-                write_path(seg, d, self.into or p, escape(hit[0], d))
+                # Without a repetition in the path, every repetition's code is mapped (an unmapped
+                # second code must be held for review like a first one).
+                dest = self.into or p
+                n_reps = 1 if p.rep is not None else len(value.split(d.repetition))
+                for k in range(n_reps):
+                    raw = get_at(value, d, p.rep or k + 1, p.comp, p.sub)
+                    if not raw:
+                        continue
+                    code = unescape(raw, d)
+                    hit = self.table.get(code)
+                    if hit is None:
+                        self._miss(work, code)
+                        continue
+                    at = dest if dest.rep is not None or n_reps == 1 else \
+                        FieldPath(dest.seg, dest.occ, dest.field, k + 1, dest.comp, dest.sub, dest.text)
+                    write_path(seg, d, at, escape(hit[0], d))
 
     def _map_coded(self, work: Work, value: str, d: Delimiters) -> str:
         out = []
@@ -994,7 +1015,8 @@ def _timing_up(work: Work, structure: str) -> None:
     for g in _order_groups(segs):
         orc = segs[g["ORC"]] if g["ORC"] is not None else None
         obr = segs[g["OBR"]] if g["OBR"] is not None else None
-        value = (get_field(orc, 7) if orc else "") or (get_field(obr, 27) if obr else "")
+        orc7, obr27 = (get_field(orc, 7) if orc else ""), (get_field(obr, 27) if obr else "")
+        value = orc7 or obr27
         if not value:
             continue
         tq1s = [_tq_to_tq1(rep, k, d, work) for k, rep in enumerate([r for r in value.split(d.repetition) if r], 1)]
@@ -1011,7 +1033,11 @@ def _timing_up(work: Work, structure: str) -> None:
         inserts.setdefault(at, []).extend(tq1s)
         if orc:
             set_field(orc, 7, "")
-        if obr:
+        if obr and obr27 and orc7 and obr27 != orc7:
+            # The order's own timing differs from the common order's: TQ1 carries ORC-7's, and
+            # OBR-27 (kept in 2.5 for backward compatibility) keeps its own rather than vanish.
+            work.note("OBR-27_KEPT")
+        elif obr:
             set_field(obr, 27, "")
         work.note("ORC-7/OBR-27->TQ1")
     _insert_after(work, segs, inserts)
@@ -1348,12 +1374,16 @@ def recode_hex_escapes(lines: list[str], d: Delimiters, src_codec: str, dst_code
     """\\Xhh..\\ escapes are bytes of the message's charset: re-express them in the new one."""
     if src_codec == dst_codec:
         return lines
-    pat = re.compile(re.escape(d.escape) + r"X([0-9A-Fa-f]{2,})" + re.escape(d.escape))
+    one = re.escape(d.escape) + r"X[0-9A-Fa-f]{2,}" + re.escape(d.escape)
+    # Adjacent escapes are one byte string: a UTF-8 letter may be split over two (as the parser reads them).
+    pat = re.compile(f"(?:{one})+")
+    hexes = re.compile(re.escape(d.escape) + r"X([0-9A-Fa-f]{2,})" + re.escape(d.escape))
 
     def sub(m):
-        h = m.group(1)
-        if len(h) % 2:
+        parts = hexes.findall(m.group(0))
+        if any(len(h) % 2 for h in parts):
             return m.group(0)
+        h = "".join(parts)
         try:
             text = bytes.fromhex(h).decode(src_codec)
             return f"{d.escape}X{text.encode(dst_codec).hex().upper()}{d.escape}"
@@ -1369,6 +1399,11 @@ def encode_lines(lines: list[str], fs: str, codec: str) -> bytes:
         return text.encode(codec)
     except UnicodeEncodeError:
         pass
+    try:
+        # Letters written decomposed (e + combining acute) exist precomposed in 8-bit charsets.
+        return unicodedata.normalize("NFC", text).encode(codec)
+    except UnicodeEncodeError:
+        lines = [unicodedata.normalize("NFC", ln) for ln in lines]
     bad: dict[str, None] = {}
     for line in lines:
         toks = line.split(fs)
@@ -1592,10 +1627,23 @@ class Outcome:
     notes: list
 
 
-def _fix_declared_charset(work: Work, codec: str) -> None:
-    """Charset 'keep': the bytes go out in the codec the message was read with; if the sender's
-    MSH-18 named another one (a mislabelled sender) or none for 8-bit text, say what the bytes
-    really are."""
+def _fix_declared_charset(work: Work, codec: str) -> str:
+    """Charset 'keep': the bytes go out in the codec the message was read with (returned); if the
+    sender's MSH-18 named another one (a mislabelled sender) or none for 8-bit text, say what the
+    bytes really are.
+
+    CP1252 has no name in HL7 table 0211. Text that Latin-1 holds is the same bytes in both, and
+    goes out labelled 8859/1; text with a CP1252-only character (€, œ, ’...) goes out in UTF-8,
+    labelled so, rather than as bytes no label describes."""
+    if codec == "cp1252" and work.version not in ("2.1", "2.2"):
+        try:
+            for seg in work.segments:
+                for f in seg:
+                    f.encode("iso-8859-1")
+            codec = "iso-8859-1"
+        except UnicodeEncodeError:
+            codec = "utf-8"
+            work.note("CHARSET_RECODED")
     declared = get_field(work.msh, 18).split(work.delims.repetition, 1)[0].split(work.delims.component, 1)[0]
     if not declared:
         # No MSH-18 means ASCII to a receiver: bytes beyond it (a Latin-1 sender that relied on
@@ -1604,7 +1652,7 @@ def _fix_declared_charset(work: Work, codec: str) -> None:
                 not all(f.isascii() for seg in work.segments for f in seg):
             set_field(work.msh, 18, msh18_name(codec))  # type: ignore[arg-type]
             work.note("MSH-18_SET")
-        return
+        return codec
     try:
         same = _charset.normalize_codec(declared) == codec
     except (LookupError, _charset.UnsupportedCharset):
@@ -1612,6 +1660,7 @@ def _fix_declared_charset(work: Work, codec: str) -> None:
     if not same and msh18_name(codec):
         set_field(work.msh, 18, msh18_name(codec))  # type: ignore[arg-type]
         work.note("MSH-18_CORRECTED")
+    return codec
 
 
 def build_outbound(msg: Message, target: Target, transform: Transform | None, rule: str,
@@ -1640,7 +1689,10 @@ def build_outbound(msg: Message, target: Target, transform: Transform | None, ru
         if target.codec is not None:
             set_field(work.msh, 18, escape(target.msh18 or "", d))
         else:
-            _fix_declared_charset(work, codec)
+            codec = _fix_declared_charset(work, codec)
+        if "INVALID_BYTES" in msg.flags:
+            # Bytes the sender's charset could not decode are U+FFFD in what is sent: said so.
+            work.note("SOURCE_INVALID_BYTES")
         out_d = target.delimiters or d
         lines = render(work, out_d)
         lines = recode_hex_escapes(lines, out_d, msg.codec, codec)
