@@ -54,6 +54,7 @@ def test_defaults_are_filled():
     ({"sources": [{"type": "folder", "path": "x", "stable_second": 5}]}, "unknown key(s) stable_second"),
     ({"sources": [{"type": "queue", "conn_id": "c", "queue": "q", "prefetch": True}]}, "prefetch must be"),
     ({"sources": [{"type": "sftp", "conn_id": "c", "archive": "../../etc"}]}, "archive must be a folder below"),
+    ({"sources": [{"type": "folder", "path": "x", "archive": False}]}, "only 'true' is accepted"),
     ({"sources": [{"type": "sftp", "conn_id": "c", "archive": "/srv/old"}]}, "archive must be a folder below"),
 ])
 def test_errors_name_the_facility_and_key(change, message):

@@ -140,7 +140,10 @@ def _source(raw, where: str) -> Source:
             raise ConfigError(f"{where}: stable_seconds must be a non-negative integer")
     if typ == "folder":
         _req(opts, "path", where)  # relative paths resolve under HL7ICS_DATA_DIR
-        opts.setdefault("archive", True)
+        if opts.setdefault("archive", True) is not True:
+            # A committed file leaves the drop folder (or every run would hash it again).
+            raise ConfigError(f"{where}: archive: a folder source always moves committed files to "
+                              "$HL7ICS_HOME/archive/<facility>; only 'true' is accepted")
     elif typ == "queue":
         if not (opts.get("conn_id") or opts.get("url")) or not opts.get("queue"):
             raise ConfigError(f"{where}: a queue source needs 'conn_id' (an AMQP connection) and 'queue'")
