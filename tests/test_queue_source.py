@@ -176,3 +176,14 @@ def test_a_message_id_that_is_not_plain_text_is_hashed_not_stored(ingestor, queu
     assert len(set(refs)) == 5
     assert not any(bad in r for r in refs for bad in ("\x00", "..", "/", "\r", "x" * 255))
     assert sum(":ok-3:" in r for r in refs) == 1
+
+
+def test_the_run_summary_counts_what_the_queue_delivered(ingestor, queue):
+    """A facility fed by a queue: ingest_run has its messages (it showed zero: no file)."""
+    publish(queue, generate_mix(12, seed=9))
+    assert ingestor.ingest_queues("CHU-SO").messages == 12
+    publish(queue, generate_mix(3, seed=10), with_ids=False)
+    ingestor.ingest_queues("CHU-SO")
+    [run] = [r for r in ingestor.record_run(["CHU-SO"]) if r["facility"] == "CHU-SO"]
+    assert (run["files"], run["messages"], run["loaded"] + run["duplicates"] + run["quarantined"]) == (0, 15, 15)
+    assert ingestor.record_run(["CHU-SO"]) == ingestor.record_run(["CHU-SO"])  # recomputed, not added

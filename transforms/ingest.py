@@ -343,11 +343,24 @@ class Ingestor:
         return results
 
     def ingest_messages(self, items: list[Incoming]) -> Counts:
-        """Store and load messages that did not come in a file (a queue), in one transaction."""
+        """Store and load messages that did not come in a file (a queue), in one transaction,
+        which also adds them to this run's queue counts (``ingest_run_queue``, read by ``record_run``)."""
         prepared = self.loader.prepare(items)
         self.loader.validate(prepared)
         with self.engine.begin() as conn:
             counts = self.loader.write(conn, prepared)
+            by_facility: dict[str, Counts] = {}
+            for p in prepared:
+                by_facility.setdefault(p.facility, Counts()).add(self.loader.counts_of([p]))
+            conn.execute(text(
+                "INSERT INTO ingest_run_queue (run_id, facility_code, messages, loaded, duplicates, quarantined, "
+                "updated_at) VALUES (:r, :f, :m, :l, :d, :q, :now) ON CONFLICT (run_id, facility_code) DO UPDATE SET "
+                "messages = ingest_run_queue.messages + excluded.messages, "
+                "loaded = ingest_run_queue.loaded + excluded.loaded, "
+                "duplicates = ingest_run_queue.duplicates + excluded.duplicates, "
+                "quarantined = ingest_run_queue.quarantined + excluded.quarantined, updated_at = excluded.updated_at"),
+                [{"r": self.run_id, "f": f, "m": c.messages, "l": c.loaded, "d": c.duplicates, "q": c.quarantined,
+                  "now": utcnow()} for f, c in sorted(by_facility.items())])
         self.loader.flush_alerts(self.engine)
         return counts
 
@@ -560,12 +573,17 @@ class Ingestor:
         now = utcnow()
         with self.engine.begin() as conn:
             rows = [tuple(r) for r in conn.execute(sql, {"r": self.run_id})]
-            codes = set(facility_codes or []) | {r[0] for r in rows}
+            queued = {r[0]: r[1:] for r in conn.execute(text(
+                "SELECT facility_code, messages, loaded, duplicates, quarantined FROM ingest_run_queue "
+                "WHERE run_id = :r"), {"r": self.run_id})}
+            codes = set(facility_codes or []) | {r[0] for r in rows} | set(queued)
             by = {r[0]: r for r in rows}
             out = []
             for code in sorted(codes):
                 r = by.get(code, (code, 0, 0, 0, 0, 0))
-                out.append((self.run_id, code, r[1], r[2], r[3] or 0, r[4] or 0, r[5] or 0, now))
+                q = queued.get(code, (0, 0, 0, 0))
+                out.append((self.run_id, code, r[1], r[2] + q[0], (r[3] or 0) + q[1], (r[4] or 0) + q[2],
+                            (r[5] or 0) + q[3], now))
             Writer(conn).upsert("ingest_run", ("run_id", "facility_code", "files", "messages", "loaded", "duplicates",
                                                "quarantined", "updated_at"), out, key=("run_id", "facility_code"),
                                 update=("files", "messages", "loaded", "duplicates", "quarantined"))
