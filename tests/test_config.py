@@ -56,6 +56,7 @@ def test_defaults_are_filled():
     ({"sources": [{"type": "sftp", "conn_id": "c", "archive": "../../etc"}]}, "archive must be a folder below"),
     ({"sources": [{"type": "folder", "path": "x", "archive": False}]}, "only 'true' is accepted"),
     ({"sources": [{"type": "sftp", "conn_id": "c", "archive": "/srv/old"}]}, "archive must be a folder below"),
+    ({"sources": [{"type": "sftp", "conn_id": "c", "archive": "./"}]}, "archive must be a folder below"),
 ])
 def test_errors_name_the_facility_and_key(change, message):
     entry = {**GOOD, **change}

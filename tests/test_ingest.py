@@ -667,6 +667,16 @@ def test_database_errors_do_not_carry_the_values_they_were_given(warehouse_url):
                                "VALUES (:k, 'CHU-SO', :p, :n)"), {"k": "k-1", "p": "TG-778899", "n": "Ɖogbé"})
     assert "TG-778899" not in str(err.value) and "Ɖogbé" not in str(err.value)
     assert "hidden due to hide_parameters" in str(err.value)
+    # The bulk writers (COPY, staged upserts) talk to the driver directly: the same holds there.
+    from transforms.warehouse import Writer
+
+    with pytest.raises(Exception) as err:
+        with eng.begin() as c:
+            Writer(c).upsert("phi_patient", ("patient_key", "facility_code", "patient_id", "family_name"),
+                             [("k-2", "CHU-SO", "TG-778899", "Ɖogbé"), ("k-2", "CHU-SO", "TG-778899", "Ɖogbé")],
+                             key=("patient_key",))
+    assert type(err.value).__module__.split(".")[0] in ("psycopg", "sqlite3", "sqlalchemy")
+    assert "TG-778899" not in str(err.value) and "Ɖogbé" not in str(err.value)
     from transforms.warehouse import safe_db_message
 
     assert safe_db_message('invalid input syntax for type date: "Kɔfi 1990"') == \

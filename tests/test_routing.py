@@ -824,10 +824,14 @@ def test_removing_a_component_clears_it_in_every_repetition():
     assert seg(out.payload, "PID")[11] == "^^Lomé^Golfe^^TG^H~^^Lomé^Golfe^^TG^C"
 
 
-def test_copying_a_whole_field_copies_every_repetition():
+def test_copying_a_repeated_field_copies_one_repetition_and_says_so():
+    """Most copy destinations do not repeat (PID-3 -> PID-2): the first repetition goes, and the
+    others are noted as dropped rather than lost silently."""
     t, tables = _xform("- copy: {from: PID-11, to: PID-12}\n")
     out = build_outbound(parse(_pid11("Rue 12^^Lomé~Rue 7^^Kara")), Target("x"), t, "r", tables)
-    assert seg(out.payload, "PID")[12] == "Rue 12^^Lomé~Rue 7^^Kara"
+    assert seg(out.payload, "PID")[12] == "Rue 12^^Lomé" and "DROPPED_REPETITION:PID-11" in out.notes
+    out = build_outbound(parse(_pid11("Rue 12^^Lomé")), Target("x"), t, "r", tables)
+    assert seg(out.payload, "PID")[12] == "Rue 12^^Lomé" and not any("DROPPED" in n for n in out.notes)
 
 
 def test_mapping_a_component_maps_every_repetition_and_holds_an_unmapped_one():
@@ -876,6 +880,11 @@ def test_cp1252_text_is_labelled_or_sent_as_utf8_when_the_charset_is_kept():
     out = build_outbound(parse(œ), Target("x"), None, "r", {})
     assert seg(out.payload, "MSH")[17] == "UNICODE UTF-8" and "CHARSET_RECODED" in out.notes
     assert record(out.payload)["patient"]["family_name"] == "Sœur Agbéko"
+    # A CP1252-only character may hide in a \X..\ escape (80 is €): UTF-8 too, not an error.
+    euro = base.replace("Agbéko", "Agbéko").replace("PV1|", "NTE|1||5 \\X80\\\rPV1|", 1).encode("cp1252")
+    out = build_outbound(parse(euro), Target("x"), None, "r", {})
+    assert out.error is None and seg(out.payload, "MSH")[17] == "UNICODE UTF-8"
+    assert seg(out.payload, "NTE")[3] == "5 \\XE282AC\\"
 
 
 def test_utf8_letter_split_over_two_hex_escapes_converts_to_latin1():

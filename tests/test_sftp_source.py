@@ -208,11 +208,14 @@ def test_names_that_are_not_utf8_or_too_long_are_skipped_not_fatal(tmp_path, war
         f.write(generate_mix(1, seed=1)[0])
     (remote / ("a" * 248 + ".hl7")).write_bytes(generate_mix(1, seed=2)[0])
     (remote / "normal.hl7").write_bytes(b"\r".join(generate_mix(3, seed=3)))
+    long_ok = "b" * 196 + ".hl7"  # 200 bytes: still room for .part and the archive's hash prefix
+    (remote / long_ok).write_bytes(b"\r".join(generate_mix(2, seed=5)))
     settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
     ing, staged, results = _load_staged(settings)
-    assert len(staged) == 1 and results[0].counts.loaded == 3
-    assert ing.archive_staged("HD-TSEVIE", staged[0])
-    assert not (remote / "normal.hl7").exists() and (remote / ("a" * 248 + ".hl7")).exists()
+    assert len(staged) == 2 and sorted(r.counts.loaded for r in results) == [2, 3]
+    assert all(ing.archive_staged("HD-TSEVIE", sha) for sha in staged)
+    assert not (remote / "normal.hl7").exists() and not (remote / long_ok).exists()
+    assert (remote / ("a" * 248 + ".hl7")).exists()
     assert scalar(ing.engine, "SELECT COUNT(DISTINCT source) FROM message_store WHERE source = 'sftp'") == 1
     assert scalar(ing.engine, "SELECT COUNT(*) FROM message_store WHERE source <> 'sftp'") == 0
 

@@ -165,7 +165,7 @@ def _source(raw, where: str) -> Source:
             raise ConfigError(f"{where}: after must be 'move' (to the 'archive' folder) or 'delete'")
         archive = opts.setdefault("archive", "archive")
         if not isinstance(archive, str) or not archive.strip() or "\x00" in archive or archive.startswith("/") \
-                or ".." in archive.split("/"):
+                or ".." in archive.split("/") or os.path.normpath(archive) == ".":
             raise ConfigError(f"{where}: archive must be a folder below 'path' (relative, without '..')")
         if not isinstance(opts["path"], str) or "\x00" in opts["path"]:
             raise ConfigError(f"{where}: path must be a remote folder name")

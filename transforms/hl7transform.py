@@ -170,10 +170,9 @@ def _part(parts: list[str], i: int) -> str:
 
 
 def get_at(value: str, d: Delimiters, rep: int | None, comp: int | None, sub: int | None) -> str:
-    """The escaped value at a repetition/component/subcomponent of a field value. A whole field
-    (no repetition, no component) is read with all its repetitions; a component without a
-    repetition is read from the first one."""
-    if rep is not None or (comp is not None and d.repetition in value):
+    """The escaped value at a repetition/component/subcomponent of a field value (the first
+    repetition when none is named)."""
+    if rep is not None or d.repetition in value:
         reps = value.split(d.repetition)
         value = _part(reps, (rep or 1) - 1)
     if comp is None:
@@ -386,14 +385,23 @@ class CopyStep(Step):
         if self.src.seg == self.dst.seg and self.src.occ is None and self.dst.occ is None:
             # Same segment type: copy within each occurrence (OBR-2 -> OBR-3 of every OBR).
             for seg in _segments_of(segs, self.dst):
+                self._dropped(work, seg)
                 write_path(seg, d, self.dst, read_path(segs, d, self.src, seg))
             return
         found = _segments_of(segs, self.src)
         if not found:
             return
+        self._dropped(work, found[0])
         value = read_path(segs, d, self.src, found[0])
         for seg in _segments_of(segs, self.dst):
             write_path(seg, d, self.dst, value)
+
+
+    def _dropped(self, work, seg: list[str]) -> None:
+        """One repetition is copied (most destinations do not repeat): say so when there were more."""
+        if self.src.rep is None and self.src.field is not None and \
+                work.delims.repetition in get_field(seg, self.src.field):
+            work.note(f"DROPPED_REPETITION:{self.src.text}")
 
 
 class RemoveStep(Step):
@@ -1636,12 +1644,16 @@ def _fix_declared_charset(work: Work, codec: str) -> str:
     goes out labelled 8859/1; text with a CP1252-only character (€, œ, ’...) goes out in UTF-8,
     labelled so, rather than as bytes no label describes."""
     if codec == "cp1252" and work.version not in ("2.1", "2.2"):
+        hexes = re.compile(re.escape(work.delims.escape) + r"X([0-9A-Fa-f]+)" + re.escape(work.delims.escape))
         try:
             for seg in work.segments:
                 for f in seg:
                     f.encode("iso-8859-1")
+                    for h in hexes.findall(f) if work.delims.escape + "X" in f else ():
+                        if len(h) % 2 == 0:  # \X..\ escapes are CP1252 bytes too
+                            bytes.fromhex(h).decode("cp1252").encode("iso-8859-1")
             codec = "iso-8859-1"
-        except UnicodeEncodeError:
+        except UnicodeError:
             codec = "utf-8"
             work.note("CHARSET_RECODED")
     declared = get_field(work.msh, 18).split(work.delims.repetition, 1)[0].split(work.delims.component, 1)[0]

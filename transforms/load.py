@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -103,6 +104,7 @@ _PLACEHOLDER = -1
 # Advisory lock class (first key) of the per-sender duplicate check on PostgreSQL; 724120 is the
 # monitoring rollup's.
 DUPLICATE_LOCK = 724121
+DUPLICATE_LOCK_SLOTS = 64
 _ID_COLUMNS = {t: [i for i, c in enumerate(cols) if c in ("message_id", "last_message_id")]
                for t, cols in COLUMNS.items()}
 
@@ -262,9 +264,12 @@ class Loader:
             # of one sender's messages at once (a file chunk and the real-time loop, or a replay)
             # would each find the other's copy absent and both load it. So one lock per sending
             # facility, taken in order and held to the commit (SQLite's BEGIN IMMEDIATE already
-            # serialises all writers); different facilities still load in parallel.
-            for sender in sorted({p.rec.get("sending_facility") or "" for p in prepared}):
-                w.query("SELECT pg_advisory_xact_lock(?, hashtext(?))", [DUPLICATE_LOCK, sender])
+            # serialises all writers); different facilities still load in parallel. Senders share
+            # DUPLICATE_LOCK_SLOTS locks: a chunk of thousands of distinct MSH-4 values would
+            # otherwise fill PostgreSQL's lock table.
+            for slot in sorted({zlib.crc32((p.rec.get("sending_facility") or "").encode("utf-8", "surrogatepass"))
+                                % DUPLICATE_LOCK_SLOTS for p in prepared}):
+                w.query("SELECT pg_advisory_xact_lock(?, ?)", [DUPLICATE_LOCK, slot])
         existing = self._existing_keys(w, prepared)
         seen: dict[tuple, int] = {}  # (facility, control id, content hash) -> id loaded in this batch
         seen_ids: dict[tuple, set] = {}  # (facility, control id) -> content hashes in this batch

@@ -93,16 +93,17 @@ class Transfer:
     resumed_from: int  # bytes already in place from an earlier, interrupted attempt
 
 
-# Room left under the usual 255-byte limit of file names for what is added to a name here: the
-# ``.part`` suffix of a download and the 17-byte hash prefix of an archived copy.
-MAX_NAME_BYTES = 200
+# A listed file is taken only if its name leaves room under the usual 255-byte limit for what is
+# added to it here: the ``.part`` suffix of a download and the 17-byte hash prefix of an archived copy.
+MAX_LISTED_NAME_BYTES = 200
 
 
-def check_name(name: str) -> str:
-    """``name`` if it is a plain remote file name, else ``ValueError`` (the name is not echoed)."""
+def check_name(name: str, limit: int = 255) -> str:
+    """``name`` if it is a plain remote file name of at most ``limit`` bytes, else ``ValueError``
+    (the name is not echoed)."""
     if not isinstance(name, str) or not name or name in (".", "..") or _BAD_NAME.search(name) \
-            or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise ValueError("remote file names must be plain names of at most 200 bytes: no path separator, "
+            or len(name.encode("utf-8", "surrogatepass")) > limit:
+        raise ValueError(f"remote file names must be plain names of at most {limit} bytes: no path separator, "
                          "control character, '.' or '..'")
     return name
 
@@ -401,7 +402,7 @@ class SftpClient:
                 name = entry.filename.decode("utf-8") if isinstance(entry.filename, bytes) else entry.filename
                 if name in (".", ".."):
                     continue
-                check_name(name)
+                check_name(name, MAX_LISTED_NAME_BYTES)
             except (UnicodeDecodeError, ValueError):
                 log.warning("sftp %s: skipped a listed entry whose name is not a plain file name", self.target.label)
                 continue

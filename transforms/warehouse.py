@@ -12,7 +12,7 @@ dialect differences are the two placeholders documented in ``001_core.sql``.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import lru_cache, wraps
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -77,6 +77,24 @@ def safe_db_message(message: str) -> str:
     quoted at its end replaced. Names of tables, columns and constraints stay."""
     lines = message.strip().splitlines()
     return _QUOTED_VALUE.sub('\\1"…"', lines[0]) if lines else message
+
+
+def _driver_values_hidden(method):
+    """``Writer`` methods talk to the driver directly (COPY, staged upserts), past SQLAlchemy's
+    ``handle_error``: the same rewrite of a database error's message, same exception object."""
+
+    @wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            if type(exc).__module__.split(".", 1)[0] in ("psycopg", "sqlite3") and exc.args:
+                safe = safe_db_message(str(exc))
+                if safe != str(exc):
+                    exc.args = (safe,)
+            raise
+
+    return wrapper
 
 
 def _without_values(ctx) -> None:
@@ -228,6 +246,7 @@ class Writer:
         start = max(start, seq or 0)
         return list(range(start + 1, start + n + 1))
 
+    @_driver_values_hidden
     def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Run a read with ``?`` placeholders straight on the driver (no SQL compilation per call:
         batches look up hundreds of keys at a time)."""
@@ -256,6 +275,7 @@ class Writer:
                                       [*params, *chunk]))
         return out
 
+    @_driver_values_hidden
     def copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], binary: bool = False) -> None:
         """Plain bulk INSERT for rows that cannot conflict (new ids): COPY straight into the table on
         PostgreSQL, executemany on SQLite. A conflict would fail the batch, never skip rows.
@@ -304,6 +324,7 @@ class Writer:
     def insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], on_conflict_nothing: Sequence[str] = ()):
         self.upsert(table, columns, rows, key=on_conflict_nothing, update=())
 
+    @_driver_values_hidden
     def upsert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], key: Sequence[str] = (),
                update: Sequence[str] | None = None, where: str | None = None, coalesce: bool = False,
                newer: str | None = None):
