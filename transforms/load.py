@@ -267,8 +267,9 @@ class Loader:
             # serialises all writers); different facilities still load in parallel. Senders share
             # DUPLICATE_LOCK_SLOTS locks: a chunk of thousands of distinct MSH-4 values would
             # otherwise fill PostgreSQL's lock table.
+            # Messages that failed to parse are never checked (nor locked for).
             for slot in sorted({zlib.crc32((p.rec.get("sending_facility") or "").encode("utf-8", "surrogatepass"))
-                                % DUPLICATE_LOCK_SLOTS for p in prepared}):
+                                % DUPLICATE_LOCK_SLOTS for p in prepared if p.rec["status"] != "error"}):
                 w.query("SELECT pg_advisory_xact_lock(?, ?)", [DUPLICATE_LOCK, slot])
         existing = self._existing_keys(w, prepared)
         seen: dict[tuple, int] = {}  # (facility, control id, content hash) -> id loaded in this batch
