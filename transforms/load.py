@@ -578,6 +578,15 @@ _MERGE_KEYED = {"fact_immunization": ("facility_code", "vaccine_code", "administ
                 "fact_coverage": ("facility_code", "insurer_code", "member_id", "period_start")}
 
 
+def claim(conn: Connection, status: str, ids: list[int]) -> set[int]:
+    """Those of ``ids`` whose ``message_store`` row still has ``status``, read in the caller's write
+    transaction (and locked until its commit on PostgreSQL; SQLite's write lock already excludes
+    other writers). Another loop or replay may have processed some since they were read."""
+    lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
+    return {r[0] for r in Writer(conn).query_in(
+        f"SELECT id FROM message_store WHERE status = ? AND {{match}}{lock}", "id", ids, [status])}
+
+
 def merge_patient(conn: Connection, old_key: str, new_key: str) -> None:
     """Move the retired patient's history to the surviving key (A40/A41/A42)."""
     params = {"o": old_key, "n": new_key}

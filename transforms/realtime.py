@@ -10,8 +10,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from .load import Counts, Incoming, Loader
-from .warehouse import Writer
+from .load import Counts, Incoming, Loader, claim
 
 
 def count_received(engine: Engine) -> int:
@@ -41,14 +40,9 @@ def process_received(engine: Engine, loader: Loader, batch: int = 2000, max_batc
                           str(r[5]) if r[5] is not None else None) for r in rows]
         prepared = loader.prepare(items)
         with engine.begin() as conn:
-            # Claim the rows: another loop (a stalled task whose retry has started, say) may have
-            # processed some since they were read. Only rows still waiting are written; on
-            # PostgreSQL they stay locked until the commit, and a second loop waits here and then
-            # finds them done (SQLite's write transaction already excludes it).
-            lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""
-            waiting = {r[0] for r in Writer(conn).query_in(
-                f"SELECT id FROM message_store WHERE status = 'received' AND {{match}}{lock}", "id",
-                [p.item.message_id for p in prepared])}
+            # Only rows still waiting are written: another loop (a stalled task whose retry has
+            # started, say) may have processed some; it waits here for ours, or we for its.
+            waiting = claim(conn, "received", [p.item.message_id for p in prepared])
             total.add(loader.write(conn, [p for p in prepared if p.item.message_id in waiting]))
         loader.flush_alerts(engine)
     return total

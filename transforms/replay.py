@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from .listener import REFUSED_REASONS
-from .load import Counts, Incoming, Loader
+from .load import Counts, Incoming, Loader, claim
 from .parser import ParseIssue
 from .warehouse import utcnow
 
@@ -64,11 +64,8 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
                           r[0], str(r[6]) if r[6] is not None else None) for r in rows]
         prepared = loader.prepare(items)
         with engine.begin() as conn:
-            # Claimed in the write transaction: another replay may have loaded some of these since
-            # they were read (FOR UPDATE holds them on PostgreSQL; SQLite's write lock is taken).
-            still = {r[0] for r in conn.execute(text(
-                f"SELECT id FROM message_store WHERE id IN ({marks}) AND status = 'quarantined'"
-                + (" FOR UPDATE" if conn.dialect.name == "postgresql" else "")), p)}
+            # Another replay may have loaded some of these since they were read.
+            still = claim(conn, "quarantined", chunk)
             prepared = [x for x in prepared if x.item.message_id in still]
             counts = loader.write(conn, prepared)
             now = utcnow()
