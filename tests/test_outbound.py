@@ -190,7 +190,7 @@ def test_route_pending_routes_each_loaded_message_once_with_pseudonymous_order_k
     ids = store(engine, [a, b, nopid, siu, held, boom])
     [late_id] = store(engine, [late], status="received")  # not loaded yet: not routed yet
     got = outbound.route_pending(engine, FakeRouter(), keyer=KEYER, batch=4)  # two batches
-    assert got == {"messages": 6, "queued": 3, "review": 1, "filtered": 1, "error": 1}
+    assert got == {"messages": 6, "queued": 3, "review": 1, "filtered": 1, "error": 1, "retried": 0}
     keys = dict(q(engine, "SELECT control_id, order_key FROM outbound_queue"))
     assert keys["R1"] == "patient:" + KEYER.key("CHU-SO", "CHU-SO", PATIENTS["PA"][0])  # = dim_patient.patient_key
     assert keys["R2"] == "patient:" + KEYER.key("CHU-SO", "CHU-SO", PATIENTS["PB"][0])
@@ -212,9 +212,20 @@ def test_route_pending_routes_each_loaded_message_once_with_pseudonymous_order_k
     assert keys["R1"] == dict(q(engine, "SELECT control_id, order_key FROM outbound_queue"))["R7"]
 
 
-def test_held_and_failed_copies_alert_until_a_clean_pass(engine):
-    """Copies held for review or that failed to build are never sent: their destination alerts
-    (``routing_held``), and a later pass routing to it cleanly resolves the alert."""
+class FixedRouter(FakeRouter):
+    """The same routes once the mapping has its row and the router its fix."""
+
+    def route(self, raw: bytes, facility_charset: str | None = None) -> list[Result]:
+        if b"UNMAPPED" in raw:
+            return [Result("lab_results", "lab", payload=raw)]
+        return super().route(raw.replace(b"BOOM", b"B00M"), facility_charset)
+
+
+def test_held_and_failed_copies_alert_until_none_is_held(engine):
+    """Copies held for review or that failed to build are not sent: their destination alerts
+    (``routing_held``) and the alert stays open while they are held, clean passes or not. They are
+    routed again every HELD_RETRY_SECONDS; once the mapping or the router is fixed they are queued,
+    their review rows resolved, and the alert closes."""
     store(engine, [hl7("H1", "PA"), hl7("H2", "PB", extra="UNMAPPED"), hl7("H3", "PC", extra="BOOM")])
     outbound.route_pending(engine, FakeRouter(), keyer=KEYER, alerter=Alerter(engine, AlertingConfig()))
     assert q(engine, "SELECT alert_key, kind, severity, state FROM alert_state ORDER BY alert_key") == [
@@ -224,9 +235,30 @@ def test_held_and_failed_copies_alert_until_a_clean_pass(engine):
     assert_no_patient_data(engine)
     store(engine, [hl7("H4", "PA")])
     outbound.route_pending(engine, FakeRouter(), keyer=KEYER)
-    # Router failures have no destination: any clean pass resolves them too.
+    assert q(engine, "SELECT alert_key, state FROM alert_state ORDER BY alert_key") == [
+        ("routing_held:-", "open"), ("routing_held:lab", "open")]
+    soon = outbound._now() + timedelta(seconds=60)
+    assert outbound.route_pending(engine, FixedRouter(), keyer=KEYER, now=soon)["retried"] == 0  # not due yet
+    later = outbound._now() + timedelta(seconds=outbound.HELD_RETRY_SECONDS + 60)
+    assert outbound.route_pending(engine, FixedRouter(), keyer=KEYER, now=later)["retried"] == 2
+    assert q(engine, "SELECT m.control_id, o.status FROM outbound_queue o JOIN message_store m ON m.id = o.message_id "
+                     "ORDER BY m.id") == [("H1", "pending"), ("H2", "pending"), ("H3", "pending"), ("H4", "pending")]
+    assert q(engine, "SELECT outcome, COUNT(*) FROM message_route GROUP BY outcome") == [("queued", 4)]
+    assert q(engine, "SELECT COUNT(*) FROM route_review WHERE resolved_at IS NULL") == [(0,)]
+    # Router failures have no destination: they close once none is left either.
     assert q(engine, "SELECT alert_key, state FROM alert_state ORDER BY alert_key") == [
         ("routing_held:-", "resolved"), ("routing_held:lab", "resolved")]
+    assert outbound.route_pending(engine, FixedRouter(), keyer=KEYER, now=later)["retried"] == 0
+
+
+def test_a_copy_still_unmapped_stays_held_and_waits_for_the_next_retry(engine):
+    store(engine, [hl7("H5", "PA", extra="UNMAPPED")])
+    outbound.route_pending(engine, FakeRouter(), keyer=KEYER)
+    later = outbound._now() + timedelta(seconds=outbound.HELD_RETRY_SECONDS + 60)
+    assert outbound.route_pending(engine, FakeRouter(), keyer=KEYER, now=later)["retried"] == 1
+    assert q(engine, "SELECT outcome FROM message_route") == [("review",)]
+    assert q(engine, "SELECT mapping, code, resolved_at FROM route_review") == [("loinc", "XYZ-1", None)]
+    assert outbound.route_pending(engine, FakeRouter(), keyer=KEYER, now=later)["retried"] == 0  # tried: waits
 
 
 # --- MLLP to the project's own listener --------------------------------------------------------
@@ -639,7 +671,8 @@ def test_real_route_config_and_router_end_to_end(engine, warehouse_url, tmp_path
     monkeypatch.setenv("HL7ICS_WAREHOUSE_URL", warehouse_url)
     raws = [hl7("H1", "PA"), hl7("H2", "PB", mtype="ORU^R01")]
     ids = store(engine, raws)
-    assert routing_tasks.route_messages() == {"messages": 2, "queued": 1, "review": 0, "filtered": 1, "error": 0}
+    assert routing_tasks.route_messages() == {"messages": 2, "queued": 1, "review": 0, "filtered": 1, "error": 0,
+                                              "retried": 0}
     assert routing_tasks.deliver_messages()["delivered"] == 1
     [(oid,)] = q(engine, "SELECT id FROM outbound_queue")
     assert (out / outbound.outbound_file_name(oid)).read_bytes() == raws[0]

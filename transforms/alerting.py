@@ -295,12 +295,13 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
     "routing_held": {
         "en": ("Copies for {destination} not sent",
                "Routing held {review} copies for {destination} for review (a code without a mapping) and could "
-               "not build {failed} (codes: {codes}). They are not sent: fix the mapping or the route, then route "
-               "them again (route_review and message_route hold them)."),
+               "not build {failed} (codes: {codes}). They are not sent: fix the mapping or the route; held copies are "
+               "routed again every 15 minutes (route_review and message_route hold them)."),
         "fr": ("Copies pour {destination} non envoyées",
                "Le routage a retenu {review} copies pour {destination} en revue (code sans correspondance) et n'a "
                "pas pu en construire {failed} (codes : {codes}). Elles ne partent pas : corriger la table de "
-               "correspondance ou la route, puis les router à nouveau (voir route_review et message_route)."),
+               "correspondance ou la route ; les copies retenues sont routées à nouveau toutes les 15 minutes "
+               "(voir route_review et message_route)."),
     },
     "outbound_dead": {
         "en": ("Outbound delivery to {destination} gave up",

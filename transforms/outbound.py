@@ -88,6 +88,8 @@ POLICY_DEFAULTS = {"max_attempts": 10, "backoff_seconds": 30.0, "backoff_max_sec
 MLLP_DEFAULTS = {"ack_timeout": 30.0, "connect_timeout": 10.0}
 SETTLE_SECONDS = 3600        # loads that commit later than this after their timestamp are not seen
 STALE_SENDING_SECONDS = 600  # a 'sending' row older than this was interrupted: attempt it again
+HELD_RETRY_SECONDS = 900     # a copy held for review or failed to build is routed again this often
+HELD_RETRY_BATCH = 200       # held messages routed again per pass
 ROUND = 100                  # heads claimed per transaction
 STATE_NAME = "route_pending"
 DEAD_ALERT_KIND = "outbound_dead"
@@ -250,11 +252,14 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
     (one routing transaction at a time, and routed messages are skipped inside it).
 
     Copies held for review or failed to build fire ``routing_held`` (key ``routing_held:<name>``)
-    for their destination; a later pass that routes to it without such a copy resolves it.
+    for their destination, and are routed again every ``HELD_RETRY_SECONDS`` (``retry_held``):
+    once the mapping or the route is fixed, they go. The alert resolves when none is held any more.
     ``alerter`` defaults to one on ``engine``."""
     start = _now(now)
     keyer = keyer or _default_keyer()
     pg = engine.dialect.name == "postgresql"
+    by_dest: dict[str, dict] = {}
+    retried = retry_held(engine, router, keyer, start, by_dest)
     if since is not None:
         scan_from = _now(since)
     else:
@@ -262,8 +267,7 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
             last = _parse_ts(c.execute(text("SELECT scanned_to FROM routing_state WHERE name = :n"),
                                        {"n": STATE_NAME}).scalar())
         scan_from = (last or start) - timedelta(seconds=settle_seconds)
-    totals = {"messages": 0, "queued": 0, "review": 0, "filtered": 0, "error": 0}
-    by_dest: dict[str, dict] = {}
+    totals = {"messages": 0, "queued": 0, "review": 0, "filtered": 0, "error": 0, "retried": retried}
     drained, batches = False, 0
     while True:
         with engine.connect() as c:
@@ -317,9 +321,72 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
     return totals
 
 
+def retry_held(engine, router, keyer, now: datetime, by_dest: dict, limit: int = HELD_RETRY_BATCH) -> int:
+    """Route again the loaded messages with a copy held for review or failed to build, last tried
+    ``HELD_RETRY_SECONDS`` ago or more (oldest first, ``limit`` per pass); returns how many.
+
+    Only the held copies are rebuilt (a router failure, which has no destination, rebuilds all):
+    their old hops go, and the new outcome is recorded as a first routing would (queued, or held
+    again with a fresh time). Review rows whose code now maps are resolved."""
+    cutoff = _ts(now - timedelta(seconds=HELD_RETRY_SECONDS))
+    with engine.connect() as c:
+        rows = c.execute(text(
+            "SELECT m.id, m.facility_code, m.charset, m.raw FROM message_store m WHERE m.status = 'loaded' "
+            "AND m.id IN (SELECT message_id FROM message_route WHERE outcome IN ('review', 'error') "
+            "AND created_at <= :cut) ORDER BY m.id LIMIT :n"), {"cut": cutoff, "n": limit}).all()
+    ts = _ts(now)
+    for mid, facility, charset, raw in rows:
+        raw = bytes(raw)
+        try:
+            results = list(router.route(raw, facility_charset=charset))
+        except Exception as exc:
+            log.warning("routing failed again for message %s: %s", mid, type(exc).__name__)
+            results = [_NoRoute(error=f"ROUTER_ERROR:{type(exc).__name__}")]
+        key = order_key(raw, facility, keyer, charset)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_ROUTING_LOCK})
+            held = {(r, d) for r, d in conn.execute(text(
+                "SELECT route, destination FROM message_route WHERE message_id = :m AND outcome IN ('review', 'error') "
+                "AND created_at <= :cut"), {"m": mid, "cut": cutoff})}
+            if not held:
+                continue  # routed again by a concurrent pass
+            whole = ("-", None) in held  # the router itself failed: every copy is new
+            again = [res for res in results if whole or
+                     ((_clean(getattr(res, "rule", None), 100) or "-"), _clean(getattr(res, "destination", None), 100))
+                     in held] or ([_NoRoute()] if whole else [])
+            for r, d in held:
+                conn.execute(text("DELETE FROM message_route WHERE message_id = :m AND route = :r AND "
+                                  "outcome IN ('review', 'error') AND " + ("destination IS NULL" if d is None else
+                                                                           "destination = :d")),
+                             {"m": mid, "r": r, "d": d})
+            for res in again:
+                r, d = _clean(getattr(res, "rule", None), 100) or "-", _clean(getattr(res, "destination", None), 100)
+                still = {(_clean(m, 200) or "?", _clean(c, 200) or "?") for m, c in getattr(res, "review", None) or ()}
+                for m, c in conn.execute(text(
+                        "SELECT mapping, code FROM route_review WHERE message_id = :m AND route = :r AND destination = :d "
+                        "AND resolved_at IS NULL"), {"m": mid, "r": r, "d": d or "-"}).all():
+                    if (m, c) not in still:
+                        conn.execute(text("UPDATE route_review SET resolved_at = :t WHERE message_id = :m AND route = :r "
+                                          "AND destination = :d AND mapping = :map AND code = :c"),
+                                     {"t": ts, "m": mid, "r": r, "d": d or "-", "map": m, "c": c})
+            enqueue(conn, mid, again, key, now, by_dest)
+    return len(rows)
+
+
+def _held_remain(engine, destination: str) -> bool:
+    """Whether any loaded message still has a copy for ``destination`` held (``-``: no destination)."""
+    with engine.connect() as c:
+        return c.execute(text(
+            "SELECT 1 FROM message_route r JOIN message_store m ON m.id = r.message_id WHERE m.status = 'loaded' "
+            "AND r.outcome IN ('review', 'error') AND "
+            + ("r.destination IS NULL" if destination == "-" else "r.destination = :d") + " LIMIT 1"),
+            {"d": destination}).first() is not None
+
+
 def _alert_held(engine, by_dest: dict[str, dict], alerter, now: datetime) -> None:
     """``routing_held`` per destination that got copies held for review or failed in this pass;
-    resolved for a destination this pass routed to without any."""
+    resolved for a destination this pass routed to without any, once none is held any more."""
     from .alerting import Alert, Alerter
 
     alerter = alerter or Alerter(engine)
@@ -331,10 +398,11 @@ def _alert_held(engine, by_dest: dict[str, dict], alerter, now: datetime) -> Non
             alerter.fire(Alert(key=key, kind=HELD_ALERT_KIND, severity="error" if d["error"] else "warning",
                                params={"destination": name, "review": d["review"], "failed": d["error"],
                                        "codes": ", ".join(d["codes"][:5]) or "-"}), now=now)
-        elif d["queued"]:
+        elif d["queued"] and not _held_remain(engine, name):
             alerter.resolve(key, now=now)
     none = by_dest.get("-")
-    if not (none and (none["review"] or none["error"])) and any(d["queued"] for d in by_dest.values()):
+    if not (none and (none["review"] or none["error"])) and any(d["queued"] for d in by_dest.values()) \
+            and not _held_remain(engine, "-"):
         # Copies with no destination (a router failure) have no destination whose clean pass
         # could resolve them: any clean pass does.
         alerter.resolve(f"{HELD_ALERT_KIND}:-", now=now)
