@@ -613,10 +613,17 @@ def test_backoff_is_exponential_capped_and_jittered():
     import random
 
     rng = random.Random(1)
-    for attempts, full in ((1, 30), (2, 60), (3, 120), (8, 3600), (30, 3600)):
+    for attempts, full in ((1, 30), (2, 60), (3, 120), (8, 3600), (30, 3600), (1025, 3600), (100_000, 3600)):
         values = [outbound.backoff_seconds(attempts, 30, 3600, rng) for _ in range(200)]
         assert all(full / 2 <= v <= full for v in values)
         assert max(values) - min(values) > full / 4  # jittered, not a constant
+
+
+def test_a_backoff_longer_than_a_week_is_refused():
+    from transforms.config import ConfigError
+
+    with pytest.raises(ConfigError, match="backoff_max_seconds is at most 604800"):
+        outbound.check_destination("x", {"type": "folder", "path": "/tmp/x", "backoff_max_seconds": 1e300})
 
 
 def test_routing_tasks_read_routes_through_route_config(engine, warehouse_url, tmp_path, monkeypatch):
@@ -718,3 +725,62 @@ def test_a_slow_send_taken_for_interrupted_is_still_recorded_as_delivered(engine
         run(engine, dests, clock, alerter)
     assert rx.control_ids == []
     assert by_control(engine)["W1"][:2] == ("delivered", 1)
+
+
+class _CaThenAa(ScriptedReceiver):
+    """Enhanced mode: an accept ACK (CA) at once, the application ACK (AA) 50 ms later."""
+
+    async def _handle(self, reader, writer):
+        import asyncio
+
+        from transforms.ack import AckPlan, build_ack
+        from transforms.mllp import Framer, frame
+        from transforms.parser import parse
+
+        framer = Framer()
+        while data := await reader.read(65536):
+            for f in framer.push(data):
+                self.received.append(f.payload)
+                writer.write(frame(build_ack(parse(f.payload), AckPlan("CA"))))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(frame(build_ack(parse(f.payload), AckPlan("AA"))))
+                await writer.drain()
+        writer.close()
+
+
+class _AckThenClose(ScriptedReceiver):
+    """One message per connection: AA, then the receiver closes."""
+
+    async def _handle(self, reader, writer):
+        from transforms.ack import AckPlan, build_ack
+        from transforms.mllp import Framer, frame
+        from transforms.parser import parse
+
+        for f in Framer().push(await reader.read(65536))[:1]:
+            self.received.append(f.payload)
+            writer.write(frame(build_ack(parse(f.payload), AckPlan("AA"))))
+            await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("receiver", [_CaThenAa, _AckThenClose], ids=["CA-then-AA", "closes-after-each-ACK"])
+def test_healthy_receivers_get_each_message_once(engine, alerter, receiver):
+    """A late AA after a CA is not the next message's reply, and a receiver that closes after each
+    ACK is reconnected to: neither sends anything twice nor charges a failed attempt."""
+    import time
+
+    PATIENTS.update({f"Q{i}": (f"TG-Q{i}", f"Q{i}") for i in range(6)})
+    route(engine, [hl7(f"E{i}", f"Q{i}") for i in range(6)])
+    clock = Clock()
+    rec = receiver().start()
+    try:
+        for _ in range(2):
+            run(engine, {"lab": mllp(rec.port, ack_timeout=2)}, clock, alerter)
+            time.sleep(0.2)
+            clock.advance(61)
+    finally:
+        rec.stop()
+    assert rec.control_ids == [f"E{i}" for i in range(6)]
+    assert q(engine, "SELECT status, attempts, COUNT(*) FROM outbound_queue GROUP BY status, attempts") == [
+        ("delivered", 1, 6)]

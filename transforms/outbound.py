@@ -436,6 +436,8 @@ def check_destination(name: str, spec: dict) -> dict:
         raise ConfigError(f"destination {name}: port, max_attempts, backoff and timeouts must be numbers") from None
     if out["max_attempts"] < 1 or out["backoff_seconds"] < 0 or out["backoff_max_seconds"] < out["backoff_seconds"]:
         raise ConfigError(f"destination {name}: max_attempts >= 1 and 0 <= backoff_seconds <= backoff_max_seconds")
+    if out["backoff_max_seconds"] > 7 * 86400:
+        raise ConfigError(f"destination {name}: backoff_max_seconds is at most 604800 (a week)")
     if typ == "mllp" and (out["ack_timeout"] <= 0 or out["connect_timeout"] <= 0):
         raise ConfigError(f"destination {name}: ack_timeout and connect_timeout must be positive")
     return out
@@ -469,6 +471,8 @@ class _MllpTransport:
         self.name, self.spec = name, spec
         self.sock: socket.socket | None = None
         self.framer: Framer | None = None
+        self.frames: list = []        # frames read but not yet used
+        self.answered: set[str] = set()  # control IDs already acknowledged on this connection
 
     def _connect(self) -> Outcome | None:
         s = self.spec
@@ -492,29 +496,60 @@ class _MllpTransport:
                 sock.close()
                 return Outcome(False, f"TLS_ERROR:{type(exc).__name__}", stop=True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock, self.framer = sock, Framer()
+        self.sock, self.framer, self.frames, self.answered = sock, Framer(), [], set()
         return None
 
     def _read_reply(self) -> bytes | None:
+        """The next reply that is not a late one for a message already acknowledged here (enhanced
+        mode sends CA, then AA later): those are passed over, not taken for this message's."""
         deadline = time.monotonic() + self.spec["ack_timeout"]
         while True:
+            while self.frames:
+                payload = self.frames.pop(0).payload
+                ctrl = parse_ack(payload)[1]
+                if ctrl and ctrl in self.answered:
+                    log.info("mllp %s: a later reply for an acknowledged message passed over", self.name)
+                    continue
+                return payload
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
             self.sock.settimeout(remaining)
             data = self.sock.recv(65536)
             if not data:
-                frames = self.framer.close()
-                return frames[0].payload if frames else None
-            frames = self.framer.push(data)
-            if frames:
-                return frames[0].payload
+                self.frames.extend(self.framer.close())
+                if not self.frames:
+                    return None
+                continue
+            self.frames.extend(self.framer.push(data))
+
+    def _still_open(self) -> bool:
+        """Whether the receiver kept the connection since the last reply. Many close it after each
+        ACK; sending into such a connection fails, and that is not the message's fault. Anything
+        that arrived meanwhile (a late ACK) is kept for ``_read_reply``."""
+        import select
+
+        try:
+            while select.select([self.sock], [], [], 0)[0] or (isinstance(self.sock, ssl.SSLSocket)
+                                                               and self.sock.pending()):
+                self.sock.settimeout(1.0)
+                data = self.sock.recv(65536)
+                if not data:
+                    return False
+                self.frames.extend(self.framer.push(data))
+        except (OSError, ValueError):
+            return False
+        return True
 
     def send(self, row: _Row) -> Outcome:
+        if self.sock is not None and not self._still_open():
+            self.close()  # closed by the receiver after its last ACK: reconnect, no attempt lost
         if self.sock is None:
             failed = self._connect()
             if failed:
                 return failed
+        if row.control_id:
+            self.answered.discard(row.control_id)  # sent again: its reply is awaited again
         try:
             self.sock.settimeout(self.spec["ack_timeout"])
             self.sock.sendall(frame(row.payload))
@@ -535,8 +570,12 @@ class _MllpTransport:
             # state is unknown, so it is dropped and this message tried again.
             return self._drop("ACK_MISMATCH")
         if code in ("AA", "CA"):
+            if row.control_id:
+                self.answered.add(row.control_id)
             return Outcome(True, ack_code=code, ack=ack)
         if code in ("AE", "AR", "CE", "CR"):
+            if row.control_id:
+                self.answered.add(row.control_id)
             return Outcome(False, f"{code}:{err}" if err else code, ack_code=code, ack=ack)
         return self._drop("ACK_INVALID")
 
@@ -551,6 +590,7 @@ class _MllpTransport:
             except OSError:
                 pass
         self.sock = self.framer = None
+        self.frames, self.answered = [], set()
 
 
 def outbound_file_name(outbound_id: int) -> str:
@@ -706,7 +746,8 @@ def _transport(name: str, spec: dict, resolve_connection):
 def backoff_seconds(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Delay after the ``attempts``-th failed attempt: min(cap, base * 2^(attempts-1)), then equal
     jitter (between half and all of it) so retries of many messages do not arrive together."""
-    delay = min(cap, base * (2 ** max(attempts - 1, 0)))
+    # The exponent is capped: 2**1024 overflows a float (max_attempts can be large: "never give up").
+    delay = min(cap, base * (2 ** min(max(attempts - 1, 0), 60)))
     return delay / 2 + (rng or random).random() * delay / 2
 
 
