@@ -784,3 +784,23 @@ def test_healthy_receivers_get_each_message_once(engine, alerter, receiver):
     assert rec.control_ids == [f"E{i}" for i in range(6)]
     assert q(engine, "SELECT status, attempts, COUNT(*) FROM outbound_queue GROUP BY status, attempts") == [
         ("delivered", 1, 6)]
+
+
+def test_silent_receivers_do_not_starve_the_destinations_after_them(engine, alerter, tmp_path):
+    """The run's time budget is shared. Two silent receivers (each costs its ack_timeout, every
+    run) sorted before a healthy destination used to take all of it, run after run."""
+    (tmp_path / "out").mkdir()
+    route(engine, [hl7(f"Z{i}", p) for i, p in enumerate(["PA", "PB", "PC"])],
+          FakeRouter(destinations=("dpi-a", "dpi-b", "surveillance")))
+    clock = Clock()
+    silent = ScriptedReceiver(lambda p: "silent").start()
+    dests = {"dpi-a": mllp(silent.port, ack_timeout=1), "dpi-b": mllp(silent.port, ack_timeout=1),
+             "surveillance": {"type": "folder", "path": str(tmp_path / "out")}}
+    try:
+        for _ in range(3):
+            run(engine, dests, clock, alerter, max_seconds=1.5)
+            clock.advance(61)
+    finally:
+        silent.stop()
+    assert q(engine, "SELECT status, COUNT(*) FROM outbound_queue WHERE destination = 'surveillance' "
+                     "GROUP BY status") == [("delivered", 3)]
