@@ -287,7 +287,15 @@ def test_delivery_to_the_project_listener_traces_received_to_ack(engine, tmp_pat
         [(f"L{i}", 1) for i in range(6)]
 
 
-def test_mllp_over_tls_and_mutual_tls(sqlite_url, tmp_path):
+def test_mllp_over_tls_and_mutual_tls(sqlite_url, tmp_path, monkeypatch):
+    connects: dict[str, int] = {}
+    real_connect = outbound._MllpTransport._connect
+
+    def counted(self):
+        connects[self.name] = connects.get(self.name, 0) + 1
+        return real_connect(self)
+
+    monkeypatch.setattr(outbound._MllpTransport, "_connect", counted)
     engine = get_engine(sqlite_url)
     alerter = Alerter(engine, AlertingConfig())
     certs = make_certs(tmp_path)
@@ -313,6 +321,8 @@ def test_mllp_over_tls_and_mutual_tls(sqlite_url, tmp_path):
         mtls_rx.kill()
     assert got["destinations"]["tls"]["delivered"] == 2
     assert got["destinations"]["mtls"]["delivered"] == 2
+    # One connection carries both (TLS 1.3's session tickets after the handshake are not a close).
+    assert connects["tls"] == connects["mtls"] == 1
     rows = q(engine, "SELECT destination, status, attempts, last_error, ack_code FROM outbound_queue "
                      "WHERE destination = 'mtls_nocert'")
     # Refused client: a transient failure of the first message; the second was not attempted.

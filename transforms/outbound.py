@@ -527,19 +527,19 @@ class _MllpTransport:
         """Whether the receiver kept the connection since the last reply. Many close it after each
         ACK; sending into such a connection fails, and that is not the message's fault. Anything
         that arrived meanwhile (a late ACK) is kept for ``_read_reply``."""
-        import select
-
         try:
-            while select.select([self.sock], [], [], 0)[0] or (isinstance(self.sock, ssl.SSLSocket)
-                                                               and self.sock.pending()):
-                self.sock.settimeout(1.0)
-                data = self.sock.recv(65536)
+            # Non-blocking: "nothing to read" (TLS 1.3 session tickets included) means still open.
+            self.sock.setblocking(False)
+            while True:
+                try:
+                    data = self.sock.recv(65536)
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    return True
                 if not data:
                     return False
                 self.frames.extend(self.framer.push(data))
         except (OSError, ValueError):
             return False
-        return True
 
     def send(self, row: _Row) -> Outcome:
         if self.sock is not None and not self._still_open():
