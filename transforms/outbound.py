@@ -177,8 +177,7 @@ def enqueue(conn, message_id: int, results: Iterable, order_key: str, now=None,
         text("SELECT route, destination, outcome FROM message_route WHERE message_id = :m"), {"m": message_id})}
     results = list(results) or [_NoRoute()]
     for res in results:
-        route = _clean(getattr(res, "rule", None), 100) or "-"
-        dest = _clean(getattr(res, "destination", None), 100)
+        route, dest = _hop_key(res)
         payload = getattr(res, "payload", None)
         review = getattr(res, "review", None)
         error = getattr(res, "error", None)
@@ -215,7 +214,8 @@ def enqueue(conn, message_id: int, results: Iterable, order_key: str, now=None,
             conn.execute(text(
                 "INSERT INTO route_review (message_id, route, destination, mapping, code, created_at) "
                 "VALUES (:m, :r, :d, :map, :code, :t) "
-                "ON CONFLICT (message_id, route, destination, mapping, code) DO NOTHING"),
+                # held for review again after a retry: the row is open again
+                "ON CONFLICT (message_id, route, destination, mapping, code) DO UPDATE SET resolved_at = NULL"),
                 [{"m": message_id, "r": route, "d": dest or "-", "map": m, "code": c, "t": ts} for m, c in pairs])
             detail = _clean(", ".join(f"{m}:{c}" for m, c in pairs), 500)
         conn.execute(text(
@@ -231,6 +231,11 @@ def enqueue(conn, message_id: int, results: Iterable, order_key: str, now=None,
             if outcome in ("review", "error") and detail:
                 d["codes"].extend(c for c in detail.split(", ") if c not in d["codes"])
     return counts
+
+
+def _hop_key(res) -> tuple[str, str | None]:
+    """(route, destination) of a routing result as message_route records them."""
+    return _clean(getattr(res, "rule", None), 100) or "-", _clean(getattr(res, "destination", None), 100)
 
 
 def _default_keyer():
@@ -325,9 +330,11 @@ def retry_held(engine, router, keyer, now: datetime, by_dest: dict, limit: int =
     """Route again the loaded messages with a copy held for review or failed to build, last tried
     ``HELD_RETRY_SECONDS`` ago or more (oldest first, ``limit`` per pass); returns how many.
 
-    Only the held copies are rebuilt (a router failure, which has no destination, rebuilds all):
-    their old hops go, and the new outcome is recorded as a first routing would (queued, or held
-    again with a fresh time). Review rows whose code now maps are resolved."""
+    Only the held copies are rebuilt (after a router failure, which has no destination, every
+    copy is). A held copy the router now builds for the same rule and destination gets the new
+    outcome as a first routing would (queued, or held again); one it does not build (the router
+    failed again, or the rule was renamed) stays held, tried again later. Review rows are resolved
+    once their copy is queued or filtered out, and re-opened when it is held for review again."""
     cutoff = _ts(now - timedelta(seconds=HELD_RETRY_SECONDS))
     with engine.connect() as c:
         rows = c.execute(text(
@@ -351,27 +358,45 @@ def retry_held(engine, router, keyer, now: datetime, by_dest: dict, limit: int =
                 "AND created_at <= :cut"), {"m": mid, "cut": cutoff})}
             if not held:
                 continue  # routed again by a concurrent pass
-            whole = ("-", None) in held  # the router itself failed: every copy is new
-            again = [res for res in results if whole or
-                     ((_clean(getattr(res, "rule", None), 100) or "-"), _clean(getattr(res, "destination", None), 100))
-                     in held] or ([_NoRoute()] if whole else [])
-            for r, d in held:
-                conn.execute(text("DELETE FROM message_route WHERE message_id = :m AND route = :r AND "
-                                  "outcome IN ('review', 'error') AND " + ("destination IS NULL" if d is None else
-                                                                           "destination = :d")),
-                             {"m": mid, "r": r, "d": d})
-            for res in again:
-                r, d = _clean(getattr(res, "rule", None), 100) or "-", _clean(getattr(res, "destination", None), 100)
-                still = {(_clean(m, 200) or "?", _clean(c, 200) or "?") for m, c in getattr(res, "review", None) or ()}
-                for m, c in conn.execute(text(
-                        "SELECT mapping, code FROM route_review WHERE message_id = :m AND route = :r AND destination = :d "
-                        "AND resolved_at IS NULL"), {"m": mid, "r": r, "d": d or "-"}).all():
-                    if (m, c) not in still:
-                        conn.execute(text("UPDATE route_review SET resolved_at = :t WHERE message_id = :m AND route = :r "
-                                          "AND destination = :d AND mapping = :map AND code = :c"),
-                                     {"t": ts, "m": mid, "r": r, "d": d or "-", "map": m, "c": c})
-            enqueue(conn, mid, again, key, now, by_dest)
+            if ("-", None) in held:  # the router itself had failed: whatever it says now is new
+                again = {("-", None): results or [_NoRoute()]}
+            else:
+                again = {}
+                for res in results:
+                    if _hop_key(res) in held:
+                        again.setdefault(_hop_key(res), []).append(res)
+            for (r, d) in held:
+                where = ("message_id = :m AND route = :r AND outcome IN ('review', 'error') AND "
+                         + ("destination IS NULL" if d is None else "destination = :d"))
+                if (r, d) not in again:
+                    # Not built this time: still held, and tried again after the next interval.
+                    conn.execute(text(f"UPDATE message_route SET created_at = :t WHERE {where}"),
+                                 {"t": ts, "m": mid, "r": r, "d": d})
+                    continue
+                conn.execute(text(f"DELETE FROM message_route WHERE {where}"), {"m": mid, "r": r, "d": d})
+            rebuilt = [x for xs in again.values() for x in xs]
+            for res in rebuilt:
+                _settle_review(conn, mid, res, ts)
+            if rebuilt:
+                enqueue(conn, mid, rebuilt, key, now, by_dest)
     return len(rows)
+
+
+def _settle_review(conn, message_id: int, res, ts: str) -> None:
+    """The ``route_review`` rows of a copy routed again: resolved when it is now queued or filtered
+    out, or (held for review again) for the codes that now map; a copy that failed to build keeps
+    its rows open. Codes still missing are re-opened by ``enqueue``."""
+    if getattr(res, "error", None):
+        return
+    r, d = _hop_key(res)
+    still = {(_clean(m, 200) or "?", _clean(c, 200) or "?") for m, c in getattr(res, "review", None) or ()}
+    for m, c in conn.execute(text(
+            "SELECT mapping, code FROM route_review WHERE message_id = :m AND route = :r AND destination = :d "
+            "AND resolved_at IS NULL"), {"m": message_id, "r": r, "d": d or "-"}).all():
+        if (m, c) not in still:
+            conn.execute(text("UPDATE route_review SET resolved_at = :t WHERE message_id = :m AND route = :r "
+                              "AND destination = :d AND mapping = :map AND code = :c"),
+                         {"t": ts, "m": message_id, "r": r, "d": d or "-", "map": m, "c": c})
 
 
 def _held_remain(engine, destination: str) -> bool:
@@ -436,8 +461,7 @@ def check_destination(name: str, spec: dict) -> dict:
         raise ConfigError(f"destination {name}: port, max_attempts, backoff and timeouts must be numbers") from None
     if out["max_attempts"] < 1 or out["backoff_seconds"] < 0 or out["backoff_max_seconds"] < out["backoff_seconds"]:
         raise ConfigError(f"destination {name}: max_attempts >= 1 and 0 <= backoff_seconds <= backoff_max_seconds")
-    if out["backoff_max_seconds"] > 7 * 86400:
-        raise ConfigError(f"destination {name}: backoff_max_seconds is at most 604800 (a week)")
+    out["backoff_max_seconds"] = min(out["backoff_max_seconds"], 7 * 86400.0)  # a week: longer overflows dates
     if typ == "mllp" and (out["ack_timeout"] <= 0 or out["connect_timeout"] <= 0):
         raise ConfigError(f"destination {name}: ack_timeout and connect_timeout must be positive")
     return out
@@ -859,11 +883,11 @@ def deliver_due(engine, destinations: dict[str, dict], now=None, limit: int = 50
     totals = {"delivered": 0, "failed": 0, "dead": 0, "recovered": 0, "destinations": {}}
     problems = []
     # The run's time budget is shared: a silent receiver costs its ack_timeout every run, so the
-    # first place rotates each minute, or destinations sorted after two silent ones would never
-    # be served.
+    # order is shuffled each run, or destinations sorted after two silent ones would never be
+    # served (a rotation by the minute repeats itself when the schedule shares a factor with it).
     names = sorted(destinations)
-    turn = int(clock().timestamp() // 60) % len(names) if names else 0
-    for name in names[turn:] + names[:turn]:
+    rng.shuffle(names)
+    for name in names:
         try:
             spec = check_destination(name, destinations[name])
         except ConfigError as exc:
