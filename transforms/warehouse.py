@@ -79,6 +79,17 @@ def safe_db_message(message: str) -> str:
     return _QUOTED_VALUE.sub('\\1"…"', lines[0]) if lines else message
 
 
+def _scrub(exc: BaseException) -> str | None:
+    """Rewrite a database exception's message with ``safe_db_message``, in place; the new
+    message, or None when there was nothing to remove."""
+    text_ = str(exc)
+    safe = safe_db_message(text_)
+    if safe == text_:
+        return None
+    exc.args = (safe,)
+    return safe
+
+
 def _driver_values_hidden(method):
     """``Writer`` methods talk to the driver directly (COPY, staged upserts), past SQLAlchemy's
     ``handle_error``: the same rewrite of a database error's message, same exception object."""
@@ -89,9 +100,7 @@ def _driver_values_hidden(method):
             return method(*args, **kwargs)
         except Exception as exc:
             if type(exc).__module__.split(".", 1)[0] in ("psycopg", "sqlite3") and exc.args:
-                safe = safe_db_message(str(exc))
-                if safe != str(exc):
-                    exc.args = (safe,)
+                _scrub(exc)
             raise
 
     return wrapper
@@ -102,13 +111,9 @@ def _without_values(ctx) -> None:
     class, so retry rules still apply, but not the values (``hide_parameters`` drops the bound
     parameters; this drops what the server's message repeats of them)."""
     orig = ctx.original_exception
-    text_ = str(orig)
-    safe = safe_db_message(text_)
-    if safe == text_:
-        return
-    orig.args = (safe,)
+    safe = _scrub(orig)
     exc = ctx.sqlalchemy_exception
-    if exc is not None:
+    if safe is not None and exc is not None:
         exc.args = (f"({type(orig).__module__}.{type(orig).__name__}) {safe}",)
 
 
