@@ -158,6 +158,15 @@ def test_queue_source_configuration_errors(tmp_path):
         assert "secret" not in str(exc.value)
 
 
+def test_refused_credentials_are_a_configuration_error_not_retried(ingestor, queue, monkeypatch):
+    """A wrong password fails at once (ConfigError: the retry policy does not retry it), without
+    the password in the message."""
+    monkeypatch.setenv("AIRFLOW_CONN_HL7ICS_AMQP_TEST", "amqp://guest:not-the-password@127.0.0.1:5672/%2F")
+    with pytest.raises(ConfigError, match="refused the connection's credentials") as err:
+        ingestor.ingest_queues("CHU-SO")
+    assert "not-the-password" not in str(err.value)
+
+
 def test_a_message_id_that_is_not_plain_text_is_hashed_not_stored(ingestor, queue):
     """A publisher's message ID with a NUL byte, separators or control characters: source_ref gets
     its hash (PostgreSQL refused the NUL and the whole batch went back on the queue for ever)."""

@@ -89,6 +89,11 @@ def consume(ingestor, facility_code: str, opts: QueueOptions, batch: int | None 
     total = Counts()
     try:
         conn = pika.BlockingConnection(pika.URLParameters(opts.url))
+    except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError,
+            pika.exceptions.ProbableAccessDeniedError):
+        # Credentials or permissions: retrying cannot help, a person must fix the connection.
+        raise ConfigError(f"queue source of {facility_code}: the broker refused the connection's credentials "
+                          "or virtual host") from None
     except Exception as exc:  # the URL holds the password: only the class is reported
         raise SourceError(f"queue source of {facility_code}: cannot connect ({type(exc).__name__})") from None
     try:
