@@ -1378,14 +1378,19 @@ def render(work: Work, out_delims: Delimiters | None) -> list[str]:
     return lines
 
 
+@lru_cache(maxsize=None)
+def _hex_escapes(esc: str) -> tuple[re.Pattern, re.Pattern]:
+    """For the escape character ``esc``: a run of adjacent ``\\Xhh..\\`` escapes (one byte string: a
+    UTF-8 letter may be split over two, as the parser reads them), and one escape's hex digits."""
+    one = re.escape(esc) + r"X([0-9A-Fa-f]{2,})" + re.escape(esc)
+    return re.compile(f"(?:{one})+"), re.compile(one)
+
+
 def recode_hex_escapes(lines: list[str], d: Delimiters, src_codec: str, dst_codec: str) -> list[str]:
     """\\Xhh..\\ escapes are bytes of the message's charset: re-express them in the new one."""
     if src_codec == dst_codec:
         return lines
-    one = re.escape(d.escape) + r"X[0-9A-Fa-f]{2,}" + re.escape(d.escape)
-    # Adjacent escapes are one byte string: a UTF-8 letter may be split over two (as the parser reads them).
-    pat = re.compile(f"(?:{one})+")
-    hexes = re.compile(re.escape(d.escape) + r"X([0-9A-Fa-f]{2,})" + re.escape(d.escape))
+    pat, hexes = _hex_escapes(d.escape)
 
     def sub(m):
         parts = hexes.findall(m.group(0))
@@ -1644,7 +1649,7 @@ def _fix_declared_charset(work: Work, codec: str) -> str:
     goes out labelled 8859/1; text with a CP1252-only character (€, œ, ’...) goes out in UTF-8,
     labelled so, rather than as bytes no label describes."""
     if codec == "cp1252" and work.version not in ("2.1", "2.2"):
-        hexes = re.compile(re.escape(work.delims.escape) + r"X([0-9A-Fa-f]+)" + re.escape(work.delims.escape))
+        hexes = _hex_escapes(work.delims.escape)[1]
         try:
             for seg in work.segments:
                 for f in seg:

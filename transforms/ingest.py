@@ -349,9 +349,10 @@ class Ingestor:
         self.loader.validate(prepared)
         with self.engine.begin() as conn:
             counts = self.loader.write(conn, prepared)
-            by_facility: dict[str, Counts] = {}
+            by_facility: dict[str, list] = {}
             for p in prepared:
-                by_facility.setdefault(p.facility, Counts()).add(self.loader.counts_of([p]))
+                by_facility.setdefault(p.facility, []).append(p)
+            counted = {f: self.loader.counts_of(ps) for f, ps in sorted(by_facility.items())}
             conn.execute(text(
                 "INSERT INTO ingest_run_queue (run_id, facility_code, messages, loaded, duplicates, quarantined, "
                 "updated_at) VALUES (:r, :f, :m, :l, :d, :q, :now) ON CONFLICT (run_id, facility_code) DO UPDATE SET "
@@ -360,7 +361,7 @@ class Ingestor:
                 "duplicates = ingest_run_queue.duplicates + excluded.duplicates, "
                 "quarantined = ingest_run_queue.quarantined + excluded.quarantined, updated_at = excluded.updated_at"),
                 [{"r": self.run_id, "f": f, "m": c.messages, "l": c.loaded, "d": c.duplicates, "q": c.quarantined,
-                  "now": utcnow()} for f, c in sorted(by_facility.items())])
+                  "now": utcnow()} for f, c in counted.items()])
         self.loader.flush_alerts(self.engine)
         return counts
 
@@ -372,7 +373,8 @@ class Ingestor:
         total = Counts()
         for src in self.facilities[facility_code].sources:
             if src.type == "queue":
-                opts = QueueOptions.from_source(src.options, resolve_connection or connection_from_env)
+                opts = QueueOptions.from_source(src.options, resolve_connection or self.resolve_connection
+                                                or connection_from_env)
                 total.add(consume(self, facility_code, opts))
         return total
 

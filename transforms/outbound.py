@@ -90,6 +90,7 @@ SETTLE_SECONDS = 3600        # loads that commit later than this after their tim
 STALE_SENDING_SECONDS = 600  # a 'sending' row older than this was interrupted: attempt it again
 HELD_RETRY_SECONDS = 900     # a copy held for review or failed to build is routed again this often
 HELD_RETRY_BATCH = 200       # held messages routed again per pass
+_HELD = "outcome IN ('review', 'error')"  # message_route hops of copies not sent (migration 017 indexes them)
 ROUND = 100                  # heads claimed per transaction
 STATE_NAME = "route_pending"
 DEAD_ALERT_KIND = "outbound_dead"
@@ -339,7 +340,7 @@ def retry_held(engine, router, keyer, now: datetime, by_dest: dict, limit: int =
     with engine.connect() as c:
         rows = c.execute(text(
             "SELECT m.id, m.facility_code, m.charset, m.raw FROM message_store m WHERE m.status = 'loaded' "
-            "AND m.id IN (SELECT message_id FROM message_route WHERE outcome IN ('review', 'error') "
+            f"AND m.id IN (SELECT message_id FROM message_route WHERE {_HELD} "
             "AND created_at <= :cut) ORDER BY m.id LIMIT :n"), {"cut": cutoff, "n": limit}).all()
     ts = _ts(now)
     for mid, facility, charset, raw in rows:
@@ -354,7 +355,7 @@ def retry_held(engine, router, keyer, now: datetime, by_dest: dict, limit: int =
             if engine.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_ROUTING_LOCK})
             held = {(r, d) for r, d in conn.execute(text(
-                "SELECT route, destination FROM message_route WHERE message_id = :m AND outcome IN ('review', 'error') "
+                f"SELECT route, destination FROM message_route WHERE message_id = :m AND {_HELD} "
                 "AND created_at <= :cut"), {"m": mid, "cut": cutoff})}
             if not held:
                 continue  # routed again by a concurrent pass
@@ -366,7 +367,7 @@ def retry_held(engine, router, keyer, now: datetime, by_dest: dict, limit: int =
                     if _hop_key(res) in held:
                         again.setdefault(_hop_key(res), []).append(res)
             for (r, d) in held:
-                where = ("message_id = :m AND route = :r AND outcome IN ('review', 'error') AND "
+                where = (f"message_id = :m AND route = :r AND {_HELD} AND "
                          + ("destination IS NULL" if d is None else "destination = :d"))
                 if (r, d) not in again:
                     # Not built this time: still held, and tried again after the next interval.
@@ -404,7 +405,7 @@ def _held_remain(engine, destination: str) -> bool:
     with engine.connect() as c:
         return c.execute(text(
             "SELECT 1 FROM message_route r JOIN message_store m ON m.id = r.message_id WHERE m.status = 'loaded' "
-            "AND r.outcome IN ('review', 'error') AND "
+            f"AND r.{_HELD} AND "
             + ("r.destination IS NULL" if destination == "-" else "r.destination = :d") + " LIMIT 1"),
             {"d": destination}).first() is not None
 

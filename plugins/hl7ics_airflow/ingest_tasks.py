@@ -41,7 +41,7 @@ def load(pulled: dict, run_id: str) -> dict:
     queued = None
     if any(src.type == "queue" for src in ing.facilities[facility].sources):
         # Messages from a queue are stored and committed before they are acked, within this task.
-        queued = ing.ingest_queues(facility, ing.resolve_connection).as_dict()
+        queued = ing.ingest_queues(facility).as_dict()
     raise_on_breach(ing.loader.dq_breaches)
     return {"facility": facility, "files": results, "queue": queued}
 
