@@ -32,6 +32,7 @@ class ListenerProcess:
         self.cfg = tmp / f"listener-{self.port}.yaml"
         conf = {"host": "127.0.0.1", "port": self.port, "metrics_port": 0, **limits}
         self.cfg.write_text(yaml.safe_dump({"listener": conf}))
+        self.metrics_port = conf["metrics_port"]
         self.proc: subprocess.Popen | None = None
         self.log = tmp / f"listener-{self.port}.log"
 

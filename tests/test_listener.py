@@ -334,7 +334,10 @@ def test_case_44_missing_or_absurd_control_id(listener, sqlite_url, control, cod
     ({"version": "3.0"}, "203"),
     ({"processing": "T"}, "202"),
     ({"processing": "D"}, "202"),
-], ids=["case45-type", "case46-version", "case47-training", "case47-debug"])
+    # Codecs that are not ASCII-compatible: an ACK written in them could not be read.
+    ({"msh_tail": "||||||CP500"}, "203"),
+    ({"msh_tail": "||||||UTF-7"}, "203"),
+], ids=["case45-type", "case46-version", "case47-training", "case47-debug", "ebcdic", "utf-7"])
 def test_cases_45_46_47_protocol_rejects(listener, sqlite_url, kwargs, code):
     lp = listener()
     ack = exchange(lp.port, hl7("X-1", **kwargs))
@@ -429,6 +432,30 @@ def test_err_segment_locations(version, location, err):
     assert len(control) <= 20 and control != build_ack(parse(hl7("E-2")), AckPlan("AA")).decode().split("|")[9]
 
 
+def test_ack_msh18_names_the_charset_it_is_written_in():
+    """The ACK is encoded in the codec the message was read with. A sender that labels UTF-8 as
+    8859/1 gets an ACK whose MSH-18 says UTF-8 when the ACK holds non-ASCII text (its own
+    application name echoed back); an ASCII ACK keeps the sender's label, and so does a correct one."""
+    from transforms.ack import AckPlan, build_ack
+    from transforms.parser import parse
+
+    def msg(app: str, label: str, encoding: str) -> bytes:
+        return (f"MSH|^~\\&|{app}|CHU-SO|HL7ICS|MOH-TG|20261102083000||ADT^A04|CS-1|P|2.5|||AL|NE||{label}\r"
+                f"EVN|A04|20261102083000\rPID|1||P1^^^CHU-SO^MR||Agbéko^Afi\rPV1|1|O\r").encode(encoding)
+
+    def header(ack: bytes, encoding: str) -> list[str]:
+        return ack.decode(encoding).split("\r")[0].split("|")
+
+    mislabelled = build_ack(parse(msg("Sérvice-É", "8859/1", "utf-8")), AckPlan("AA"))
+    h = header(mislabelled, "utf-8")
+    assert h[4] == "Sérvice-É" and h[17] == "UNICODE UTF-8"
+    ascii_ack = build_ack(parse(msg("SIH", "8859/1", "utf-8")), AckPlan("AA"))
+    assert header(ascii_ack, "ascii")[17] == "8859/1"
+    latin = build_ack(parse(msg("Sérvice-É", "8859/1", "latin-1")), AckPlan("AA"))
+    h = header(latin, "latin-1")
+    assert h[4] == "Sérvice-É" and h[17] == "8859/1"
+
+
 def test_third_party_client_python_hl7(listener, sqlite_url):
     from hl7.client import MLLPClient
 
@@ -468,6 +495,108 @@ def test_latency_book_buckets_and_minutes():
                            ("2025-12-02 00:00:00", "F", "ADT", 10): 1,
                            ("2025-12-02 00:00:00", "F", "ORU", -1): 1}
     assert book.take() == {}
+
+
+def test_a_database_that_does_not_answer_gets_ar_207_not_a_hang(listener, sqlite_url):
+    """While the warehouse is locked by another writer, a group commit that does not finish in
+    commit_timeout_seconds is answered AR 207 (retry later), never AA; the resend after the lock
+    is released gets AA and the message is stored once."""
+    import sqlite3
+
+    lp = listener(commit_timeout_seconds=1)
+    assert msa(exchange(lp.port, hl7("DB-0"))) == ("AA", "DB-0")
+    blocker = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        ack = exchange(lp.port, hl7("DB-1"), timeout=20)  # the busy timeout is 30 s
+        assert msa(ack) == ("AR", "DB-1") and err_code(ack) == "207"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert msa(exchange(lp.port, hl7("DB-1"), timeout=20)) == ("AA", "DB-1")
+    assert rows(sqlite_url, "SELECT control_id, status FROM message_store WHERE control_id = 'DB-1'") == [
+        ("DB-1", "received")]
+
+
+def test_failed_tls_handshakes_do_not_hold_up_the_listener_while_the_database_waits(listener, sqlite_url, tmp_path):
+    """A failed handshake (a port probe) is audited by a thread of its own: written on the event
+    loop, it stopped every connection for as long as the database made it wait."""
+    import sqlite3
+
+    certs = make_certs(tmp_path)
+    lp = listener(tls={"tls_cert": certs["server_cert"], "tls_key": certs["server_key"]}, max_frame_bytes=65536)
+    ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+    blocker = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        connect(lp.port, 3).close()  # a plain TCP probe: a failed handshake, audited
+        time.sleep(0.3)
+        # An oversized frame is refused without the database: the reply must not wait for it.
+        with ctx.wrap_socket(connect(lp.port, 10), server_hostname="localhost") as s:
+            s.sendall(VT + hl7("BIG") + b"OBX|1|ED|PDF||" + b"A" * 70_000 + b"\r" + FS + CR)
+            ack = read_frame(s)
+        assert msa(ack) == ("AR", "BIG") and err_code(ack) == "104"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    deadline = time.time() + 10
+    while time.time() < deadline and not rows(
+            sqlite_url, "SELECT 1 FROM audit_event WHERE event_type = 'node_authentication_failure'"):
+        time.sleep(0.1)
+    assert rows(sqlite_url, "SELECT outcome FROM audit_event WHERE event_type = 'node_authentication_failure'") == [
+        ("failure",)]
+
+
+def test_a_large_frame_on_a_slow_link_is_not_cut_by_the_frame_deadline(listener, sqlite_url):
+    """After frame_deadline_seconds a frame goes on while it arrives at frame_min_rate_bytes or
+    faster; a trickle below that rate is still cut (slowloris)."""
+    lp = listener(frame_deadline_seconds=1, frame_min_rate_bytes=2000)
+    payload = hl7("SLOW-1")[:-1] + b"\rNTE|1||" + b"n" * 9000 + b"\r"
+    data = VT + payload + FS + CR
+    with connect(lp.port, 20) as s:
+        for i in range(0, len(data), 1000):  # about 4,000 bytes/s for 2.5 s
+            s.sendall(data[i:i + 1000])
+            time.sleep(0.25)
+        assert msa(read_frame(s)) == ("AA", "SLOW-1")
+    with connect(lp.port, 20) as s:
+        s.sendall(VT + hl7("SLOW-2")[:100])
+        with pytest.raises((ConnectionError, OSError)):
+            for _ in range(40):  # 10 bytes/s: far below the rate, cut after about a second
+                s.sendall(b"x" * 5)
+                time.sleep(0.5)
+    assert rows(sqlite_url, "SELECT control_id FROM message_store") == [("SLOW-1",)]
+
+
+def test_end_block_without_cr_before_the_next_frame_or_a_pause(listener, sqlite_url):
+    """0x1C without its CR ends the frame when the next frame's 0x0B follows (pipelining) or
+    when the sender pauses for its ACK; before, the first was quarantined as cut and the second
+    was never answered."""
+    lp = listener()
+    with connect(lp.port, 10) as s:
+        s.sendall(VT + hl7("NOCR-1") + FS + VT + hl7("NOCR-2") + FS)
+        assert msa(read_frame(s)) == ("AA", "NOCR-1")
+        assert msa(read_frame(s)) == ("AA", "NOCR-2")
+        s.sendall(VT + hl7("NOCR-3") + FS)  # then waits for its ACK
+        assert msa(read_frame(s)) == ("AA", "NOCR-3")
+    assert rows(sqlite_url, "SELECT control_id, status FROM message_store ORDER BY id") == [
+        ("NOCR-1", "received"), ("NOCR-2", "received"), ("NOCR-3", "received")]
+
+
+def test_unconfigured_sending_facilities_share_one_metrics_label(listener, sqlite_url):
+    """Any MSH-4 a sender makes up would otherwise add a metrics series and ack_latency rows."""
+    lp = listener(metrics_port=free_port(), heartbeat_seconds=0.5)
+    import urllib.request
+
+    for i in range(3):
+        exchange(lp.port, hl7(f"LBL-{i}", facility=f"MADE-UP-{i}"))
+    assert msa(exchange(lp.port, hl7("LBL-OK"))) == ("AA", "LBL-OK")
+    with urllib.request.urlopen(f"http://127.0.0.1:{lp.metrics_port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert "MADE-UP" not in metrics and 'facility="UNKNOWN"' in metrics and 'facility="CHU-SO"' in metrics
+    deadline = time.time() + 10
+    while time.time() < deadline and not rows(sqlite_url, "SELECT 1 FROM ack_latency WHERE facility_code = 'UNKNOWN'"):
+        time.sleep(0.2)
+    assert {r[0] for r in rows(sqlite_url, "SELECT facility_code FROM ack_latency")} == {"UNKNOWN", "CHU-SO"}
 
 
 def test_sigterm_is_graceful(listener, sqlite_url):
@@ -606,6 +735,24 @@ def test_send_credits_a_reply_to_its_message_only():
     with ScriptedReceiver(lambda payload: next(answers)) as rx:
         got = asyncio.run(send("127.0.0.1", rx.port, [hl7("SND-1"), hl7("SND-2")], timeout=1.5))
     assert got == [None]  # SND-1's only reply was for LATE-SND-1: no ACK, and the run stops there
+
+
+@pytest.mark.parametrize("option", [["--tls-insecure"], ["--server-name", "localhost"]])
+def test_send_with_any_tls_option_never_falls_back_to_clear_text(option, tmp_path, capsys):
+    """`hl7ics send --tls-insecure` without --tls sent the message (patient data) in clear text."""
+    from mllp_receivers import ScriptedReceiver
+
+    from transforms import cli
+
+    msg = tmp_path / "m.hl7"
+    msg.write_bytes(hl7("TLS-1"))
+    with ScriptedReceiver(lambda payload: "AA") as rx:  # a plain-TCP receiver
+        try:
+            rc = cli.main(["send", str(msg), "--port", str(rx.port), "--timeout", "3", *option])
+        except (ssl.SSLError, OSError, SystemExit) as exc:
+            rc = getattr(exc, "code", 1)
+        time.sleep(0.2)
+        assert rx.received == [] and rc != 0
 
 
 @pytest.mark.parametrize("version, msh9", [("2.1", "ACK"), ("2.2", "ACK^A04"), ("2.3", "ACK^A04"),

@@ -426,6 +426,22 @@ def test_orm_23_to_oml_251_round_trip_keeps_order_data():
     assert seg(up.payload, "PID")[5] == "Ɖogbé^Ɛnyɔnam^Aŋani^^^^L"
 
 
+def test_version_conversion_keeps_msh12_localisation_where_the_target_has_room():
+    """MSH-12 is a VID from 2.3.1 on (version ^ internationalization code ^ international
+    version): a conversion changes the version and keeps the rest, or notes what 2.3 cannot hold."""
+    local = ORM_251.replace(b"|P|2.5.1|", b"|P|2.5.1^TGO&Togo&ISO3166~2.4|")
+    up = build_outbound(parse(local), Target("ehr", "2.5", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert up.error is None, up.error
+    assert seg(up.payload, "MSH")[11] == "2.5^TGO&Togo&ISO3166"
+    assert "DROPPED_COMPONENT:MSH-12" not in up.notes
+    down = build_outbound(parse(local), Target("lab", "2.3", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert down.error is None, down.error
+    assert seg(down.payload, "MSH")[11] == "2.3"
+    assert "DROPPED_COMPONENT:MSH-12" in down.notes
+    plain = build_outbound(parse(ORM_251), Target("ehr", "2.5", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert seg(plain.payload, "MSH")[11] == "2.5" and "DROPPED_COMPONENT:MSH-12" not in plain.notes
+
+
 def test_cwe_result_to_ce_keeps_six_components():
     raw = oru("OBX|1|CWE|70569-9^TDR^LN||10828004^Positif^SCT^POS^Positif^L^20240301^^Positif|||A|||F\r")
     out = build_outbound(parse(raw), Target("x", "2.3", "utf-8", "UNICODE UTF-8"), None, "r", {})

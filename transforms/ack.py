@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from . import charset as _charset
 from .parser import DEFAULT_DELIMITERS, Delimiters, Message
 
 ERROR_TEXT = {
@@ -109,6 +110,7 @@ def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> b
         "MSH", d.encoding_characters, f(5), f(6), f(3), f(4), ts, "", _ack_type(version, event, cs),
         control, f(11) or "P", version,
     ]
+    codec = msg.codec if msg is not None and msg.codec else "utf-8"
     charset = f(18)
     if charset:
         header += ["", "", "", "", "", charset]
@@ -129,7 +131,20 @@ def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> b
             # ERR-1 (ELD): segment ID ^ sequence ^ field position ^ code (CE, in subcomponents).
             sc = d.subcomponent or "&"
             segs.append(fs.join(["ERR", cs.join((seg, seq if seg else "", fld, code.replace(cs, sc)))]))
-    return ("\r".join(segs) + "\r").encode(msg.codec if msg is not None and msg.codec else "utf-8", errors="replace")
+    text = "\r".join(segs) + "\r"
+    if charset and not text.isascii() and _label_codec(charset) != codec and _charset.msh18_name(codec):
+        # The ACK is written in the codec the message was read with (the sender's label was wrong:
+        # UTF-8 labelled 8859/1), so its MSH-18 names that codec, not the sender's label.
+        segs[0] = fs.join(header[:17] + [_charset.msh18_name(codec)])
+        text = "\r".join(segs) + "\r"
+    return text.encode(codec, errors="replace")
+
+
+def _label_codec(label: str) -> str | None:
+    try:
+        return _charset.normalize_codec(label.split("^", 1)[0])
+    except (LookupError, _charset.UnsupportedCharset):
+        return None
 
 
 # Reading ACKs (the replies to what we send: outbound delivery and ``hl7ics send``)

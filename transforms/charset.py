@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from functools import lru_cache
 
 # Deleting every other byte leaves the C1 controls: 0.6 µs where a regex search took 3.
 _NOT_C1 = bytes(b for b in range(256) if not 0x80 <= b <= 0x9F)
@@ -44,6 +45,15 @@ TABLE_0211 = {
     "ISO IR87": "iso2022_jp",
     "ISO IR159": "iso2022_jp_2",
 }
+# Preferred HL7 table 0211 spelling for each Python codec (MSH-18 of what we send).
+_MSH18_NAME = {"ascii": "ASCII", "iso-8859-1": "8859/1", "iso-8859-2": "8859/2", "iso-8859-15": "8859/15",
+               "utf-8": "UNICODE UTF-8"}
+
+
+def msh18_name(codec: str) -> str | None:
+    return _MSH18_NAME.get(codec)
+
+
 # Encodings whose code units contain NUL bytes cannot travel inside MLLP frames or PostgreSQL text.
 UNSUPPORTED = {"UNICODE", "UNICODE UTF-16", "UNICODE UTF-32", "UTF-16", "UTF-32"}
 
@@ -72,10 +82,23 @@ def normalize_codec(name: str | None) -> str | None:
     info = codecs.lookup(name.strip())  # LookupError propagates: caller decides
     if not getattr(info, "_is_text_encoding", True) or info.name in ("idna", "undefined", "punycode"):
         raise LookupError(name)  # base64, zlib, rot13 ... are codecs but not character sets
-    if info.name.startswith(("utf-16", "utf-32")):
+    if info.name.startswith(("utf-16", "utf-32")) or not _ascii_compatible(info.name):
+        # EBCDIC, UTF-7, HZ...: HL7's delimiters and segment names would not be the bytes every
+        # reader looks for, and an ACK written in it could not be read (refused, AR 203).
         raise UnsupportedCharset(key)
     # Report one spelling per codec (Python says "iso8859-1"; HL7 users read "iso-8859-1").
     return "iso-8859-" + info.name[8:] if info.name.startswith("iso8859-") else info.name
+
+
+_PRINTABLE_ASCII = bytes(range(32, 127)) + b"\r\n"
+
+
+@lru_cache(maxsize=64)
+def _ascii_compatible(codec: str) -> bool:
+    try:
+        return _PRINTABLE_ASCII.decode("ascii").encode(codec) == _PRINTABLE_ASCII
+    except (UnicodeError, LookupError):
+        return False
 
 
 def _is_latin(codec: str) -> bool:

@@ -100,7 +100,10 @@ def cmd_send(args) -> int:
     from .parser import iter_file
 
     ctx = None
-    if args.tls or args.tls_ca or args.tls_cert:
+    # Any TLS option means TLS: --tls-insecure alone sent patient data in clear text.
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_insecure or args.server_name:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
         ctx = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key, verify=not args.tls_insecure)
     messages = []
     for path in args.paths:
@@ -447,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="+", metavar="FILE")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=2575)
-    sp.add_argument("--tls", action="store_true")
+    sp.add_argument("--tls", action="store_true", help="use TLS (implied by any other --tls-* option)")
     sp.add_argument("--tls-ca", metavar="CA")
     sp.add_argument("--tls-cert", metavar="C")
     sp.add_argument("--tls-key", metavar="K")

@@ -58,11 +58,6 @@ PATIENT_SEGMENTS = frozenset({"PID", "PD1", "NK1", "GT1", "IN1", "IN2", "IN3", "
 _GROUP_BREAKERS = frozenset({"MSH", "PID", "PD1", "PV1", "PV2", "NK1", "IN1", "IN2", "IN3", "GT1", "AL1", "DSC"})
 _VERSION_RE = re.compile(r"^(2\.\d+(?:\.\d+)?)")
 
-# Preferred HL7 table 0211 spelling for each Python codec (MSH-18 of what we send).
-_MSH18_NAME = {"ascii": "ASCII", "iso-8859-1": "8859/1", "iso-8859-2": "8859/2", "iso-8859-15": "8859/15",
-               "utf-8": "UNICODE UTF-8"}
-
-
 class TransformError(Exception):
     """A message cannot be built for a destination. Code and detail name HL7 locations, never values."""
 
@@ -83,10 +78,6 @@ def norm_version(v: str) -> str:
     """'2.3.CustomZ' -> '2.3', '2.5.1' -> '2.5.1', '' -> ''."""
     m = _VERSION_RE.match(v.strip())
     return m.group(1) if m else v.strip()
-
-
-def msh18_name(codec: str) -> str | None:
-    return _MSH18_NAME.get(codec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1307,7 +1298,14 @@ def convert(work: Work, target: str, opts: ConvertOptions) -> None:
     mshape = segment_shape(target, "MSH")
     m9_parts = len(mshape[8][2] or ()) if mshape and len(mshape) > 8 else 3
     set_field(msh, 9, C.join([mtype, event, structure][:max(2, min(3, m9_parts))]))
-    set_field(msh, 12, target)
+    # MSH-12 is a VID from 2.3.1 on: its localisation (2.3.1^TGO) goes along where the target has
+    # room for it, and is noted where it has none.
+    m12_parts = len(mshape[11][2] or ()) if mshape and len(mshape) > 11 else 0
+    local = get_field(msh, 12).split(d.repetition, 1)[0].split(C)[1:]
+    kept = local[:max(0, m12_parts - 1)]
+    if any(local[len(kept):]):
+        work.note("DROPPED_COMPONENT:MSH-12")
+    set_field(msh, 12, _join([target, *kept], C))
     _shape(work, src, target)
     work.version = target
     work.structure = structure
@@ -1665,17 +1663,17 @@ def _fix_declared_charset(work: Work, codec: str) -> str:
     if not declared:
         # No MSH-18 means ASCII to a receiver: bytes beyond it (a Latin-1 sender that relied on
         # the facility's default) must be named, or é, è and ô are misread. MSH-18 exists from 2.3.
-        if msh18_name(codec) and work.version not in ("2.1", "2.2") and \
+        if _charset.msh18_name(codec) and work.version not in ("2.1", "2.2") and \
                 not all(f.isascii() for seg in work.segments for f in seg):
-            set_field(work.msh, 18, msh18_name(codec))  # type: ignore[arg-type]
+            set_field(work.msh, 18, _charset.msh18_name(codec))  # type: ignore[arg-type]
             work.note("MSH-18_SET")
         return codec
     try:
         same = _charset.normalize_codec(declared) == codec
     except (LookupError, _charset.UnsupportedCharset):
         same = False
-    if not same and msh18_name(codec):
-        set_field(work.msh, 18, msh18_name(codec))  # type: ignore[arg-type]
+    if not same and _charset.msh18_name(codec):
+        set_field(work.msh, 18, _charset.msh18_name(codec))  # type: ignore[arg-type]
         work.note("MSH-18_CORRECTED")
     return codec
 

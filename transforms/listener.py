@@ -19,10 +19,12 @@ import itertools
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -52,6 +54,10 @@ _REJECT = {"MISSING_MSH": 100, "BAD_DELIMITERS": 102, "MISSING_MESSAGE_TYPE": 10
            "MISSING_VERSION": 101, "UNSUPPORTED_VERSION": 203, "UNSUPPORTED_CHARSET": 203}
 
 
+# How long a frame's 0x1C may wait for its CR before the frame is taken as ended (lenient_end_block).
+END_BLOCK_PAUSE = 1.0
+
+
 @dataclass
 class ListenerConfig:
     host: str = "0.0.0.0"
@@ -59,6 +65,9 @@ class ListenerConfig:
     metrics_port: int = 9102
     max_frame_bytes: int = 16 << 20
     frame_deadline_seconds: float = 30.0
+    # A frame still arriving after the deadline goes on while it averages this rate: a large
+    # message on a slow link is not cut, a trickle (slowloris) still is.
+    frame_min_rate_bytes: int = 4096
     idle_timeout_seconds: float = 120.0
     handshake_timeout_seconds: float = 10.0
     max_connections: int = 1000
@@ -73,6 +82,9 @@ class ListenerConfig:
     supported_types: frozenset = frozenset()
     heartbeat_seconds: float = 15.0  # uptime heartbeat and ACK-latency flush (monitoring, SLA)
     commit_parallel: int = 3  # PostgreSQL: group commits in flight at once (2-4 measured alike; 1 far slower)
+    # A group commit that has not finished by then is answered AR/CE 207 (a database that stopped
+    # answering must not hang the senders); if it did commit, a resend gets the stored ACK.
+    commit_timeout_seconds: float = 10.0
 
     @classmethod
     def load(cls, path: str | os.PathLike | None, **overrides) -> "ListenerConfig":
@@ -98,7 +110,8 @@ class ListenerConfig:
 _FROM_FILE = ("host", "port", "metrics_port", "max_frame_bytes", "frame_deadline_seconds", "idle_timeout_seconds",
               "handshake_timeout_seconds", "max_connections", "max_connections_per_peer", "lenient_end_block",
               "group_commit_max", "accepted_processing_ids", "certificate_facilities", "tls_cert", "tls_key",
-              "tls_client_ca", "heartbeat_seconds", "commit_parallel")
+              "tls_client_ca", "heartbeat_seconds", "commit_parallel", "frame_min_rate_bytes",
+              "commit_timeout_seconds")
 
 
 def _check_listener(data: dict, where: str) -> None:
@@ -215,8 +228,10 @@ class GroupCommitter:
     thread, since its driver blocks; PostgreSQL on the event loop, with psycopg's async
     connections), and resolves each message's future only after the commit."""
 
-    def __init__(self, engine, max_group: int, loop: asyncio.AbstractEventLoop, parallel: int = 2):
+    def __init__(self, engine, max_group: int, loop: asyncio.AbstractEventLoop, parallel: int = 2,
+                 timeout: float = 10.0):
         self.engine = engine
+        self.timeout = timeout
         self.max_group = max_group
         self.loop = loop
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
@@ -268,10 +283,13 @@ class GroupCommitter:
 
     async def _commit_group(self, group: list[Pending]) -> None:
         try:
-            if self.engine.dialect.name == "postgresql":
-                results = await self._commit_pg(group)
-            else:
-                results = await asyncio.to_thread(self._commit, group)
+            # A SQLite thread cannot be stopped: it may still commit after the timeout, and then
+            # the sender's resend is answered with the stored ACK (never an AA before a commit).
+            async with asyncio.timeout(self.timeout):
+                if self.engine.dialect.name == "postgresql":
+                    results = await self._commit_pg(group)
+                else:
+                    results = await asyncio.to_thread(self._commit, group)
         except Exception as exc:
             _jlog(logging.ERROR, "storage_failure", error=type(exc).__name__, messages=len(group))
             for p in group:
@@ -308,7 +326,7 @@ class GroupCommitter:
         except IndexError:
             pg = await psycopg.AsyncConnection.connect(
                 self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-                autocommit=True)
+                autocommit=True, connect_timeout=max(1, int(self.timeout)))
         try:
             # One id per message of the group: ids of duplicates are left unused (sequence gaps
             # are harmless) so that the lookup and the reservation share a round trip.
@@ -436,6 +454,59 @@ def _sha(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+class AuditWriter:
+    """``audit_event`` rows written by a thread of their own. An audit on the event loop held up
+    every connection while the database was slow or unreachable: one failed TLS handshake (a
+    port probe) then froze the listener. Rows wait in a bounded queue; beyond it they are
+    counted in the log, not kept."""
+
+    LIMIT = 10_000
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+
+    def put(self, row: dict) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hl7ics-audit", daemon=True)
+            self._thread.start()
+        if self.queue.qsize() >= self.LIMIT:
+            self.dropped += 1
+            if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
+                _jlog(logging.ERROR, "audit_dropped", dropped=self.dropped)
+            return
+        self.queue.put(row)
+
+    def close(self, timeout: float) -> None:
+        """Write what is queued, waiting at most ``timeout`` seconds (a database that does not
+        answer must not hold up the shutdown)."""
+        if self._thread is not None:
+            self.queue.put(None)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]
+            while batch[-1] is not None and len(batch) < 500:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            rows = [r for r in batch if r is not None]
+            if rows:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(text("INSERT INTO audit_event (created_at, event_type, outcome, peer, "
+                                          "facility_code, detail) VALUES (:t, :e, :o, :p, :f, :d)"), rows)
+                except Exception as exc:  # auditing must not take the listener down; it is logged instead
+                    _jlog(logging.ERROR, "audit_failed", audit_events=sorted({r["e"] for r in rows}),
+                          error=type(exc).__name__)
+            if batch[-1] is None:
+                return
+
+
 class Listener:
     def __init__(self, cfg: ListenerConfig, warehouse_url: str, facilities=None):
         self.cfg = cfg
@@ -446,6 +517,8 @@ class Listener:
         self.supported_types = types | {"ACK"}
         self.per_peer: dict[str, int] = {}
         self.active = 0
+        self.handshaking = 0  # TLS handshakes in progress count against max_connections too
+        self.auditor = AuditWriter(self.engine)
         self.server: asyncio.AbstractServer | None = None
         self.committer: GroupCommitter | None = None
         self.tls = self._tls_context()
@@ -471,7 +544,8 @@ class Listener:
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
-        self.committer = GroupCommitter(self.engine, self.cfg.group_commit_max, loop, self.cfg.commit_parallel)
+        self.committer = GroupCommitter(self.engine, self.cfg.group_commit_max, loop, self.cfg.commit_parallel,
+                                        self.cfg.commit_timeout_seconds)
         self.committer.start()
         if self.tls is None:
             self.server = await asyncio.start_server(self._handle, self.cfg.host, self.cfg.port, limit=1 << 20)
@@ -499,8 +573,15 @@ class Listener:
             await self.committer.close()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
-        await asyncio.to_thread(self._beat, True)
+        # Bounded: with the database gone, the last heartbeat and audit rows are given up (logged)
+        # rather than hold the shutdown past the container's grace period.
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.to_thread(self._beat, True)
+        except TimeoutError:
+            _jlog(logging.ERROR, "heartbeat_failed", error="TimeoutError")
         self.audit("listener_stop", "success")
+        await asyncio.to_thread(self.auditor.close, 5)
         _jlog(logging.INFO, "stopped")
 
     async def _housekeeping(self) -> None:
@@ -530,13 +611,7 @@ class Listener:
 
     def audit(self, event: str, outcome: str, peer: str | None = None, facility: str | None = None,
               detail: str | None = None) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(text("INSERT INTO audit_event (created_at, event_type, outcome, peer, facility_code, "
-                                  "detail) VALUES (:t, :e, :o, :p, :f, :d)"),
-                             {"t": utcnow(), "e": event, "o": outcome, "p": peer, "f": facility, "d": detail})
-        except Exception as exc:  # auditing must not take the listener down; it is logged instead
-            _jlog(logging.ERROR, "audit_failed", audit_event=event, error=type(exc).__name__)
+        self.auditor.put({"t": utcnow(), "e": event, "o": outcome, "p": peer, "f": facility, "d": detail})
 
     # -- connections --------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -547,7 +622,7 @@ class Listener:
     def _admit(self, peer_addr, close) -> str | None:
         """The peer's IP if a new connection may proceed; otherwise ``close()`` and None."""
         peer_ip = peer_addr[0] if peer_addr else "?"
-        if self.stopping or self.active >= self.cfg.max_connections:
+        if self.stopping or self.active + self.handshaking >= self.cfg.max_connections:
             _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections")
             close()
             return None
@@ -561,6 +636,7 @@ class Listener:
         reader = asyncio.StreamReader(limit=1 << 20)
         # Our protocol, not the one returned: uvloop returns its SSL protocol there.
         proto = asyncio.StreamReaderProtocol(reader)
+        self.handshaking += 1
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: proto, sock, ssl=self.tls,
@@ -571,6 +647,8 @@ class Listener:
             _jlog(logging.WARNING, "tls_handshake_failed", peer=peer_ip, error=type(exc).__name__)
             sock.close()
             return
+        finally:
+            self.handshaking -= 1
         writer = asyncio.StreamWriter(transport, proto, reader, loop)
         identity, allowed = peer_ip, None
         if self.cfg.tls_client_ca:
@@ -594,16 +672,25 @@ class Listener:
                 now = loop.time()
                 timeout = self.cfg.idle_timeout_seconds
                 if framer.partial and framer.frame_started_at is not None:
-                    timeout = min(timeout, framer.frame_started_at + self.cfg.frame_deadline_seconds - now)
+                    timeout = min(timeout, framer.frame_started_at + self.cfg.frame_deadline_seconds
+                                  + framer.received / self.cfg.frame_min_rate_bytes - now)
                     if timeout <= 0:
                         self.metrics.frame_errors.labels("frame_deadline").inc()
                         _jlog(logging.WARNING, "frame_deadline", peer=peer_ip)
                         break
+                    if framer.awaiting_end and self.cfg.lenient_end_block:
+                        timeout = min(timeout, END_BLOCK_PAUSE)
                 try:
                     # One timer per read, not wait_for's extra task per read.
                     async with asyncio.timeout(timeout):
                         data = await reader.read(65536)
                 except TimeoutError:
+                    if framer.awaiting_end and self.cfg.lenient_end_block:
+                        # 0x1C, then nothing: a sender that sends no CR and waits for its ACK.
+                        for fr in framer.close():
+                            if not await self._frame(fr, writer, peer_ip, allowed):
+                                return
+                        continue
                     kind = "frame_deadline" if framer.partial else "idle_timeout"
                     if framer.partial:
                         self.metrics.frame_errors.labels("partial_frame").inc()
@@ -646,7 +733,9 @@ class Listener:
         self.inflight += 1
         try:
             pending = self._plan(fr, allowed, peer)
-            facility = pending.facility or "UNKNOWN"
+            # A label per configured facility only: any MSH-4 a sender makes up would otherwise
+            # be a new metrics series and ack_latency row (unbounded).
+            facility = pending.facility if pending.facility in self.facilities else "UNKNOWN"
             try:
                 if pending.status == "ack_only":
                     outcome, ack = "refused_unstored", pending.ack

@@ -3,7 +3,8 @@
 ``Framer`` turns a byte stream (any fragmentation: 1-byte TCP segments, TLS records) into frames:
 bytes before 0x0B are discarded and counted (never logged), a frame larger than the limit stops
 being buffered, and an end block not followed by 0x0D is accepted leniently when configured
-(bad inputs 1, 4, 5, 6, 9, 10, 11). Pipelined frames in one read are kept in order. A start
+(followed by LF, by the next frame's 0x0B, by a pause or by the connection's end; bad inputs 1, 4,
+5, 6, 9, 10, 11). Pipelined frames in one read are kept in order. A start
 block inside an open frame starts a new frame: the cut one is discarded unacknowledged.
 
 ``send`` is the client behind ``hl7ics send`` and the outbound MLLP destination: it frames each
@@ -45,6 +46,16 @@ class Framer:
     @property
     def partial(self) -> bool:
         return self.in_frame
+
+    @property
+    def received(self) -> int:
+        """Bytes of the open frame so far (the deadline grows with them)."""
+        return len(self.buf) + self.overflow
+
+    @property
+    def awaiting_end(self) -> bool:
+        """The open frame's 0x1C is the last byte received: only the CR after it is missing."""
+        return self.in_frame and self.pending == FS
 
     def _append(self, chunk) -> None:
         room = self.max_frame - len(self.buf)
@@ -108,6 +119,10 @@ class Framer:
             elif nxt == 0x0A and self.lenient_end:
                 del p[:2]
                 out.append(self._emit(True))
+            elif nxt == 0x0B and self.lenient_end:
+                # 0x1C then the next frame's 0x0B: a sender that never sends the CR, pipelining.
+                del p[:1]
+                out.append(self._emit(True))
             else:
                 # 0x1C inside content (bad input 11) ends the frame; what follows is garbage
                 # until the next 0x0B.
@@ -116,7 +131,8 @@ class Framer:
         return out
 
     def close(self) -> list[Frame]:
-        """At connection end, a frame whose 0x1C arrived without the CR is complete if lenient."""
+        """At connection end (or after a pause, ``awaiting_end``), a frame whose 0x1C arrived
+        without the CR is complete if lenient."""
         if self.in_frame and bytes(self.pending) == FS and self.lenient_end:
             self.pending.clear()
             return [self._emit(True)]

@@ -35,7 +35,7 @@ from typing import Callable, NamedTuple
 from . import charset as _charset
 from .config import ConfigError, read_yaml
 from .hl7transform import (CONVERTIBLE, VALIDATE_POLICIES, VALIDATION_LEVELS, FieldPath, MappingTable,
-                           Target, Transform, build_outbound, compile_transform, load_mappings, msh18_name,
+                           Target, Transform, build_outbound, compile_transform, load_mappings,
                            norm_version, parse_path, version_key)
 from .parser import Delimiters, Message, parse, unescape
 
@@ -421,7 +421,7 @@ def _destination(name: str, raw, where: str) -> Destination:
     if msh18 is not None and not isinstance(msh18, str):
         raise ConfigError(f"{where}.msh18: must be a string (HL7 table 0211, e.g. 8859/1)")
     if codec and msh18 is None:
-        msh18 = msh18_name(codec)
+        msh18 = _charset.msh18_name(codec)
         if msh18 is None:
             raise ConfigError(f"{where}.charset: '{cs}' has no HL7 table 0211 name; set msh18 explicitly")
     delims = None
