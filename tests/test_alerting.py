@@ -520,6 +520,87 @@ def test_warehouse_down_still_alerts_unthrottled(channels, caplog):
     assert "alert state unavailable (OperationalError)" in caplog.text
 
 
+def test_callback_alerts_while_the_warehouse_is_down(channels, monkeypatch, caplog):
+    """The Airflow failure callback, not just the Alerter: it built its engine with migrations,
+    which need the database, so with the warehouse down it failed before anything was sent."""
+    from types import SimpleNamespace
+
+    from hl7ics_airflow import alerts
+    from transforms.warehouse import dispose_all
+
+    dispose_all()
+    monkeypatch.setenv("HL7ICS_WAREHOUSE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{_free_port()}/none")
+    monkeypatch.delenv("AIRFLOW_CONN_HL7ICS_WAREHOUSE", raising=False)
+    ti = SimpleNamespace(dag_id="facility_batch_ingest", task_id="load", run_id="r1", map_index=-1,
+                         rendered_map_index="CHU-SO", try_number=4, log_url=None)
+    try:
+        assert alerts.record_alert({"ti": ti, "run_id": "r1", "exception": OSError("refused")},
+                                   "error", "task_failed") == "opened"
+    finally:
+        dispose_all()
+    assert len(channels.hooks.received) == 1 and len(channels.mail.messages) == 1
+    assert "alert state unavailable (OperationalError)" in caplog.text
+
+
+def test_a_typo_in_alerting_yaml_does_not_silence_monitoring_alerts(tmp_path, sqlite_url, hl7ics_home, monkeypatch):
+    """The monitoring, reporting and routing tasks read alerting.yaml themselves, so a
+    misspelt key failed them before any problem was recorded; they now leave it to the Alerter,
+    which falls back to ops_alert rows."""
+    from hl7ics_airflow import monitoring_tasks
+    from transforms.warehouse import get_engine
+
+    conf = tmp_path / "config"
+    shutil.copytree(ROOT / "config", conf)
+    with open(conf / "alerting.yaml", "a") as fh:
+        fh.write("  reminder_minutes_: 60\n")
+    monkeypatch.setenv("HL7ICS_CONFIG", str(conf))
+    monkeypatch.setenv("HL7ICS_WAREHOUSE_URL", sqlite_url)
+    monkeypatch.delenv("AIRFLOW_CONN_HL7ICS_WAREHOUSE", raising=False)
+    out = monitoring_tasks.check_interfaces()
+    assert any(k.startswith("silence:") for k in out["problems"])  # nothing received yet
+    with get_engine(sqlite_url).connect() as c:
+        assert c.execute(text("SELECT COUNT(*) FROM ops_alert WHERE alert_key LIKE 'silence:%'")).scalar() > 0
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307])
+def test_a_redirected_webhook_is_a_failure_and_its_token_stays_home(code):
+    """urllib followed redirects: a 302 turned the POST into a GET without its body (logged as
+    sent) and sent the Authorization header on to the new address."""
+    import urllib.error
+
+    from transforms.alerting import post_webhook
+
+    seen: list[tuple] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _any(self):
+            seen.append((self.command, self.path, self.headers.get("Authorization")))
+            if self.path == "/hook":
+                self.send_response(code)
+                self.send_header("Location", "/elsewhere")
+            else:
+                self.send_response(200)
+            self.end_headers()
+
+        do_GET = do_POST = _any
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        conn = {"conn_type": "http", "host": f"http://127.0.0.1:{srv.server_address[1]}/hook",
+                "extra": {"headers": {"Authorization": "Token s3cr3t"}}}
+        with pytest.raises(urllib.error.HTTPError) as err:
+            post_webhook(conn, {"alert": {"key": "k"}})
+        assert err.value.code == code
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert seen == [("POST", "/hook", "Token s3cr3t")]
+
+
 # --- configuration and connections -------------------------------------------------------------
 
 def test_shipped_configuration():

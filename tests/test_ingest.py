@@ -613,6 +613,22 @@ def test_migrations_are_versioned_and_idempotent(warehouse_url):
         assert c.execute(text("SELECT COUNT(*) FROM schema_migrations")).scalar() == len(migrations())
 
 
+def test_an_engine_first_made_without_migrations_is_migrated_when_asked(tmp_path):
+    """An alert callback makes its engine without migrations (the database may be down); a
+    later get_engine in the same process must still apply them."""
+    from transforms.warehouse import current_version, dispose_all, migrations
+
+    url = f"sqlite:///{tmp_path / 'later.db'}"
+    dispose_all()
+    try:
+        bare = get_engine(url, migrate=False)
+        with bare.connect() as c:
+            assert c.exec_driver_sql("SELECT COUNT(*) FROM sqlite_master WHERE name = 'message_store'").scalar() == 0
+        assert get_engine(url) is bare and current_version(bare) == max(v for v, _, _ in migrations())
+    finally:
+        dispose_all()
+
+
 def test_two_writers_of_one_message_at_once_load_it_once_on_postgresql(pg_url, hl7ics_home):
     """A file chunk still being written while the real-time loop (or a replay, or another file)
     writes the same message: the second writer waits for the first one's commit and finds its copy

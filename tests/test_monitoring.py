@@ -102,15 +102,16 @@ def test_a_facility_that_stops_is_flagged_within_one_interval_and_not_off_hours(
 
 
 def test_the_night_is_not_silence_and_closing_time_does_not_end_one(engine, facility):
-    """Gaps count from the start of working hours: the morning after a normal day raises nothing.
-    A silence still open at closing time stays open (not resolved) until a message comes."""
+    """Gaps count working minutes only: the night adds nothing, so the morning after a normal day
+    goes on from the last message's 10 minutes before closing. A silence still open at closing
+    time stays open (not resolved) until a message comes."""
     from transforms.alerting import Alerter, AlertingConfig
     from transforms.monitoring import apply_alerts
 
     day = datetime(2026, 11, 23)
     add_messages(engine, facility.code, working_day_arrivals(day, 10))  # last message 17:50
     alerter = Alerter(engine, AlertingConfig())
-    for hour, minute, silent in ((7, 0, False), (7, 25, False), (7, 35, True)):
+    for hour, minute, silent in ((7, 0, False), (7, 15, False), (7, 25, True)):
         now = (day + timedelta(days=1)).replace(hour=hour, minute=minute)
         r = check(engine, facility, now)
         got = [p.params for p in r.problems if p.kind == "silence"]
@@ -130,6 +131,28 @@ def test_the_night_is_not_silence_and_closing_time_does_not_end_one(engine, faci
     add_messages(engine, facility.code, [morning])
     r = check(engine, facility, morning + timedelta(minutes=5))
     assert apply_alerts(alerter, r.problems, morning, r.keep_open)["resolved"] == ["silence:CHU-SO"]
+
+
+def test_a_facility_expected_less_often_than_its_working_day_can_still_be_silent(engine, facility):
+    """USP-NANERGOU: open 8-16 and expected every 720 minutes. Counted from each opening, its
+    gap could never pass 480 minutes, so a facility that stopped for good was never reported."""
+    from transforms.monitoring import working_minutes
+
+    usp = dataclasses.replace(facility, working_hours=(8, 16), expected_interval_minutes=720)
+    last = datetime(2026, 11, 23, 15, 0)
+    add_messages(engine, usp.code, [last])
+    assert working_minutes(usp, last, datetime(2026, 11, 24, 9, 0)) == 120  # 15-16, then 8-9
+    assert working_minutes(usp, last, datetime(2026, 11, 24, 2, 0)) == 60  # the night adds nothing
+    night = dataclasses.replace(facility, working_hours=(22, 6))
+    assert working_minutes(night, datetime(2026, 11, 23, 5, 0), datetime(2026, 11, 23, 23, 0)) == 120
+    found = {}
+    for day in range(1, 4):
+        now = datetime(2026, 11, 23 + day, 15, 30)
+        found[day] = [p.params for p in check(engine, usp, now).problems if p.kind == "silence"]
+    # After a day the last message is known by its hour from the rollup (taken as 15:59).
+    assert found[1] == []  # 1 + 450 working minutes
+    assert found[2] == [{"facility_code": usp.code, "minutes": 1 + 480 + 450, "expected_minutes": 720}]
+    assert found[3][0]["minutes"] == 1 + 2 * 480 + 450
 
 
 def test_usual_volume_and_quarantine_spike(engine, facility):

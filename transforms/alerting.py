@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import dataclasses
+import urllib.request
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -572,11 +573,18 @@ def webhook_url(conn: dict) -> str:
     return url
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects (urllib then raises HTTPError with the 3xx status). Followed, a POST
+    became a GET without its body, reported as sent, and the Authorization header went along to
+    the new address, possibly another host. A partner that moved is a configuration to fix."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
 def post_webhook(conn: dict, payload: dict, timeout: float = NETWORK_TIMEOUT) -> int:
     """POST ``payload`` as JSON; returns the HTTP status (urllib raises on 4xx/5xx). Extra
     "headers" (a mapping) is sent as is, e.g. an Authorization token; a login adds Basic auth."""
-    import urllib.request
-
     headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "hl7ics-alerting"}
     extra_headers = (conn.get("extra") or {}).get("headers") or {}
     if not isinstance(extra_headers, dict):
@@ -587,7 +595,7 @@ def post_webhook(conn: dict, payload: dict, timeout: float = NETWORK_TIMEOUT) ->
         headers["Authorization"] = f"Basic {token}"
     data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     req = urllib.request.Request(webhook_url(conn), data=data, headers=headers, method="POST")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    with urllib.request.build_opener(NoRedirect).open(req, timeout=timeout) as resp:
         resp.read(4096)
         return resp.status
 

@@ -96,7 +96,9 @@ _PRINTABLE_ASCII = bytes(range(32, 127)) + b"\r\n"
 @lru_cache(maxsize=64)
 def _ascii_compatible(codec: str) -> bool:
     try:
-        return _PRINTABLE_ASCII.decode("ascii").encode(codec) == _PRINTABLE_ASCII
+        text = _PRINTABLE_ASCII.decode("ascii")
+        return (_PRINTABLE_ASCII.decode(codec) == text
+                and text.encode(codec).removeprefix(b"\xef\xbb\xbf") == _PRINTABLE_ASCII)  # utf-8-sig's BOM
     except (UnicodeError, LookupError):
         return False
 

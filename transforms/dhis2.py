@@ -48,6 +48,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from .alerting import NoRedirect
 from .config import ConfigError, Settings, read_yaml
 from .reporting import AGE_GROUPS, SEXES, IdsrConfig
 from .warehouse import named_queries, utcnow
@@ -513,13 +514,6 @@ def base_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect would resend the payload (and, with a naive client, the credentials) to another
-    # address; DHIS2 answers imports directly, so a redirect means a wrong base URL.
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
 def _endpoint(base: str, dry_run: bool) -> str:
     return f"{base}/api/dataValueSets?" + urlencode(ID_SCHEMES + (("dryRun", "true" if dry_run else "false"),))
 
@@ -529,7 +523,7 @@ def _post(url: str, body: bytes, auth: Dhis2Auth | None, timeout: float, target:
         "Content-Type": "application/json", "Accept": "application/json", "User-Agent": "hl7ics-dhis2"})
     if auth is not None:
         req.add_unredirected_header("Authorization", auth.header())
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = urllib.request.build_opener(NoRedirect)
     try:
         with opener.open(req, timeout=timeout) as resp:
             return resp.status, resp.read(_MAX_BODY), ""

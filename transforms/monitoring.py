@@ -134,6 +134,34 @@ def opened_at(facility: Facility, now: datetime) -> datetime | None:
     return begin.astimezone(timezone.utc).replace(tzinfo=None)
 
 
+def working_minutes(facility: Facility, since: datetime, now: datetime) -> float:
+    """Minutes of the facility's working hours between ``since`` and ``now`` (naive UTC). A gap
+    counted from the last message across nights and weekends: counted from each opening, a
+    facility expected every 720 minutes but open 8 hours a day could never be silent."""
+    start, end = facility.working_hours
+    if (start, end) == (0, 24) or since >= now:
+        return max(0.0, (now - since).total_seconds() / 60)
+    zone = ZoneInfo(facility.timezone)
+
+    def utc(day, hours: float) -> datetime:
+        local = datetime(day.year, day.month, day.day, tzinfo=zone) + timedelta(hours=hours)
+        return local.astimezone(timezone.utc).replace(tzinfo=None)
+
+    first = since.replace(tzinfo=timezone.utc).astimezone(zone).date() - timedelta(days=1)
+    last = now.replace(tzinfo=timezone.utc).astimezone(zone).date()
+    # Past a year the exact figure no longer matters: any expected interval is far exceeded.
+    first = max(first, last - timedelta(days=366))
+    total = 0.0
+    day = first
+    while day <= last:
+        a, b = utc(day, start), utc(day, end if start < end else end + 24)  # a night shift wraps midnight
+        lo, hi = max(a, since), min(b, now)
+        if hi > lo:
+            total += (hi - lo).total_seconds() / 60
+        day += timedelta(days=1)
+    return total
+
+
 def refresh_rollup(engine: Engine, facilities: list[str], now: datetime, cfg: MonitoringConfig) -> int:
     """Recount the hours of ``interface_volume_hourly`` that may have changed: the last two, every
     hour since the last refresh (a paused DAG leaves no hole), and the hours of messages whose
@@ -283,8 +311,7 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
         last = max(lasts) if lasts else None
         working = in_working_hours(f, now)
         opened = opened_at(f, now) if working else None
-        since = max(last, opened) if last and opened else last
-        gap = (now - since).total_seconds() / 60 if since else None
+        gap = working_minutes(f, last, now) if last else None
         if gap is None or gap > f.expected_interval_minutes:
             if working:
                 for r in fac_rows:

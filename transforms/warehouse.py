@@ -29,6 +29,7 @@ _PLACEHOLDERS = {
     "postgresql": {"{{ID}}": "BIGSERIAL PRIMARY KEY", "{{BLOB}}": "BYTEA"},
 }
 _ENGINES: dict[str, Engine] = {}
+_MIGRATED: set[str] = set()  # URLs whose migrations this process has applied
 
 
 def utcnow() -> str:
@@ -122,6 +123,9 @@ def get_engine(url: str, migrate: bool = True) -> Engine:
     url = normalize_url(url)
     eng = _ENGINES.get(url)
     if eng is not None:
+        if migrate and url not in _MIGRATED:  # first made without migrating (an alert callback)
+            upgrade(eng)
+            _MIGRATED.add(url)
         return eng
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -142,6 +146,7 @@ def get_engine(url: str, migrate: bool = True) -> Engine:
     event.listen(eng, "handle_error", _without_values)
     if migrate:
         upgrade(eng)
+        _MIGRATED.add(url)
     _ENGINES[url] = eng
     return eng
 
@@ -150,6 +155,7 @@ def dispose_all() -> None:
     for eng in _ENGINES.values():
         eng.dispose()
     _ENGINES.clear()
+    _MIGRATED.clear()
 
 
 def migrations() -> list[tuple[int, str, Path]]:

@@ -137,8 +137,10 @@ def _alerter():
 
     from hl7ics_airflow.runtime import settings
 
-    # config=None: alerting.yaml is read only when a message actually goes out.
-    return Alerter(get_engine(settings().warehouse_url), None, resolve_connection)
+    # config=None: alerting.yaml is read only when a message actually goes out. No migrations:
+    # they need the database, and an alert must still go out when the warehouse is down (the
+    # Alerter then sends without throttling).
+    return Alerter(get_engine(settings().warehouse_url, migrate=False), None, resolve_connection)
 
 
 def record_alert(context: dict, severity: str = "error", kind: str | None = None,

@@ -25,7 +25,7 @@ def refresh_rollup() -> int:
 
 def check_interfaces() -> dict:
     """Evaluate, store ``interface_health`` and alert (fire current problems, resolve cleared ones)."""
-    from transforms.alerting import Alerter, AlertingConfig
+    from transforms.alerting import Alerter
     from transforms.monitoring import MonitoringConfig, apply_alerts, evaluate, store
     from transforms.warehouse import get_engine
 
@@ -42,7 +42,7 @@ def check_interfaces() -> dict:
     now = _now()
     result = evaluate(engine, s.facilities(), now, cfg)
     store(engine, result, cfg, now)
-    alerter = Alerter(engine, AlertingConfig.load(s.config_dir / "alerting.yaml"), resolve_connection)
+    alerter = Alerter(engine, None, resolve_connection)
     outcome = apply_alerts(alerter, result.problems, now, result.keep_open)
     statuses: dict[str, int] = {}
     for r in result.rows:

@@ -22,7 +22,7 @@ def build_weeks(as_of: date | datetime | None = None) -> dict:
 
 def notify_immediate() -> dict:
     """Alert once per immediately notifiable disease x facility x week (facility and district only)."""
-    from transforms.alerting import Alert, Alerter, AlertingConfig
+    from transforms.alerting import Alert, Alerter
     from transforms.reporting import IdsrConfig, immediate_cases, record_notifications
     from transforms.warehouse import get_engine, utcnow
 
@@ -34,7 +34,7 @@ def notify_immediate() -> dict:
     now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     found = immediate_cases(engine, cfg, now)
     if found:
-        alerter = Alerter(engine, AlertingConfig.load(s.config_dir / "alerting.yaml"), resolve_connection)
+        alerter = Alerter(engine, None, resolve_connection)
         for c in found:
             name = cfg.disease(c["disease"])
             alerter.fire(Alert(key=f"idsr:{c['disease']}:{c['facility_code']}:{c['iso_week']}", kind="idsr_immediate",
@@ -42,7 +42,7 @@ def notify_immediate() -> dict:
                                params={"disease": f"{name.name_fr} / {name.name_en}", "facility_code": c["facility_code"],
                                        "district": c["district"], "cases": c["cases"]}), now=now)
         record_notifications(engine, found, utcnow())
-    closed = close_past_notices(Alerter(engine, AlertingConfig.load(s.config_dir / "alerting.yaml"),
+    closed = close_past_notices(Alerter(engine, None,
                                         resolve_connection), now)
     return {"notified": [f"{c['disease']}:{c['facility_code']}:{c['iso_week']}" for c in found], "closed": closed}
 

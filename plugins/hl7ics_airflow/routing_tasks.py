@@ -65,7 +65,7 @@ def _config(s):
 def route_messages() -> dict:
     """Route the loaded messages not routed yet (idempotent); copies held for review or that
     failed to build alert (``routing_held``)."""
-    from transforms.alerting import Alerter, AlertingConfig
+    from transforms.alerting import Alerter
     from transforms.facts import PatientKeyer
     from transforms.outbound import route_pending
     from transforms.warehouse import get_engine
@@ -79,13 +79,13 @@ def route_messages() -> dict:
     from transforms.routing import Router
 
     engine = get_engine(s.warehouse_url)
-    alerter = Alerter(engine, AlertingConfig.load(s.config_dir / "alerting.yaml"), resolve_connection)
+    alerter = Alerter(engine, None, resolve_connection)
     return route_pending(engine, Router(cfg), keyer=PatientKeyer.from_env(s.home), alerter=alerter)
 
 
 def deliver_messages() -> dict:
     """Deliver what is due to every configured destination; dead letters alert."""
-    from transforms.alerting import Alerter, AlertingConfig
+    from transforms.alerting import Alerter
     from transforms.outbound import deliver_due
     from transforms.warehouse import get_engine
 
@@ -96,6 +96,6 @@ def deliver_messages() -> dict:
     if cfg is None:
         return {"skipped": "no routes.yaml"}
     engine = get_engine(s.warehouse_url)
-    alerter = Alerter(engine, AlertingConfig.load(s.config_dir / "alerting.yaml"), resolve_connection)
+    alerter = Alerter(engine, None, resolve_connection)
     return deliver_due(engine, destination_specs(cfg), alerter=alerter, resolve_connection=resolve_connection,
                        max_seconds=MAX_SECONDS)
