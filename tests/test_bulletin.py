@@ -505,6 +505,28 @@ def test_bulletin_in_chromium_shows_the_figures_and_draws_the_curves(chromium, s
     assert pixels_of(shot2, bulletin.COLORS["confirmed"]) == 0
 
 
+def test_a_failed_print_leaves_the_previous_html_and_pdf_together(sqlite_url, tmp_path, monkeypatch):
+    """The HTML was replaced before the PDF was printed: a Chromium crash left this week's HTML
+    beside last run's PDF, two bulletins with different figures in the folder a district mails."""
+    import stat
+
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\necho crashed >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(bulletin, "chromium_path", lambda: str(fake))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bulletin-2026W45-fr.html").write_text("<html>run of Monday</html>")
+    (out / "bulletin-2026W45-fr.pdf").write_bytes(b"%PDF-1.7 run of Monday")
+    eng = get_engine(sqlite_url)
+    seed(eng)
+    with pytest.raises(bulletin.BulletinError, match="could not print bulletin-2026W45-fr.html"):
+        bulletin.write_weekly(eng, "2026W45", out, "fr")
+    assert (out / "bulletin-2026W45-fr.html").read_text() == "<html>run of Monday</html>"
+    assert (out / "bulletin-2026W45-fr.pdf").read_bytes() == b"%PDF-1.7 run of Monday"
+    assert sorted(p.name for p in out.iterdir()) == ["bulletin-2026W45-fr.html", "bulletin-2026W45-fr.pdf"]
+
+
 def test_pdf_is_a4_with_title_text_and_curves_on_page_one(chromium, sqlite_url, tmp_path):
     import pymupdf
     from PIL import Image

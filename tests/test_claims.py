@@ -745,3 +745,70 @@ def test_extract_is_delivered_to_the_insurers_sftp_and_a_wrong_host_key_is_refus
         delivered = {p.name: p.read_bytes() for p in (srv.root / "claims").iterdir()}
         assert delivered == {p.name: p.read_bytes() for p in res.files}
         assert rows(eng, "SELECT status FROM claim_delivery ORDER BY id") == [("failed",), ("delivered",)]
+
+
+# --- found by review (2026-12-06): each failed before its fix ---------------------------------------
+
+def _ft1raw(i, when, code, label, qty, ext, unit, ttype="CG"):
+    t = f"{when:%Y%m%d%H%M}"
+    return f"FT1|{i}|||{t}|{t}|{ttype}|{code}^{label}^L|||{qty}|{ext}|{unit}|CONS"
+
+
+def test_a_credit_with_quantity_zero_does_not_block_the_extract(ingestor, tmp_path):
+    """A CD credit with quantity 0 was negated to -0.0, which SQLite gives back as 0.0: the
+    extract's content-hash check failed for the whole insurer, rebuild after rebuild."""
+    eng = ingestor.engine
+    load(ingestor, tmp_path, [
+        hl7(d(3), f"EVN|P03|{d(3):%Y%m%d%H%M}", pid("PQ-1", "CHU-SO"), pv1("VQ1"),
+            _ft1raw(1, d(3), "CONS", "Consultation", "1", "5000&XOF", "5000&XOF"),
+            _ft1raw(2, d(3), "REM", "Remise sur consultation", "0", "500&XOF", "", "CD"),
+            in1("INAM", "INAM-AMO", "123123123"))], "CHU-SO")
+    build_claims(eng, CFG, d(10, 6))
+    res = extract(eng, CFG, "INAM", "2026-W45", tmp_path / "c", d(10, 6))
+    assert res.claims == 1
+    assert rows(eng, "SELECT quantity FROM claim_line ORDER BY line_no") == [(1.0,), (0.0,)]
+
+
+def test_a_typo_d_amount_is_skipped_not_the_whole_build(ingestor, tmp_path):
+    """Quantity 10,000,000 x 500,000 XOF (no FT1-11) does not fit NUMERIC(14, 2): PostgreSQL
+    failed the whole build, SQLite every extract. The line is counted, the rest is claimed."""
+    eng = ingestor.engine
+    cov = in1("INAM", "INAM-AMO", "777888999")
+    load(ingestor, tmp_path, [
+        hl7(d(3), f"EVN|P03|{d(3):%Y%m%d%H%M}", pid("PO-1", "CHU-SO"), pv1("VOK"),
+            _ft1raw(1, d(3), "CONS", "Consultation", "1", "5000&XOF", "5000&XOF"), cov),
+        hl7(d(4), f"EVN|P03|{d(4):%Y%m%d%H%M}", pid("PO-2", "CHU-SO"), pv1("VBAD"),
+            _ft1raw(1, d(4), "PHA-X", "Comprimé", "10000000", "", "500000&XOF"), cov)], "CHU-SO")
+    r = build_claims(eng, CFG, d(10, 6))
+    assert r["skipped"]["amount_out_of_range"] == 1
+    assert extract(eng, CFG, "INAM", "2026-W45", tmp_path / "c", d(10, 6)).claims == 1
+    assert rows(eng, "SELECT visit_number FROM claim") == [("VOK",)]
+
+
+def test_an_expiry_sent_as_a_month_or_a_year_covers_all_of_it(ingestor, tmp_path):
+    """IN1-13 '202612' (valid through December) or '2026' was compared as text with the charge's
+    day and ended coverage at the start of that month or year."""
+    eng = ingestor.engine
+    load(ingestor, tmp_path, [
+        dft(datetime(2026, 12, 10, 9), "PX-1", "VX1", [(datetime(2026, 12, 10, 9), "CONS-GEN", "Consultation", 1, 5000)],
+            [in1("INAM", "INAM-AMO", "111222333", "20260101", "202612")]),
+        dft(datetime(2026, 6, 10, 9), "PX-2", "VX2", [(datetime(2026, 6, 10, 9), "CONS-GEN", "Consultation", 1, 5000)],
+            [in1("INAM", "INAM-AMO", "444555666", "2026", "2026")]),
+        dft(datetime(2027, 1, 4, 9), "PX-1", "VX3", [(datetime(2027, 1, 4, 9), "CONS-GEN", "Consultation", 1, 5000)])],
+        "CHU-SO")
+    r = build_claims(eng, CFG, datetime(2027, 1, 21, 6))
+    assert rows(eng, "SELECT visit_number FROM claim ORDER BY visit_number") == [("VX1",), ("VX2",)]
+    assert r["skipped"]["coverage_not_valid"] == 1  # January 2027 is past "through 12/2026"
+
+
+def test_two_patients_under_one_visit_number_are_not_one_claim(ingestor, tmp_path):
+    """A reused ticket number: patient B's charge was billed in patient A's claim, under the
+    member number of whoever was charged last. The visit stays the first patient's."""
+    eng = ingestor.engine
+    load(ingestor, tmp_path, [
+        dft(d(3), "PA-1", "T001", [(d(3), "CONS-GEN", "Consultation", 1, 5000)], [in1("INAM", "INAM-AMO", "111111111")]),
+        dft(d(4), "PB-2", "T001", [(d(4), "LAB-GE", "Goutte épaisse", 1, 2000)], [in1("INAM", "INAM-AMO", "222222222")]),
+    ], "CHU-SO")
+    r = build_claims(eng, CFG, d(10, 6))
+    assert rows(eng, "SELECT visit_number, member_id, lines FROM claim") == [("T001", "111111111", 1)]
+    assert r["skipped"]["visit_conflict"] == 1

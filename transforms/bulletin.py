@@ -31,6 +31,7 @@ is read: the tables hold counts per district or facility only.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -843,10 +844,23 @@ def write_weekly(engine: Engine, week: str, out_dir: Path, lang: str = "fr", *, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"bulletin-{iso.replace('-', '')}-{lang}"
-    written = [_write(out_dir / f"{stem}.html", page)]
-    if pdf:
-        written.append(print_pdf(written[0], out_dir / f"{stem}.pdf", chromium))
-    return written
+    html = out_dir / f"{stem}.html"
+    if not pdf:
+        return [_write(html, page)]
+    # The pair changes together: the new HTML is printed from a staging folder and takes its
+    # place only once its PDF has, so a failed print leaves the previous HTML with its PDF
+    # (a district mailing the folder never sends two bulletins with different figures).
+    staging = out_dir / ".staging"
+    staging.mkdir(exist_ok=True)
+    draft = _write(staging / html.name, page)
+    try:
+        pdf_path = print_pdf(draft, out_dir / f"{stem}.pdf", chromium)
+        os.replace(draft, html)
+    finally:
+        draft.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another language's print may still be using it
+            staging.rmdir()
+    return [html, pdf_path]
 
 
 def cli_weekly(engine: Engine, week: str, out_dir: Path, lang: str = "fr", pdf: bool = True,

@@ -93,8 +93,12 @@ DELIVERY_TYPES = ("outbox", "sftp")
 CURRENCY = "XOF"
 CHARGE_TYPES = ("CG", "CD", "AJ")      # HL7 table 0017: charge, credit, adjustment
 PAYMENT_TYPES = ("PY",)                 # payment received: not a service, never claimed
-SKIP_REASONS = ("payments", "other_types", "no_visit", "undated", "no_amount", "foreign_currency", "uninsured",
-                "coverage_not_valid", "facility_not_contracted", "unknown_plan")
+SKIP_REASONS = ("payments", "other_types", "no_visit", "undated", "no_amount", "amount_out_of_range",
+                "foreign_currency", "uninsured", "coverage_not_valid", "facility_not_contracted", "unknown_plan",
+                "visit_conflict")
+# Amounts are NUMERIC(14, 2): a line from 10^12 XOF up (a typo'd quantity times a price) cannot be
+# stored, and failed the whole build on PostgreSQL (or every extract on SQLite).
+AMOUNT_LIMIT = Decimal(10) ** 12
 STATUSES = ("open", "ready", "sent", "corrected")
 
 # The only columns an extract may carry, in their canonical order, with their type in the files.
@@ -578,7 +582,7 @@ def _canon(v):
     if isinstance(v, Decimal):
         return f"{v:.2f}"
     if isinstance(v, float):
-        return repr(v)
+        return repr(v + 0.0)  # -0.0 comes back from SQLite as 0.0
     return v
 
 
@@ -664,6 +668,9 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
         if amount is None:
             skipped["no_amount"] += 1
             continue
+        if abs(amount) >= AMOUNT_LIMIT:
+            skipped["amount_out_of_range"] += 1
+            continue
         if (r.currency or CURRENCY).upper() != CURRENCY:
             skipped["foreign_currency"] += 1
             continue
@@ -672,8 +679,9 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
             skipped["uninsured"] += 1
             continue
         day = charged[:10]
+        # A partial expiry ("2026-12", "2026": IN1-13 as sent) covers its whole month or year.
         valid = [c for c in cands if (not c.valid_from or str(c.valid_from)[:10] <= day)
-                 and (not c.valid_to or day <= str(c.valid_to)[:10])]
+                 and (not c.valid_to or day[:len(str(c.valid_to)[:10])] <= str(c.valid_to)[:10])]
         if not valid:
             skipped["coverage_not_valid"] += 1
             continue
@@ -695,7 +703,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
         tt = _ttype(r.transaction_type)
         if tt == "CD":  # a credit takes away, whatever sign the sender used
             amount = -abs(amount)
-            qty = -abs(qty) if qty is not None else None
+            qty = (-abs(qty) or 0.0) if qty is not None else None  # never -0.0
         groups.setdefault((cov.insurer_code, fac, visit), []).append({
             "message_id": r.message_id, "ft1_seq": r.ft1_seq, "charge_code": r.charge_code,
             "description": r.description, "quantity": qty, "unit_amount": unit, "amount": amount,
@@ -707,6 +715,13 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
     for (code, fac, visit), lines in groups.items():
         if code not in todo:
             continue
+        if len({ln["patient_key"] for ln in lines}) > 1:
+            # Two patients' charges under one visit number (a reused ticket number, a typo): the
+            # visit belongs to the patient charged first; the other's lines are not billed under
+            # that patient's member number.
+            first = min(lines, key=lambda x: (x["charged_at"], x["message_id"], x["ft1_seq"]))["patient_key"]
+            skipped["visit_conflict"] += sum(ln["patient_key"] != first for ln in lines)
+            lines = [ln for ln in lines if ln["patient_key"] == first]
         ins = by_code[code]
         lines.sort(key=lambda x: (x["charged_at"], x["charge_code"] or "", x["message_id"], x["ft1_seq"]))
         for n, ln in enumerate(lines, 1):
