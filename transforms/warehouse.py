@@ -142,7 +142,10 @@ def get_engine(url: str, migrate: bool = True) -> Engine:
         def _begin(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
-        eng = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+        # A database that does not answer must fail a connection in seconds, not after the
+        # system's TCP retries (minutes): tasks retry, and alert callbacks go on without it.
+        args = {} if "connect_timeout" in url else {"connect_timeout": 10}
+        eng = create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args=args)
     event.listen(eng, "handle_error", _without_values)
     if migrate:
         upgrade(eng)

@@ -137,10 +137,15 @@ def _alerter():
 
     from hl7ics_airflow.runtime import settings
 
-    # config=None: alerting.yaml is read only when a message actually goes out. No migrations:
-    # they need the database, and an alert must still go out when the warehouse is down (the
-    # Alerter then sends without throttling).
-    return Alerter(get_engine(settings().warehouse_url, migrate=False), None, resolve_connection)
+    # config=None: alerting.yaml is read only when a message actually goes out.
+    url = settings().warehouse_url
+    try:
+        engine = get_engine(url)
+    except Exception:
+        # Migrations need the database: an alert must still go out when the warehouse is down
+        # (the Alerter then sends without throttling).
+        engine = get_engine(url, migrate=False)
+    return Alerter(engine, None, resolve_connection)
 
 
 def record_alert(context: dict, severity: str = "error", kind: str | None = None,
