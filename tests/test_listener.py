@@ -762,3 +762,34 @@ def test_ack_message_type_follows_the_version(version, msh9):
     from transforms.parser import parse
 
     assert build_ack(parse(hl7("V-1", version=version)), AckPlan("AA")).decode().split("|")[8] == msh9
+
+
+def test_a_gap_in_heartbeats_starts_a_new_stretch_the_sla_counts_as_downtime(sqlite_url, hl7ics_home):
+    """Each beat moved beat_at on one row per process: two hours without beats (the database
+    unreachable, a stalled loop) left no trace and the SLA report showed full uptime."""
+    from datetime import datetime, timedelta
+
+    from transforms import listener as lmod
+    from transforms.sla import SlaConfig, compute
+
+    lst = lmod.Listener(lmod.ListenerConfig(heartbeat_seconds=15), sqlite_url)
+    times = iter(["2026-11-10 08:00:00", "2026-11-10 08:00:15", "2026-11-10 10:00:15", "2026-11-10 10:00:30"])
+    clock = {"mono": 1000.0}
+    real_utcnow, real_mono = lmod.utcnow, lmod.time.monotonic
+    lmod.utcnow = lambda: next(times)
+    lmod.time.monotonic = lambda: clock["mono"]
+    try:
+        lst.started_at = "2026-11-10 08:00:00"
+        lst._beat()
+        clock["mono"] += 15
+        lst._beat()
+        clock["mono"] += 7200  # no beat for two hours
+        lst._beat()
+        clock["mono"] += 15
+        lst._beat()
+    finally:
+        lmod.utcnow, lmod.time.monotonic = real_utcnow, real_mono
+    assert rows(sqlite_url, "SELECT started_at, beat_at FROM listener_heartbeat ORDER BY started_at") == [
+        ("2026-11-10 08:00:00", "2026-11-10 08:00:15"), ("2026-11-10 10:00:15", "2026-11-10 10:00:30")]
+    rep = compute(get_engine(sqlite_url), "2026-11", SlaConfig(), now=datetime(2026, 11, 10, 10, 0, 30))
+    assert rep.outages and rep.outages[0][1] - rep.outages[0][0] >= timedelta(minutes=119)

@@ -527,6 +527,8 @@ class Listener:
         self.latencies = LatencyBook()
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at: str | None = None
+        self._segment: str | None = None  # start of the current stretch of heartbeats (after a gap)
+        self._last_beat: float | None = None  # monotonic time of the last beat written
         self._housekeeper: asyncio.Task | None = None
 
     # -- set-up -------------------------------------------------------------------------------
@@ -590,16 +592,24 @@ class Listener:
             await asyncio.to_thread(self._beat)
 
     def _beat(self, stopping: bool = False) -> None:
-        """Heartbeat (uptime for the SLA) and the ACK latencies counted since the last beat."""
+        """Heartbeat (uptime for the SLA) and the ACK latencies counted since the last beat.
+
+        A row covers one stretch of beats (``started_at`` to ``beat_at``). After a gap (beats
+        that failed while the database was unreachable, a stalled loop) the next beat starts a
+        new row, so the SLA report sees the gap as downtime instead of one unbroken stretch."""
         counts = self.latencies.take()
         now = utcnow()
+        mono = time.monotonic()
+        if self._last_beat is not None and mono - self._last_beat > 2 * self.cfg.heartbeat_seconds:
+            self._segment = now
         try:
             with self.engine.begin() as conn:
                 conn.execute(text(
                     "INSERT INTO listener_heartbeat (instance, started_at, beat_at, stopped_at) VALUES (:i, :s, :b, :x) "
                     "ON CONFLICT (instance, started_at) DO UPDATE SET beat_at = excluded.beat_at, "
                     "stopped_at = excluded.stopped_at"),
-                    {"i": self.instance, "s": self.started_at or now, "b": now, "x": now if stopping else None})
+                    {"i": self.instance, "s": self._segment or self.started_at or now, "b": now,
+                     "x": now if stopping else None})
                 if counts:
                     conn.execute(text(
                         "INSERT INTO ack_latency (minute, facility_code, message_type, bucket_ms, n) "
@@ -608,6 +618,8 @@ class Listener:
                         [{"m": m, "f": f, "t": t, "b": b, "n": n} for (m, f, t, b), n in sorted(counts.items())])
         except Exception as exc:  # statistics must never take the listener down
             _jlog(logging.ERROR, "heartbeat_failed", error=type(exc).__name__)
+            return
+        self._last_beat = mono
 
     def audit(self, event: str, outcome: str, peer: str | None = None, facility: str | None = None,
               detail: str | None = None) -> None:
