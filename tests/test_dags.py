@@ -90,6 +90,12 @@ def test_demo_twice_duplicates_nothing(dagbag, hl7ics_home):
     assert admissions and all(r[2] > 0 for r in admissions)
     assert malaria and sum(r[2] for r in malaria) > 0 and all(r[2] <= r[1] for r in malaria)
     assert "TOTAL" in second.getvalue() and "sqlite" in second.getvalue()
+    # The second run says what it did (nothing new), not the warehouse's totals as its own.
+    this_run = second.getvalue().split("This run / Cette exécution")[1].split("In the warehouse")[0]
+    assert "no new file" in this_run and "TOTAL" not in this_run
+    first_run = first.getvalue().split("This run / Cette exécution")[1].split("In the warehouse")[0]
+    total = [l.split() for l in first_run.splitlines() if l.startswith("TOTAL")][0]
+    assert int(total[2]) == a["message_store"]  # the first run's messages are all the warehouse holds
 
 
 def test_mllp_realtime_end_to_end(dagbag, hl7ics_home, tmp_path):

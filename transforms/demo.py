@@ -52,7 +52,8 @@ def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=None) -> i
                                   per_day=per_day, dq_fault_share=DQ_FAULT_SHARE)
     print(f"Generated {manifest['messages']} messages in {manifest['files']} files for {len(facilities)} "
           f"facilities into {settings.data_dir / 'inbound'} ({sum(manifest['broken'].values())} deliberately "
-          f"broken, {sum(manifest['dq_faults'].values())} with a data-quality fault)", file=out)
+          f"damaged, of which a message cut after a complete segment may still load; "
+          f"{sum(manifest['dq_faults'].values())} with a data-quality fault)", file=out)
     import warnings
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # library noise, not the user's concern
@@ -68,7 +69,7 @@ def run_demo(days: int = 3, seed: int = 2026, per_day: int = 400, out=None) -> i
     dr = dag.test()
     state = str(getattr(dr, "state", "unknown"))
     print(f"\nfacility_batch_ingest run {getattr(dr, 'run_id', '?')}: {state}", file=out)
-    print_summary(settings, out)
+    print_summary(settings, out, getattr(dr, "run_id", None))
     report = bag.get_dag("data_quality_report").test()
     report_state = str(getattr(report, "state", "unknown"))
     print_quality(settings, report_state, out)
@@ -93,11 +94,34 @@ def print_quality(settings: Settings, report_state: str, out=None) -> None:
     print("  details: hl7ics dq report [--facility CODE]", file=out)
 
 
-def print_summary(settings: Settings, out=None) -> None:
+def print_summary(settings: Settings, out=None, run_id: str | None = None) -> None:
+    """What ``run_id`` did (``ingest_run``), then what the warehouse holds from every run."""
     out = out or sys.stdout
     from .warehouse import get_engine, printable_url
 
     eng = get_engine(settings.warehouse_url)
+    header = f"{'facility':<16}{'files':>7}{'messages':>10}{'loaded':>9}{'duplicates':>12}{'quarantined':>13}"
+
+    def table(rows) -> None:
+        print(header, file=out)
+        tot = [0] * 5
+        for code, *vals in rows:
+            vals = [v or 0 for v in vals]
+            tot = [a + b for a, b in zip(tot, vals)]
+            print(f"{code:<16}{vals[0]:>7}{vals[1]:>10}{vals[2]:>9}{vals[3]:>12}{vals[4]:>13}", file=out)
+        print(f"{'TOTAL':<16}{tot[0]:>7}{tot[1]:>10}{tot[2]:>9}{tot[3]:>12}{tot[4]:>13}", file=out)
+
+    if run_id:
+        with eng.connect() as c:
+            this_run = c.execute(text(
+                "SELECT facility_code, files, messages, loaded, duplicates, quarantined FROM ingest_run "
+                "WHERE run_id = :r ORDER BY facility_code"), {"r": run_id}).all()
+        print("\nThis run / Cette exécution", file=out)
+        if any(r[1] for r in this_run):
+            table(this_run)
+        else:
+            print("  no new file: everything here was ingested before (nothing is loaded twice)\n"
+                  "  aucun nouveau fichier : tout a déjà été intégré (rien n'est chargé deux fois)", file=out)
     with eng.connect() as c:
         rows = c.execute(text(
             "SELECT f.facility_code, COUNT(DISTINCT f.sha256), COUNT(m.id), "
@@ -110,14 +134,9 @@ def print_summary(settings: Settings, out=None) -> None:
         counts = {t: c.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in tables}
         reasons = c.execute(text("SELECT reason, COUNT(*) FROM quarantine WHERE resolved_at IS NULL "
                                  "GROUP BY reason ORDER BY 2 DESC")).all()
-    print("\nPer facility / Par formation sanitaire", file=out)
-    print(f"{'facility':<16}{'files':>7}{'messages':>10}{'loaded':>9}{'duplicates':>12}{'quarantined':>13}", file=out)
-    tot = [0] * 5
-    for code, files, msgs, loaded, dup, quar in rows:
-        vals = [files, msgs, loaded or 0, dup or 0, quar or 0]
-        tot = [a + b for a, b in zip(tot, vals)]
-        print(f"{code:<16}{vals[0]:>7}{vals[1]:>10}{vals[2]:>9}{vals[3]:>12}{vals[4]:>13}", file=out)
-    print(f"{'TOTAL':<16}{tot[0]:>7}{tot[1]:>10}{tot[2]:>9}{tot[3]:>12}{tot[4]:>13}", file=out)
+    print("\nIn the warehouse, all runs, per facility / Dans l'entrepôt, toutes exécutions, par formation",
+          file=out)
+    table(rows)
     if reasons:
         print("\nQuarantine reasons / Motifs de quarantaine: " + ", ".join(f"{r} {n}" for r, n in reasons), file=out)
     print("\nRows per warehouse table / Lignes par table", file=out)
