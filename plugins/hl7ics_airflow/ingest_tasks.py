@@ -6,24 +6,34 @@ the staged file to the warehouse inside ``transforms.ingest``.
 """
 from __future__ import annotations
 
-from transforms.ingest import Ingestor
+from typing import TYPE_CHECKING
 
 from hl7ics_airflow.runtime import settings
 
+if TYPE_CHECKING:
+    from transforms.ingest import Ingestor
+
+
+def _new(run_id: str) -> "Ingestor":
+    # Imported here: the DAG processor parses the DAG files every 30 s, and the loader's modules
+    # are only needed by the running task.
+    from transforms.ingest import Ingestor
+
+    return Ingestor(settings(), run_id=run_id)
+
 
 def facility_codes() -> list[str]:
-    s = settings()
-    ing = Ingestor(s, run_id="sync")
+    ing = _new("sync")
     ing.sync_facilities()
-    return [f.code for f in s.facilities() if f.sources]
+    return [f.code for f in ing.settings.facilities() if f.sources]
 
 
-def _ingestor(run_id: str) -> Ingestor:
+def _ingestor(run_id: str) -> "Ingestor":
     """An ingestor whose sources and alert channels find connections the way Airflow does
     (connections defined in Airflow or a secrets backend, not only AIRFLOW_CONN_* variables)."""
     from hl7ics_airflow.alerts import resolve_connection
 
-    ing = Ingestor(settings(), run_id=run_id)
+    ing = _new(run_id)
     ing.resolve_connection = resolve_connection
     ing.loader.resolve_connection = resolve_connection
     return ing
@@ -71,7 +81,7 @@ def fail_run() -> None:
 
 
 def summarize(run_id: str, facilities: list[str]) -> list[dict]:
-    return Ingestor(settings(), run_id=run_id).record_run(facilities)
+    return _new(run_id).record_run(facilities)
 
 
 def process_received(run_id: str = "mllp_realtime") -> dict:
