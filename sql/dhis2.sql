@@ -50,10 +50,11 @@ SELECT id, created_at, period, data_set, mode, target, values_sent, status, impo
  ORDER BY id;
 
 -- name: sent_values
--- The last value handed over for each cell of a data set and period (table dhis2_sent_value).
-SELECT org_unit, data_element, category_option_combo, attribute_option_combo, value
+-- The last value handed over for each cell of a data set and period (table dhis2_sent_value), to
+-- one target and before targets were recorded ('').
+SELECT org_unit, data_element, category_option_combo, attribute_option_combo, value, target
   FROM dhis2_sent_value
- WHERE data_set = :data_set AND period = :period;
+ WHERE data_set = :data_set AND period = :period AND target IN (:target, '');
 
 -- name: mapped_org_units
 -- The DHIS2 org units the configuration maps facilities to now.

@@ -26,7 +26,8 @@ from sqlalchemy import text
 from transforms.config import PROJECT_ROOT, ConfigError
 from transforms.dhis2 import (Dhis2Auth, Dhis2Error, Dhis2HttpError, Dhis2Mapping, PeriodError, alert_for,
                               base_url, build_data_value_set, cli_main, dhis2_connection, dhis2_period, dumps,
-                              exports_for_period, iso_week, parse_import_summary, prepare, push, write_export)
+                              exports_for_period, iso_week, parse_import_summary, prepare, push, record_sent,
+                              write_export)
 from transforms.reporting import IdsrConfig
 from transforms.warehouse import get_engine
 
@@ -512,12 +513,13 @@ def test_a_cell_that_falls_to_zero_after_its_push_is_sent_as_zero(sqlite_url, ma
     """Zeros are left out of a payload; the cholera case cancelled after its week was pushed must
     still leave DHIS2, so the cell sent before goes out again as "0"."""
     eng = seed(sqlite_url)
-    push(build_data_value_set(eng, PERIOD, mapping), dhis2.url, (USER, PASSWORD), engine=eng)
+    here = base_url(dhis2.url)
+    push(build_data_value_set(eng, PERIOD, mapping, target=here), dhis2.url, (USER, PASSWORD), engine=eng)
     cell = ("IDSR_CHOLERA_SUSP", PERIOD, "TG-LC-GOL-CHUSO", "AGE_15Y_PLUS_F", "default")
     assert dhis2.store[cell] == "1"
     with eng.begin() as conn:  # the admission is cancelled (A11) and the week rebuilt
         conn.execute(text("DELETE FROM rpt_idsr_weekly WHERE iso_week = :w AND disease = 'CHOLERA'"), {"w": WEEK})
-    ex = prepare(eng, PERIOD, mapping)
+    ex = prepare(eng, PERIOD, mapping, target=here)
     assert ex.zeroed == 2 and ex.totals == {"suspected": 25, "confirmed": 15, "deaths": 1}
     assert [v for v in ex.payload["dataValues"] if v["value"] == "0"] == [
         dv("TG-LC-GOL-CHUSO", "IDSR_CHOLERA_CONF", "AGE_15Y_PLUS_F", "0"),
@@ -525,19 +527,44 @@ def test_a_cell_that_falls_to_zero_after_its_push_is_sent_as_zero(sqlite_url, ma
     push(ex.payload, dhis2.url, (USER, PASSWORD), engine=eng)
     assert dhis2.store[cell] == "0"
     # Zero is now what DHIS2 holds: the next payload has nothing more to zero.
-    assert prepare(eng, PERIOD, mapping).zeroed == 0
+    assert prepare(eng, PERIOD, mapping, target=here).zeroed == 0
     # A dry run hands nothing over, and neither does another period's export.
     with eng.begin() as conn:
         conn.execute(text("DELETE FROM rpt_idsr_weekly WHERE iso_week = :w AND facility_code = 'USP-NANERGOU'"),
                      {"w": WEEK})
-    push(build_data_value_set(eng, PERIOD, mapping), dhis2.url, (USER, PASSWORD), engine=eng, dry_run_only=True)
-    assert prepare(eng, PERIOD, mapping).zeroed == 4
-    assert prepare(eng, "2026W44", mapping).zeroed == 0
+    push(build_data_value_set(eng, PERIOD, mapping, target=here), dhis2.url, (USER, PASSWORD), engine=eng,
+         dry_run_only=True)
+    assert prepare(eng, PERIOD, mapping, target=here).zeroed == 4
+    assert prepare(eng, "2026W44", mapping, target=here).zeroed == 0
     # A facility whose org unit was emptied in the configuration: its counts are not visible to
     # this export, and zeros would erase them in DHIS2.
     with eng.begin() as conn:
         conn.execute(text("UPDATE dim_facility SET dhis2_org_unit = '' WHERE facility_code = 'USP-NANERGOU'"))
-    assert prepare(eng, PERIOD, mapping).zeroed == 0
+    assert prepare(eng, PERIOD, mapping, target=here).zeroed == 0
+
+
+def test_each_target_is_told_its_own_zeros(sqlite_url, mapping, dhis2):
+    """An internal push and a push to another instance shared one record of what was handed
+    over: once the internal one was sent a cell's zero, the other was never told."""
+    eng = seed(sqlite_url)
+    internal, public = base_url(dhis2.url), "https://dhis2-public.sante.gouv.tg"
+    for target in (internal, public):
+        record_sent(eng, build_data_value_set(eng, PERIOD, mapping, target=target), target)
+    with eng.begin() as conn:
+        conn.execute(text("DELETE FROM rpt_idsr_weekly WHERE iso_week = :w AND disease = 'CHOLERA'"), {"w": WEEK})
+    ex = prepare(eng, PERIOD, mapping, target=internal)
+    assert ex.zeroed == 2
+    record_sent(eng, ex.payload, internal)  # the internal instance took its zeros
+    assert prepare(eng, PERIOD, mapping, target=internal).zeroed == 0
+    assert prepare(eng, PERIOD, mapping, target=public).zeroed == 2  # the public one still holds the counts
+    assert prepare(eng, PERIOD, mapping).zeroed == 0  # no file was written
+    # A cell recorded before targets were (migration 018: target '') counts for every target.
+    with eng.begin() as conn:
+        conn.execute(text("INSERT INTO dhis2_sent_value VALUES ('', :ds, :pe, 'TG-LC-GOL-CHUSO', 'IDSR_CHOLERA_DEATH', "
+                          "'AGE_15Y_PLUS_F', 'default', '1', '2026-11-10 00:00:00')"),
+                     {"ds": mapping.data_set, "pe": PERIOD})
+    assert prepare(eng, PERIOD, mapping).zeroed == 1
+    assert prepare(eng, PERIOD, mapping, target=public).zeroed == 3
 
 
 def test_a_written_file_counts_as_handed_over(sqlite_url, mapping, tmp_path):

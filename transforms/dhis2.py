@@ -262,15 +262,21 @@ class Export:
         return len(self.payload["dataValues"])
 
 
-def prepare(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | None = None) -> Export:
-    """Read one ISO week from ``rpt_idsr_weekly`` and build its DHIS2 payload (see ``build_data_value_set``)."""
+FILE_TARGET = "file"  # dhis2_sent_value's target for a file written to be imported elsewhere
+
+
+def prepare(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | None = None,
+            target: str = FILE_TARGET) -> Export:
+    """Read one ISO week from ``rpt_idsr_weekly`` and build its DHIS2 payload (see
+    ``build_data_value_set``) for ``target``: an instance's base URL, or ``FILE_TARGET``."""
     pe, week = dhis2_period(period), iso_week(period)
     k = _check_suppress(suppress)
     q = _queries()
     with engine.connect() as conn:
         rows = conn.execute(text(q["weekly_cells"]), {"iso_week": week}).all()
         unmapped_rows = conn.execute(text(q["unmapped_facilities"]), {"iso_week": week}).all()
-        sent = conn.execute(text(q["sent_values"]), {"data_set": mapping.data_set, "period": pe}).all()
+        sent_rows = conn.execute(text(q["sent_values"]), {"data_set": mapping.data_set, "period": pe,
+                                                          "target": target}).all()
         mapped = set(conn.execute(text(q["mapped_org_units"])).scalars())
 
     cells: dict[tuple[str, str, str], int] = {}
@@ -312,12 +318,15 @@ def prepare(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | 
                        "attributeOptionCombo": aoc, "value": str(n)})
     # A cell handed over before with a count, and now absent (its count fell to zero, or the row
     # went away), gets an explicit zero: DHIS2 keeps a value until it is told otherwise.
+    # What this target was handed; a row from before targets were recorded only where it has none.
+    sent: dict[tuple, str] = {}
+    for r in sorted(sent_rows, key=lambda r: r.target != ""):
+        sent[(r.org_unit, r.data_element, r.category_option_combo, r.attribute_option_combo)] = r.value
     zeroed = 0
-    for r in sent:
-        cell = (r.org_unit, r.data_element, r.category_option_combo, r.attribute_option_combo)
+    for cell, value in sent.items():
         # Only org units still mapped to a facility: one whose code was emptied or changed in the
         # configuration has counts this export cannot see, and zeros would erase them in DHIS2.
-        if r.value != "0" and cell not in held and r.org_unit in mapped:
+        if value != "0" and cell not in held and cell[0] in mapped:
             zeroed += 1
             values.append({"dataElement": cell[1], "period": pe, "orgUnit": cell[0], "categoryOptionCombo": cell[2],
                            "attributeOptionCombo": cell[3], "value": "0"})
@@ -329,7 +338,8 @@ def prepare(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | 
                   dict(sorted(not_exported.items())), dict(sorted(unmapped.items())), zeroed)
 
 
-def build_data_value_set(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | None = None) -> dict:
+def build_data_value_set(engine: Engine, period: str, mapping: Dhis2Mapping, suppress: int | None = None,
+                         target: str = FILE_TARGET) -> dict:
     """The DHIS2 ``dataValueSets`` payload of one week at facility org-unit level.
 
     ``period`` is a DHIS2 weekly period (``2026W45``; ``2026-W45`` is accepted too). One data value
@@ -338,7 +348,7 @@ def build_data_value_set(engine: Engine, period: str, mapping: Dhis2Mapping, sup
     a cell handed over before with a count (``dhis2_sent_value``): it is sent as "0". With
     ``suppress`` K, counts of 1..K-1 are left out (public instance only).
     """
-    return prepare(engine, period, mapping, suppress).payload
+    return prepare(engine, period, mapping, suppress, target).payload
 
 
 def dumps(payload: dict) -> bytes:
@@ -365,18 +375,18 @@ def record_export(engine: Engine, *, period: str, data_set: str, mode: str, targ
             "conflicts": conflicts, "summary": summary}).scalar_one()
 
 
-def record_sent(engine: Engine, payload: dict) -> None:
-    """Remember the values of a payload handed over to DHIS2 (a file written, or an import DHIS2
-    accepted), so a later payload of the same period can zero a cell that is gone."""
+def record_sent(engine: Engine, payload: dict, target: str) -> None:
+    """Remember the values of a payload handed over to ``target`` (a file written, or an import
+    DHIS2 accepted), so a later payload of the same period to it can zero a cell that is gone."""
     from .warehouse import Writer
 
     now = utcnow()
-    rows = [(payload["dataSet"], payload["period"], v["orgUnit"], v["dataElement"], v["categoryOptionCombo"],
-             v["attributeOptionCombo"], v["value"], now) for v in payload["dataValues"]]
-    cols = ("data_set", "period", "org_unit", "data_element", "category_option_combo", "attribute_option_combo",
-            "value", "sent_at")
+    rows = [(target, payload["dataSet"], payload["period"], v["orgUnit"], v["dataElement"],
+             v["categoryOptionCombo"], v["attributeOptionCombo"], v["value"], now) for v in payload["dataValues"]]
+    cols = ("target", "data_set", "period", "org_unit", "data_element", "category_option_combo",
+            "attribute_option_combo", "value", "sent_at")
     with engine.begin() as conn:
-        Writer(conn).upsert("dhis2_sent_value", cols, rows, key=cols[:6], update=("value", "sent_at"))
+        Writer(conn).upsert("dhis2_sent_value", cols, rows, key=cols[:7], update=("value", "sent_at"))
 
 
 def exports_for_period(engine: Engine, period: str) -> list[dict]:
@@ -399,7 +409,7 @@ def write_export(payload: dict, out: Path, *, engine: Engine | None = None, hand
         record_export(engine, period=payload["period"], data_set=payload["dataSet"], mode="file", target=str(out),
                       values_sent=len(payload["dataValues"]), status="written")
         if handed_over:
-            record_sent(engine, payload)
+            record_sent(engine, payload, FILE_TARGET)
     return out
 
 
@@ -658,7 +668,7 @@ def push(payload: dict, url: str, auth, dry_run_first: bool = True, timeout: flo
         result["export_ids"].append(final.get("export_id"))
         result["pushed"] = True
         if engine is not None and final["status"] != "ERROR":
-            record_sent(engine, payload)
+            record_sent(engine, payload, base)
     result.update({k: final[k] for k in ("status", "imported", "updated", "ignored", "deleted")})
     result["conflicts"] = len(final["conflicts"])
     result["conflict_details"] = _conflict_lines(final["conflicts"])
@@ -728,10 +738,10 @@ def cli_main(ns, out=None, err=None) -> int:
         from .warehouse import get_engine
 
         engine = get_engine(settings.warehouse_url)
-        ex = prepare(engine, ns.period, mapping, suppress)
+        target = base_url(ns.push) if getattr(ns, "push", None) else FILE_TARGET
+        ex = prepare(engine, ns.period, mapping, suppress, target)
         rc = 0
         if getattr(ns, "push", None):
-            target = base_url(ns.push)
             _conn_url, auth = dhis2_connection(mapping.connection_id)
             if auth is None:
                 raise ConfigError(f"no DHIS2 credentials: define the connection {mapping.connection_id} "
