@@ -134,19 +134,45 @@ def test_a_remote_file_already_moved_counts_as_finished(tmp_path, warehouse_url,
 
 
 def test_stable_size_leaves_a_file_still_being_written(tmp_path, warehouse_url, hl7ics_home, monkeypatch, server):
+    """Stable means unchanged for stable_seconds by our own clock, between two listings: the
+    server's clock said a file still being written was old when it was behind ours (both files
+    here look two minutes old to it), and a finished file never looked old when it was ahead."""
     import os
     import time
+    import types
+
+    from transforms import sources
 
     remote = server.root / "outbound"
-    (remote / "old.hl7").write_bytes(b"\r".join(generate_mix(5, seed=12)))
-    os.utime(remote / "old.hl7", (time.time() - 120, time.time() - 120))
-    (remote / "new.hl7").write_bytes(b"\r".join(generate_mix(5, seed=13)))  # modified just now
+    (remote / "done.hl7").write_bytes(b"\r".join(generate_mix(5, seed=12)))
+    (remote / "growing.hl7").write_bytes(b"\r".join(generate_mix(5, seed=13)))
+    for name in ("done.hl7", "growing.hl7"):
+        os.utime(remote / name, (time.time() - 120, time.time() - 120))
+    clock = {"t": 1_000_000.0, "slept": []}
+
+    def sleep(secs):  # the sender goes on writing while we wait
+        clock["slept"].append(secs)
+        clock["t"] += secs
+        with open(remote / "growing.hl7", "ab") as fh:
+            fh.write(b"\r" + generate_mix(1, seed=14)[0])
+        os.utime(remote / "growing.hl7", (time.time() - 110, time.time() - 110))
+
+    monkeypatch.setattr(sources, "time", types.SimpleNamespace(time=lambda: clock["t"], sleep=sleep))
     ing = Ingestor(_settings(tmp_path, warehouse_url, monkeypatch, server, partial_upload="stable_size",
-                             stable_seconds=60), run_id="run-1")
+                             stable_seconds=30), run_id="run-1")
     ing.sync_facilities()
-    assert len(ing.stage("HD-TSEVIE")) == 1
+    assert len(ing.stage("HD-TSEVIE")) == 1 and clock["slept"] == [30]
     names = [p.read_text(encoding="utf-8") for p in (ing.settings.home / "staging" / "HD-TSEVIE").glob("*.name")]
-    assert names == ["old.hl7"]
+    assert names == ["done.hl7"]
+    # The next run, once the sender has stopped: what the last listing saw is remembered.
+    clock["t"] += 900
+    monkeypatch.setattr(sources, "time", types.SimpleNamespace(time=lambda: clock["t"],
+                                                               sleep=lambda s: clock["slept"].append(s)))
+    ing2 = Ingestor(ing.settings, run_id="run-2")
+    ing2.stage("HD-TSEVIE")
+    assert clock["slept"] == [30]  # no wait this time: seen unchanged by the last listing
+    names = sorted(p.read_text(encoding="utf-8") for p in (ing.settings.home / "staging" / "HD-TSEVIE").glob("*.name"))
+    assert names == ["done.hl7", "growing.hl7"]
 
 
 def test_each_file_is_finished_on_the_source_it_came_from(tmp_path, warehouse_url, hl7ics_home, monkeypatch, server):

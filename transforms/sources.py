@@ -12,6 +12,8 @@ delivers messages, not files, and is consumed by ``transforms.queue_source`` (ac
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +22,10 @@ from typing import Protocol
 from .config import ConfigError, Facility, Settings
 from .config import Source as SourceConfig
 from .errors import SourceError
+
+# stable_size on SFTP: files first seen in a run are listed again after stable_seconds, within the
+# run, when that is at most this long (longer waits are left to the next run).
+STABLE_WAIT_MAX = 60
 
 SourceRef = dict  # {"source": type, "ref": str, "name": str}
 
@@ -128,14 +134,59 @@ class SftpSource:
     def ready(self, now: float | None = None) -> list[SourceRef]:
         import fnmatch
 
-        now = time.time() if now is None else now
         pattern = self.options.get("glob", "*.hl7")
+
+        def listing(c):
+            return [f for f in c.list(pattern) if fnmatch.fnmatch(f.name, pattern)
+                    and not f.name.endswith((".tmp", ".part")) and not f.name.startswith(".")]
+
         with self._client() as c:
-            files = [f for f in c.list(pattern) if fnmatch.fnmatch(f.name, pattern)
-                     and not f.name.endswith((".tmp", ".part")) and not f.name.startswith(".")
-                     and settled(self.options, f.mtime, now)]
+            files = listing(c)
+            if self.options.get("partial_upload", "tmp_rename") == "stable_size":
+                files = self._stable(c, files, listing)
         return [{"source": self.type, "ref": f.name, "name": f.name, "size": f.size, "mtime": f.mtime,
                  "origin": self.origin} for f in sorted(files, key=lambda f: (f.mtime, f.name))]
+
+    def _stable(self, c, files: list, listing) -> list:
+        """The files whose size and modification time have not changed for ``stable_seconds``
+        by our own clock: the server's clock may be behind (a file still being written looked
+        old) or ahead (a finished file never looked old). What each listing saw is kept between
+        runs; files not seen long enough are listed again once after ``stable_seconds`` when that
+        is at most ``STABLE_WAIT_MAX``, so a new file need not wait for the next run."""
+        secs = int(self.options.get("stable_seconds", 30))
+        path = self.cache / ".listings.json"
+        try:
+            seen = json.loads(path.read_text(encoding="utf-8")).get(self.origin, {})
+        except (OSError, ValueError):
+            seen = {}
+
+        def judge(listed: list) -> tuple[list, list]:
+            clock = time.time()
+            done, waiting = [], []
+            for f in listed:
+                o = seen.get(f.name)
+                if o is None or (o[0], o[1]) != (f.size, f.mtime):
+                    seen[f.name] = o = [f.size, f.mtime, clock]
+                (done if clock - o[2] >= secs else waiting).append(f)
+            return done, waiting
+
+        done, waiting = judge(files)
+        if waiting and secs <= STABLE_WAIT_MAX:
+            time.sleep(secs)
+            names = {f.name for f in waiting}
+            more, _ = judge([f for f in listing(c) if f.name in names])
+            done += more
+        listed = {f.name for f in files}
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        except (OSError, ValueError):
+            doc = {}
+        doc[self.origin] = {k: v for k, v in seen.items() if k in listed}
+        self.cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, path)
+        return done
 
     def local_path(self, ref: SourceRef) -> Path:
         self.cache.mkdir(parents=True, exist_ok=True)
