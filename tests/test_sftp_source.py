@@ -71,6 +71,30 @@ def test_remote_files_are_finished_only_after_the_commit(tmp_path, warehouse_url
     assert (remote / "partial.hl7.part").exists()  # partial uploads are never taken
 
 
+def test_a_run_uses_one_connection_to_stage_and_one_to_finish(tmp_path, warehouse_url, hl7ics_home, monkeypatch,
+                                                              server):
+    """One SSH connection per staged file (and one more per file finished) could be refused by a
+    partner server that limits connections (MaxStartups)."""
+    from hl7ics_airflow import ingest_tasks
+
+    remote = server.root / "outbound"
+    for i in range(4):
+        (remote / f"day{i}.hl7").write_bytes(b"\r".join(generate_mix(5, seed=30 + i)))
+    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
+    ing = Ingestor(settings, run_id="run-conn")
+    ing.sync_facilities()
+    before = server.connections
+    staged = ing.stage("HD-TSEVIE")
+    assert len(staged) == 4 and server.connections - before == 1
+    results = ing.ingest_staged("HD-TSEVIE", staged)
+    assert all(r.status == "done" for r in results)
+    before = server.connections
+    monkeypatch.setattr(ingest_tasks, "_ingestor", lambda run_id: ing)
+    out = ingest_tasks.archive({"facility": "HD-TSEVIE", "files": [{"sha256": s} for s in staged]}, "run-conn")
+    assert out == {"facility": "HD-TSEVIE", "archived": 4} and server.connections - before == 1
+    assert sorted(p.name[17:] for p in (remote / "archive").iterdir()) == [f"day{i}.hl7" for i in range(4)]
+
+
 def test_a_crash_before_the_remote_move_loads_nothing_twice(tmp_path, warehouse_url, hl7ics_home, monkeypatch, server):
     remote = server.root / "outbound"
     (remote / "day2.hl7").write_bytes(b"\r".join(generate_mix(25, seed=9)))

@@ -32,7 +32,7 @@ from .facts import PatientKeyer
 from .load import UNKNOWN_FACILITY, Counts, Incoming, Loader
 from .parser import ParseIssue
 from .quality import VALIDATION_CHUNK
-from .sources import archive_local, source_for_ref, sources_for
+from .sources import archive_local, session as source_session, source_for_ref, sources_for
 from .warehouse import Writer, get_engine, utcnow
 
 BATCH_SIZE = 2000
@@ -504,29 +504,33 @@ class Ingestor:
         """Take the facility's ready files into ``$HL7ICS_HOME/staging/<facility>/<sha256>.hl7`` and
         return every staged hash, oldest first (leftovers of an interrupted run included). Sender
         file names stay out of XCom and logs: they are kept beside the file as metadata only."""
-        import shutil
-
         fac = self.facilities[facility_code]
         d = self.staging_dir(facility_code)
         for src in sources_for(self.settings, fac, self.resolve_connection):
-            for ref in src.ready():
-                path = src.local_path(ref)
-                try:
-                    sha, size = file_sha256(path)
-                    dest = d / f"{sha}.hl7"
-                    if src.type != "folder":
-                        # A remote origin is finished (moved or deleted there) only after the commit,
-                        # and only if it still has the size staged (see SftpSource.finish).
-                        _remember_origin(d / f"{sha}.src", {**ref, "staged_size": size})
-                    if dest.exists():
-                        path.unlink()  # the same content is already waiting
-                        continue
-                    (d / f"{sha}.name").write_text(sanitize_name(ref.get("name") or path.name), encoding="utf-8")
-                    shutil.move(str(path), dest)
-                except OSError as exc:
-                    raise SourceError(f"cannot stage a file of facility {facility_code}: {type(exc).__name__}") from None
+            with source_session(src):  # one connection for a source's listing and downloads
+                self._stage_from(src, facility_code, d)
         staged = sorted(d.glob("*.hl7"), key=lambda p: (p.stat().st_mtime, p.name))
         return [p.stem for p in staged]
+
+    def _stage_from(self, src, facility_code: str, d: Path) -> None:
+        import shutil
+
+        for ref in src.ready():
+            path = src.local_path(ref)
+            try:
+                sha, size = file_sha256(path)
+                dest = d / f"{sha}.hl7"
+                if src.type != "folder":
+                    # A remote origin is finished (moved or deleted there) only after the commit,
+                    # and only if it still has the size staged (see SftpSource.finish).
+                    _remember_origin(d / f"{sha}.src", {**ref, "staged_size": size})
+                if dest.exists():
+                    path.unlink()  # the same content is already waiting
+                    continue
+                (d / f"{sha}.name").write_text(sanitize_name(ref.get("name") or path.name), encoding="utf-8")
+                shutil.move(str(path), dest)
+            except OSError as exc:
+                raise SourceError(f"cannot stage a file of facility {facility_code}: {type(exc).__name__}") from None
 
     def ingest_staged(self, facility_code: str, shas: list[str]) -> list[FileResult]:
         """Ingest staged files (named by content hash) of one facility, validated together."""
@@ -544,7 +548,27 @@ class Ingestor:
             specs.append((d / f"{sha}.hl7", facility_code, kind, name))
         return self.ingest_files(specs)
 
-    def archive_staged(self, facility_code: str, sha: str) -> str | None:
+    def archive_all(self, facility_code: str, shas: list[str]) -> int:
+        """``archive_staged`` for each of ``shas``, each remote source's files finished over one
+        connection (one per file could be refused by a server that limits connections)."""
+        import contextlib
+
+        fac = self.facilities[facility_code]
+        with contextlib.ExitStack() as stack:
+            opened: dict[int, object] = {}
+            made = sources_for(self.settings, fac, self.resolve_connection)
+
+            def finishing(ref):
+                src = source_for_ref(self.settings, fac, ref, among=made)
+                if id(src) not in opened:  # connected at its first file only
+                    opened[id(src)] = stack.enter_context(source_session(src))
+                return src
+
+            return sum(1 for sha in shas if self.archive_staged(facility_code, sha, finishing))
+
+    def archive_staged(self, facility_code: str, sha: str, source_of=None) -> str | None:
+        """Finish a loaded staged file at its origin (``source_of(ref)``: the source to use,
+        default a new one) and archive the local copy."""
         import json
 
         d = self.staging_dir(facility_code)
@@ -556,7 +580,8 @@ class Ingestor:
                 return None
             fac = self.facilities[facility_code]
             for ref in json.loads(origin.read_text(encoding="utf-8")):
-                source_for_ref(self.settings, fac, ref, self.resolve_connection).finish(ref, sha, d / f"{sha}.hl7")
+                src = source_of(ref) if source_of else source_for_ref(self.settings, fac, ref, self.resolve_connection)
+                src.finish(ref, sha, d / f"{sha}.hl7")
             origin.unlink()
         dest = self.archive(d / f"{sha}.hl7", facility_code, sha=sha)  # staged files are named by their hash
         if dest is not None:

@@ -12,6 +12,7 @@ delivers messages, not files, and is consumed by ``transforms.queue_source`` (ac
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -117,6 +118,24 @@ class SftpSource:
         self.options = config.options
         self.resolve = resolve_connection or connection_from_env
         self.cache = settings.home / "sftp-cache" / facility.code
+        self._shared = None  # the client of an open session()
+
+    @contextlib.contextmanager
+    def session(self):
+        """One SSH connection for every call inside (listing, downloads, finishing): one per
+        file could be refused by a server that limits connections (MaxStartups)."""
+        if self._shared is not None:
+            yield self
+            return
+        with self._client() as c:
+            self._shared = c
+            try:
+                yield self
+            finally:
+                self._shared = None
+
+    def _open(self):
+        return contextlib.nullcontext(self._shared) if self._shared is not None else self._client()
 
     def _client(self):
         from .sftp import SftpClient, SftpTarget
@@ -140,7 +159,7 @@ class SftpSource:
             return [f for f in c.list(pattern) if fnmatch.fnmatch(f.name, pattern)
                     and not f.name.endswith((".tmp", ".part")) and not f.name.startswith(".")]
 
-        with self._client() as c:
+        with self._open() as c:
             files = listing(c)
             if self.options.get("partial_upload", "tmp_rename") == "stable_size":
                 files = self._stable(c, files, listing)
@@ -191,7 +210,7 @@ class SftpSource:
     def local_path(self, ref: SourceRef) -> Path:
         self.cache.mkdir(parents=True, exist_ok=True)
         local = self.cache / Path(ref["ref"]).name
-        with self._client() as c:
+        with self._open() as c:
             c.download(ref["ref"], local)  # resumes a .part left by an interrupted attempt
         return local
 
@@ -202,7 +221,7 @@ class SftpSource:
         re-sending under the same name, even with the same size in the same second) stays, and
         the next run loads its new content; a file already gone (moved by an attempt that stopped
         before recording it) counts as finished."""
-        with self._client() as c:
+        with self._open() as c:
             current = [f for f in c.list(self.options.get("glob", "*.hl7")) if f.name == ref["ref"]]
             if not current:
                 return None
@@ -231,8 +250,15 @@ def sources_for(settings: Settings, facility: Facility, resolve_connection=None)
             for s in facility.sources if s.type in SOURCE_TYPES]
 
 
-def source_for_ref(settings: Settings, facility: Facility, ref: SourceRef, resolve_connection=None) -> Source:
-    for s in sources_for(settings, facility, resolve_connection):
+def session(src: Source):
+    """``src.session()`` where the source has one (a connection shared by its calls), else nothing."""
+    return src.session() if hasattr(src, "session") else contextlib.nullcontext(src)
+
+
+def source_for_ref(settings: Settings, facility: Facility, ref: SourceRef, resolve_connection=None,
+                   among: list[Source] | None = None) -> Source:
+    """The configured source a staged ref came from (``among``: sources already made, reused)."""
+    for s in among if among is not None else sources_for(settings, facility, resolve_connection):
         # Refs staged before "origin" existed name only the type: the first such source.
         if s.type == ref["source"] and ref.get("origin") in (None, getattr(s, "origin", None)):
             return s

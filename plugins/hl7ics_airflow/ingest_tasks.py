@@ -70,7 +70,7 @@ def raise_on_breach(breaches: list[dict]) -> None:
 
 def archive(loaded: dict, run_id: str) -> dict:
     ing = _ingestor(run_id)
-    moved = sum(1 for f in loaded["files"] if ing.archive_staged(loaded["facility"], f["sha256"]))
+    moved = ing.archive_all(loaded["facility"], [f["sha256"] for f in loaded["files"]])
     return {"facility": loaded["facility"], "archived": moved}
 
 
