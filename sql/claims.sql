@@ -49,6 +49,11 @@ SELECT claim_id, insurer_code, facility_code, visit_number, patient_key, member_
   FROM claim
  WHERE insurer_code IN :insurers;
 
+-- name: claim_patients
+-- The patient each of these claims was built for (a visit number shared by two patients stays
+-- with the patient whose claim it already is).
+SELECT claim_id, patient_key FROM claim WHERE claim_id IN :ids;
+
 -- name: extracted_claim_ids
 SELECT DISTINCT i.claim_id
   FROM claim_extract_item i

@@ -567,19 +567,84 @@ def test_a_large_frame_on_a_slow_link_is_not_cut_by_the_frame_deadline(listener,
     assert rows(sqlite_url, "SELECT control_id FROM message_store") == [("SLOW-1",)]
 
 
-def test_end_block_without_cr_before_the_next_frame_or_a_pause(listener, sqlite_url):
-    """0x1C without its CR ends the frame when the next frame's 0x0B follows (pipelining) or
-    when the sender pauses for its ACK; before, the first was quarantined as cut and the second
-    was never answered."""
+def test_end_block_without_cr_before_the_next_frame_or_after_a_configured_pause(listener, sqlite_url):
+    """0x1C without its CR ends the frame when the next frame's 0x0B follows (pipelining); before,
+    the first was quarantined as cut and the second was never answered. A pause ends it only
+    where end_block_pause_seconds is set for such a sender: by default a 0x1C inside the
+    content, the rest delayed, is still refused (AR 100), never acknowledged short."""
     lp = listener()
     with connect(lp.port, 10) as s:
-        s.sendall(VT + hl7("NOCR-1") + FS + VT + hl7("NOCR-2") + FS)
+        s.sendall(VT + hl7("NOCR-1") + FS + VT + hl7("NOCR-2") + FS + CR)
         assert msa(read_frame(s)) == ("AA", "NOCR-1")
         assert msa(read_frame(s)) == ("AA", "NOCR-2")
+    msg = hl7("CUT-1")
+    cut = msg.index(b"PV1|")
+    with connect(lp.port, 10) as s:
+        s.sendall(VT + msg[:cut] + FS)
+        time.sleep(1.5)
+        s.sendall(msg[cut:] + FS + CR)
+        ack = read_frame(s)
+    assert msa(ack) == ("AR", "CUT-1") and err_code(ack) == "100"
+    lp2 = listener(end_block_pause_seconds=1)
+    with connect(lp2.port, 10) as s:
         s.sendall(VT + hl7("NOCR-3") + FS)  # then waits for its ACK
         assert msa(read_frame(s)) == ("AA", "NOCR-3")
     assert rows(sqlite_url, "SELECT control_id, status FROM message_store ORDER BY id") == [
-        ("NOCR-1", "received"), ("NOCR-2", "received"), ("NOCR-3", "received")]
+        ("NOCR-1", "received"), ("NOCR-2", "received"), ("CUT-1", "quarantined"), ("NOCR-3", "received")]
+
+
+def test_a_burst_does_not_buy_time_for_a_trickle(listener, sqlite_url):
+    """The deadline grew with every byte received: a burst bought minutes for a sender that then
+    sent almost nothing. Each window of frame_deadline_seconds must bring the minimum rate."""
+    lp = listener(frame_deadline_seconds=1, frame_min_rate_bytes=4096, max_frame_bytes=65536)
+    with connect(lp.port, 30) as s:
+        s.sendall(VT + b"x" * 400_000)
+        with pytest.raises((ConnectionError, OSError)):
+            for _ in range(20):  # then a byte every half second: cut after a window or two
+                time.sleep(0.5)
+                s.sendall(b"y")
+    assert count(sqlite_url) == 0
+
+
+def test_one_address_holding_handshakes_cannot_lock_other_facilities_out(listener, sqlite_url, tmp_path):
+    """Handshakes in progress count against max_connections; an address is held to
+    max_connections_per_peer of them, so connections that never send a ClientHello from one
+    address do not take every slot."""
+    certs = make_certs(tmp_path)
+    lp = listener(tls={"tls_cert": certs["server_cert"], "tls_key": certs["server_key"]},
+                  max_connections=3, max_connections_per_peer=1, handshake_timeout_seconds=10)
+    idle = [socket.create_connection(("127.0.0.1", lp.port), 15, source_address=("127.0.0.1", 0))
+            for _ in range(5)]
+    try:
+        time.sleep(0.3)
+        ctx = ssl.create_default_context(cafile=str(certs["ca"]))
+        other = socket.create_connection(("127.0.0.1", lp.port), 10, source_address=("127.0.0.2", 0))
+        with ctx.wrap_socket(other, server_hostname="localhost") as s:
+            s.sendall(VT + hl7("LEGIT-1") + FS + CR)
+            assert msa(read_frame(s)) == ("AA", "LEGIT-1")
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_the_shutdown_does_not_wait_for_a_database_that_does_not_answer(listener, sqlite_url):
+    """The last heartbeat and audit rows wait 5 s each at most, and a thread still stuck on the
+    database does not hold the exit: docker-compose kills the listener 30 s after SIGTERM."""
+    import signal
+    import sqlite3
+
+    lp = listener()
+    blocker = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        t0 = time.time()
+        lp.proc.send_signal(signal.SIGTERM)
+        lp.proc.wait(timeout=60)
+        took = time.time() - t0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert took < 25, took  # the busy timeout alone is 30 s
 
 
 def test_unconfigured_sending_facilities_share_one_metrics_label(listener, sqlite_url):

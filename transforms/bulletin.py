@@ -31,7 +31,6 @@ is read: the tables hold counts per district or facility only.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -850,16 +849,13 @@ def write_weekly(engine: Engine, week: str, out_dir: Path, lang: str = "fr", *, 
     # The pair changes together: the new HTML is printed from a staging folder and takes its
     # place only once its PDF has, so a failed print leaves the previous HTML with its PDF
     # (a district mailing the folder never sends two bulletins with different figures).
-    staging = out_dir / ".staging"
-    staging.mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))  # one per call: fr and en may run at once
     draft = _write(staging / html.name, page)
     try:
         pdf_path = print_pdf(draft, out_dir / f"{stem}.pdf", chromium)
         os.replace(draft, html)
     finally:
-        draft.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # another language's print may still be using it
-            staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
     return [html, pdf_path]
 
 

@@ -94,8 +94,7 @@ CURRENCY = "XOF"
 CHARGE_TYPES = ("CG", "CD", "AJ")      # HL7 table 0017: charge, credit, adjustment
 PAYMENT_TYPES = ("PY",)                 # payment received: not a service, never claimed
 SKIP_REASONS = ("payments", "other_types", "no_visit", "undated", "no_amount", "amount_out_of_range",
-                "foreign_currency", "uninsured", "coverage_not_valid", "facility_not_contracted", "unknown_plan",
-                "visit_conflict")
+                "foreign_currency", "uninsured", "coverage_not_valid", "facility_not_contracted", "unknown_plan")
 # Amounts are NUMERIC(14, 2): a line from 10^12 XOF up (a typo'd quantity times a price) cannot be
 # stored, and failed the whole build on PostgreSQL (or every extract on SQLite).
 AMOUNT_LIMIT = Decimal(10) ** 12
@@ -591,6 +590,38 @@ def claim_id_for(insurer: str, facility: str, visit: str) -> str:
     return hashlib.sha256(f"{insurer}\x1f{facility}\x1f{visit}".encode("utf-8")).hexdigest()[:32]
 
 
+def _by_patient(engine: Engine, groups: dict[tuple, list]) -> tuple[dict[tuple, list], int]:
+    """``groups`` (insurer, facility, visit) -> lines, as (insurer, facility, visit, claim visit)
+    -> lines of one patient each, and how many lines were moved to a claim of their own.
+
+    Two patients' charges under one visit number (a ticket number reused, a typo) were one claim,
+    billed under the member number of whoever was charged last. The visit's claim stays with the
+    patient it was built for (else the patient charged first); each other patient's charges make
+    a claim of their own, numbered from the visit and that patient's key."""
+    out: dict[tuple, list] = {}
+    shared = [k for k, lines in groups.items() if len({ln["patient_key"] for ln in lines}) > 1]
+    owners: dict[str, str] = {}
+    if shared:
+        with engine.connect() as conn:
+            for ids in _chunks([claim_id_for(*k) for k in shared]):
+                owners.update((r.claim_id, r.patient_key) for r in conn.execute(_q("claim_patients", "ids"),
+                                                                                {"ids": ids}))
+    moved = 0
+    for key, lines in groups.items():
+        keys = {ln["patient_key"] for ln in lines}
+        if len(keys) == 1:
+            out[key + (key[2],)] = lines
+            continue
+        owner = owners.get(claim_id_for(*key))
+        if owner not in keys:
+            owner = min(lines, key=lambda x: (x["charged_at"], x["message_id"], x["ft1_seq"]))["patient_key"]
+        for pk in sorted(keys, key=str):
+            mine = [ln for ln in lines if ln["patient_key"] == pk]
+            out[key + (key[2] if pk == owner else f"{key[2]}\x1f{pk}",)] = mine
+            moved += 0 if pk == owner else len(mine)
+    return out, moved
+
+
 def _claim_day(patient_class, discharge_at, last_charge_at) -> str | None:
     """The day that places a claim in a period: discharge for inpatients, else the last charge."""
     if patient_class == "I" and discharge_at:
@@ -712,16 +743,9 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
 
     computed: dict[str, dict] = {}
     claimed_lines = 0
-    for (code, fac, visit), lines in groups.items():
-        if code not in todo:
-            continue
-        if len({ln["patient_key"] for ln in lines}) > 1:
-            # Two patients' charges under one visit number (a reused ticket number, a typo): the
-            # visit belongs to the patient charged first; the other's lines are not billed under
-            # that patient's member number.
-            first = min(lines, key=lambda x: (x["charged_at"], x["message_id"], x["ft1_seq"]))["patient_key"]
-            skipped["visit_conflict"] += sum(ln["patient_key"] != first for ln in lines)
-            lines = [ln for ln in lines if ln["patient_key"] == first]
+    split, conflicts = _by_patient(engine, {k: v for k, v in groups.items() if k[0] in todo})
+    held_back: set[str] = set()  # claims not written this time (a total the columns cannot hold)
+    for (code, fac, visit, id_visit), lines in split.items():
         ins = by_code[code]
         lines.sort(key=lambda x: (x["charged_at"], x["charge_code"] or "", x["message_id"], x["ft1_seq"]))
         for n, ln in enumerate(lines, 1):
@@ -735,7 +759,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
                 c = c.strip()
                 if c and c not in dx:
                     dx.append(c)
-        cid = claim_id_for(code, fac, visit)
+        cid = claim_id_for(code, fac, id_visit)
         h = {"claim_id": cid, "insurer_code": code, "facility_code": fac, "visit_number": visit,
              "patient_key": last["patient_key"], "member_id": cov.member_id, "plan_code": cov.plan_code,
              "patient_class": enc.patient_class if enc is not None else None,
@@ -744,7 +768,13 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
              "diagnosis_codes": ";".join(dx) or None, "copay_rate": ins.plans[cov.plan_code].copay,
              "currency": CURRENCY, "first_charge_at": lines[0]["charged_at"],
              "last_charge_at": max(ln["charged_at"] for ln in lines)}
-        computed[cid] = {"h": h, "lines": lines, "view": _claim_view(h, lines, ins.columns), "ins": ins}
+        view = _claim_view(h, lines, ins.columns)
+        if abs(view.total) >= AMOUNT_LIMIT:
+            # Lines each under the limit whose sum is not: the claim keeps what was written before.
+            skipped["amount_out_of_range"] += len(lines)
+            held_back.add(cid)
+            continue
+        computed[cid] = {"h": h, "lines": lines, "view": view, "ins": ins}
         claimed_lines += len(lines)
 
     per = {c: {"claims": 0, **dict.fromkeys(STATUSES, 0), "total_claimed": _ZERO, "written": 0, "deleted": 0}
@@ -798,7 +828,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
                                              c["ins"].ready_after_days) else "open"
             keep(c["h"], c["lines"], view, status, ex)
         for cid, ex in existing.items():
-            if cid in computed:
+            if cid in computed or cid in held_back:
                 continue
             if ex.sent_sha256 or cid in extracted:
                 # The insurer has (or will get) this claim: keep it, empty, so a correction cancels it.
@@ -828,7 +858,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
     for s in per.values():
         s["total_claimed"] = str(s["total_claimed"])
     result = {"now": now_s, "charges": len(charges), "claimed_lines": claimed_lines, "skipped": skipped,
-              "resent_replaced": replaced, "not_issued_non_positive": not_issued, "insurers": per}
+              "visit_conflicts": conflicts, "resent_replaced": replaced, "not_issued_non_positive": not_issued, "insurers": per}
     log.info("claims built as of %s: %d charges, %d claimed lines, skipped %s, per insurer %s", now_s,
              len(charges), claimed_lines, {k: v for k, v in skipped.items() if v},
              {c: {k: v for k, v in s.items() if k in ("claims", "open", "ready", "sent", "corrected")}

@@ -54,8 +54,6 @@ _REJECT = {"MISSING_MSH": 100, "BAD_DELIMITERS": 102, "MISSING_MESSAGE_TYPE": 10
            "MISSING_VERSION": 101, "UNSUPPORTED_VERSION": 203, "UNSUPPORTED_CHARSET": 203}
 
 
-# How long a frame's 0x1C may wait for its CR before the frame is taken as ended (lenient_end_block).
-END_BLOCK_PAUSE = 1.0
 
 
 @dataclass
@@ -65,9 +63,14 @@ class ListenerConfig:
     metrics_port: int = 9102
     max_frame_bytes: int = 16 << 20
     frame_deadline_seconds: float = 30.0
-    # A frame still arriving after the deadline goes on while it averages this rate: a large
-    # message on a slow link is not cut, a trickle (slowloris) still is.
+    # A frame still arriving after the deadline goes on while each further deadline's worth of
+    # time brings this rate: a large message on a slow link is not cut, a trickle (slowloris),
+    # even after a burst, still is.
     frame_min_rate_bytes: int = 4096
+    # 0x1C followed by nothing for this long ends the frame (a sender that never sends the CR and
+    # waits for its ACK). Off by default: a frame cut by a 0x1C inside its content, the rest
+    # delayed, would then be acknowledged short. Turn on only for a sender known to need it.
+    end_block_pause_seconds: float = 0.0
     idle_timeout_seconds: float = 120.0
     handshake_timeout_seconds: float = 10.0
     max_connections: int = 1000
@@ -111,7 +114,7 @@ _FROM_FILE = ("host", "port", "metrics_port", "max_frame_bytes", "frame_deadline
               "handshake_timeout_seconds", "max_connections", "max_connections_per_peer", "lenient_end_block",
               "group_commit_max", "accepted_processing_ids", "certificate_facilities", "tls_cert", "tls_key",
               "tls_client_ca", "heartbeat_seconds", "commit_parallel", "frame_min_rate_bytes",
-              "commit_timeout_seconds")
+              "commit_timeout_seconds", "end_block_pause_seconds")
 
 
 def _check_listener(data: dict, where: str) -> None:
@@ -127,6 +130,9 @@ def _check_listener(data: dict, where: str) -> None:
         elif type(default) is int:
             if type(v) is not int or v < 1:
                 bad(key, "a positive integer")
+        elif key == "end_block_pause_seconds":
+            if type(v) not in (int, float) or not v >= 0:
+                bad(key, "a number of seconds (0: off)")
         elif type(default) is float:
             if type(v) not in (int, float) or not v > 0:
                 bad(key, "a positive number of seconds")
@@ -454,6 +460,52 @@ def _sha(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+async def _in_daemon_thread(fn, *args):
+    """``fn(*args)`` in a daemon thread of its own. ``asyncio.to_thread`` uses the default
+    executor, whose threads the process waits for at exit: a heartbeat stuck on the database
+    held the shutdown for as long as the database did."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def done(result, exc):
+        if not fut.done():
+            fut.set_exception(exc) if exc is not None else fut.set_result(result)
+
+    def run():
+        try:
+            r = fn(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(done, None, exc)
+        else:
+            loop.call_soon_threadsafe(done, r, None)
+
+    threading.Thread(target=run, name="hl7ics-beat", daemon=True).start()
+    return await fut
+
+
+class _RateWindow:
+    """The frame deadline: a frame must end within ``seconds`` of its start, or bring at least
+    ``rate`` bytes per second over each window of ``seconds`` (a burst does not buy time for a
+    trickle after it)."""
+
+    def __init__(self, seconds: float, rate: int):
+        self.seconds, self.rate = seconds, rate
+        self.frame = self.at = None
+        self.bytes = 0
+
+    def left(self, framer: Framer, now: float) -> float:
+        """Seconds until the current window closes; 0 when the frame is too slow."""
+        if self.frame != framer.frame_started_at or framer.received < self.bytes:  # a new frame
+            self.frame = self.at = framer.frame_started_at
+            self.bytes = 0
+        elapsed = now - self.at
+        if elapsed >= self.seconds:
+            if framer.received - self.bytes < self.rate * elapsed:
+                return 0.0
+            self.at, self.bytes, elapsed = now, framer.received, 0.0
+        return self.seconds - elapsed
+
+
 class AuditWriter:
     """``audit_event`` rows written by a thread of their own. An audit on the event loop held up
     every connection while the database was slow or unreachable: one failed TLS handshake (a
@@ -481,10 +533,12 @@ class AuditWriter:
 
     def close(self, timeout: float) -> None:
         """Write what is queued, waiting at most ``timeout`` seconds (a database that does not
-        answer must not hold up the shutdown)."""
+        answer must not hold up the shutdown); what is left is counted in the log."""
         if self._thread is not None:
             self.queue.put(None)
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                _jlog(logging.ERROR, "audit_dropped", dropped=self.queue.qsize(), reason="shutdown")
 
     def _run(self) -> None:
         while True:
@@ -518,6 +572,7 @@ class Listener:
         self.per_peer: dict[str, int] = {}
         self.active = 0
         self.handshaking = 0  # TLS handshakes in progress count against max_connections too
+        self.handshaking_by_ip: dict[str, int] = {}  # ... and, per address, against max_connections_per_peer
         self.auditor = AuditWriter(self.engine)
         self.server: asyncio.AbstractServer | None = None
         self.committer: GroupCommitter | None = None
@@ -556,7 +611,7 @@ class Listener:
         port = self.server.sockets[0].getsockname()[1]
         self.audit("listener_start", "success", detail=f"port {port}{' tls' if self.tls else ''}")
         self.started_at = utcnow()
-        await asyncio.to_thread(self._beat)
+        await _in_daemon_thread(self._beat)
         self._housekeeper = loop.create_task(self._housekeeping())
         _jlog(logging.INFO, "listening", host=self.cfg.host, port=port, tls=bool(self.tls),
               mutual_tls=bool(self.cfg.tls_client_ca))
@@ -579,17 +634,17 @@ class Listener:
         # rather than hold the shutdown past the container's grace period.
         try:
             async with asyncio.timeout(5):
-                await asyncio.to_thread(self._beat, True)
+                await _in_daemon_thread(self._beat, True)
         except TimeoutError:
             _jlog(logging.ERROR, "heartbeat_failed", error="TimeoutError")
         self.audit("listener_stop", "success")
-        await asyncio.to_thread(self.auditor.close, 5)
+        await _in_daemon_thread(self.auditor.close, 5)
         _jlog(logging.INFO, "stopped")
 
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.heartbeat_seconds)
-            await asyncio.to_thread(self._beat)
+            await _in_daemon_thread(self._beat)
 
     def _beat(self, stopping: bool = False) -> None:
         """Heartbeat (uptime for the SLA) and the ACK latencies counted since the last beat.
@@ -645,10 +700,17 @@ class Listener:
         peer_ip = self._admit(peer_addr, sock.close)
         if peer_ip is None:
             return
+        if self.handshaking_by_ip.get(peer_ip, 0) >= self.cfg.max_connections_per_peer:
+            # Before the handshake only the address is known: one address holding handshakes open
+            # must not take every slot of max_connections.
+            _jlog(logging.WARNING, "connection_refused", peer=peer_ip, reason="max_connections_per_peer")
+            sock.close()
+            return
         reader = asyncio.StreamReader(limit=1 << 20)
         # Our protocol, not the one returned: uvloop returns its SSL protocol there.
         proto = asyncio.StreamReaderProtocol(reader)
         self.handshaking += 1
+        self.handshaking_by_ip[peer_ip] = self.handshaking_by_ip.get(peer_ip, 0) + 1
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: proto, sock, ssl=self.tls,
@@ -661,6 +723,10 @@ class Listener:
             return
         finally:
             self.handshaking -= 1
+            if self.handshaking_by_ip[peer_ip] <= 1:
+                del self.handshaking_by_ip[peer_ip]
+            else:
+                self.handshaking_by_ip[peer_ip] -= 1
         writer = asyncio.StreamWriter(transport, proto, reader, loop)
         identity, allowed = peer_ip, None
         if self.cfg.tls_client_ca:
@@ -679,30 +745,34 @@ class Listener:
         self.metrics.connections.inc()
         framer = Framer(self.cfg.max_frame_bytes, self.cfg.lenient_end_block)
         loop = asyncio.get_running_loop()
+        pause = self.cfg.end_block_pause_seconds if self.cfg.lenient_end_block else 0
+        window = _RateWindow(self.cfg.frame_deadline_seconds, self.cfg.frame_min_rate_bytes)
         try:
             while not self.stopping:
                 now = loop.time()
                 timeout = self.cfg.idle_timeout_seconds
                 if framer.partial and framer.frame_started_at is not None:
-                    timeout = min(timeout, framer.frame_started_at + self.cfg.frame_deadline_seconds
-                                  + framer.received / self.cfg.frame_min_rate_bytes - now)
-                    if timeout <= 0:
+                    left = window.left(framer, now)
+                    if left <= 0:
                         self.metrics.frame_errors.labels("frame_deadline").inc()
                         _jlog(logging.WARNING, "frame_deadline", peer=peer_ip)
                         break
-                    if framer.awaiting_end and self.cfg.lenient_end_block:
-                        timeout = min(timeout, END_BLOCK_PAUSE)
+                    timeout = min(timeout, left)
+                    if pause and framer.awaiting_end:
+                        timeout = min(timeout, pause)
                 try:
                     # One timer per read, not wait_for's extra task per read.
                     async with asyncio.timeout(timeout):
                         data = await reader.read(65536)
                 except TimeoutError:
-                    if framer.awaiting_end and self.cfg.lenient_end_block:
+                    if pause and framer.awaiting_end:
                         # 0x1C, then nothing: a sender that sends no CR and waits for its ACK.
                         for fr in framer.close():
                             if not await self._frame(fr, writer, peer_ip, allowed):
                                 return
                         continue
+                    if framer.partial and window.left(framer, loop.time()) > 0:
+                        continue  # a window closed with enough bytes: the frame goes on
                     kind = "frame_deadline" if framer.partial else "idle_timeout"
                     if framer.partial:
                         self.metrics.frame_errors.labels("partial_frame").inc()
@@ -909,7 +979,14 @@ def serve(cfg: ListenerConfig, warehouse_url: str, facilities, ready_file: str |
 
         start_http_server(cfg.metrics_port, addr=cfg.host, registry=listener.metrics.registry)
 
+    # Our own default executor (SQLite commits run in it), so the shutdown can stop waiting for
+    # a thread stuck on the database.
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(thread_name_prefix="hl7ics-commit")
+
     async def main():
+        asyncio.get_running_loop().set_default_executor(executor)
         port = await listener.start()
         # Start-up objects (SQLAlchemy, metrics, config) never die: out of the collector's
         # sight, so the full collections that stall every connection's ACK stay short.
@@ -932,6 +1009,21 @@ def serve(cfg: ListenerConfig, warehouse_url: str, facilities, ready_file: str |
         import uvloop
 
         loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    runner = asyncio.Runner(loop_factory=loop_factory)
+    try:
         runner.run(main())
+    finally:
+        # A SQLite commit thread may still wait on a locked database: Runner.close() would wait
+        # for it, and the interpreter's exit after it. Give it 5 s, then leave without it: what
+        # it holds was never acknowledged (the sender resends).
+        waiter = threading.Thread(target=executor.shutdown, kwargs={"wait": True}, daemon=True)
+        waiter.start()
+        waiter.join(5)
+        if waiter.is_alive():
+            _jlog(logging.ERROR, "stopped_with_threads_running")
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        runner.close()
     return 0
