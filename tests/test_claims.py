@@ -754,6 +754,15 @@ def _ft1raw(i, when, code, label, qty, ext, unit, ttype="CG"):
     return f"FT1|{i}|||{t}|{t}|{ttype}|{code}^{label}^L|||{qty}|{ext}|{unit}|CONS"
 
 
+def _a_normal_claim_and(ingestor, tmp_path, visit: str, *ft1: str) -> None:
+    """Load visit VOK (one 5,000 XOF consultation) and ``visit`` with the FT1 segments given."""
+    cov = in1("INAM", "INAM-AMO", "777888999")
+    load(ingestor, tmp_path, [
+        hl7(d(3), f"EVN|P03|{d(3):%Y%m%d%H%M}", pid("PO-1", "CHU-SO"), pv1("VOK"),
+            _ft1raw(1, d(3), "CONS", "Consultation", "1", "5000&XOF", "5000&XOF"), cov),
+        hl7(d(4), f"EVN|P03|{d(4):%Y%m%d%H%M}", pid("PO-2", "CHU-SO"), pv1(visit), *ft1, cov)], "CHU-SO")
+
+
 def test_a_credit_with_quantity_zero_does_not_block_the_extract(ingestor, tmp_path):
     """A CD credit with quantity 0 was negated to -0.0, which SQLite gives back as 0.0: the
     extract's content-hash check failed for the whole insurer, rebuild after rebuild."""
@@ -773,12 +782,7 @@ def test_a_typo_d_amount_is_skipped_not_the_whole_build(ingestor, tmp_path):
     """Quantity 10,000,000 x 500,000 XOF (no FT1-11) does not fit NUMERIC(14, 2): PostgreSQL
     failed the whole build, SQLite every extract. The line is counted, the rest is claimed."""
     eng = ingestor.engine
-    cov = in1("INAM", "INAM-AMO", "777888999")
-    load(ingestor, tmp_path, [
-        hl7(d(3), f"EVN|P03|{d(3):%Y%m%d%H%M}", pid("PO-1", "CHU-SO"), pv1("VOK"),
-            _ft1raw(1, d(3), "CONS", "Consultation", "1", "5000&XOF", "5000&XOF"), cov),
-        hl7(d(4), f"EVN|P03|{d(4):%Y%m%d%H%M}", pid("PO-2", "CHU-SO"), pv1("VBAD"),
-            _ft1raw(1, d(4), "PHA-X", "Comprimé", "10000000", "", "500000&XOF"), cov)], "CHU-SO")
+    _a_normal_claim_and(ingestor, tmp_path, "VBAD", _ft1raw(1, d(4), "PHA-X", "Comprimé", "10000000", "", "500000&XOF"))
     r = build_claims(eng, CFG, d(10, 6))
     assert r["skipped"]["amount_out_of_range"] == 1
     assert extract(eng, CFG, "INAM", "2026-W45", tmp_path / "c", d(10, 6)).claims == 1
@@ -830,13 +834,9 @@ def test_a_claim_total_too_large_for_its_column_is_held_back(ingestor, tmp_path)
     """Two lines each under 10^12 XOF whose sum is not: the claim's total column (NUMERIC(14, 2))
     failed the whole build on PostgreSQL. That claim is counted and left as it was."""
     eng = ingestor.engine
-    cov = in1("INAM", "INAM-AMO", "777888999")
-    load(ingestor, tmp_path, [
-        hl7(d(3), f"EVN|P03|{d(3):%Y%m%d%H%M}", pid("PO-1", "CHU-SO"), pv1("VOK"),
-            _ft1raw(1, d(3), "CONS", "Consultation", "1", "5000&XOF", "5000&XOF"), cov),
-        hl7(d(4), f"EVN|P03|{d(4):%Y%m%d%H%M}", pid("PO-2", "CHU-SO"), pv1("VBIG"),
-            _ft1raw(1, d(4), "PHA-X", "Comprimé", "1", "600000000000&XOF", "600000000000&XOF"),
-            _ft1raw(2, d(4), "PHA-Y", "Comprimé", "1", "600000000000&XOF", "600000000000&XOF"), cov)], "CHU-SO")
+    _a_normal_claim_and(ingestor, tmp_path, "VBIG",
+                        _ft1raw(1, d(4), "PHA-X", "Comprimé", "1", "600000000000&XOF", "600000000000&XOF"),
+                        _ft1raw(2, d(4), "PHA-Y", "Comprimé", "1", "600000000000&XOF", "600000000000&XOF"))
     r = build_claims(eng, CFG, d(10, 6))
     assert r["skipped"]["amount_out_of_range"] == 2
     assert rows(eng, "SELECT visit_number FROM claim") == [("VOK",)]
