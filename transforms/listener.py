@@ -54,8 +54,6 @@ _REJECT = {"MISSING_MSH": 100, "BAD_DELIMITERS": 102, "MISSING_MESSAGE_TYPE": 10
            "MISSING_VERSION": 101, "UNSUPPORTED_VERSION": 203, "UNSUPPORTED_CHARSET": 203}
 
 
-
-
 @dataclass
 class ListenerConfig:
     host: str = "0.0.0.0"
@@ -495,9 +493,8 @@ class _RateWindow:
 
     def left(self, framer: Framer, now: float) -> float:
         """Seconds until the current window closes; 0 when the frame is too slow."""
-        if self.frame != framer.frame_started_at or framer.received < self.bytes:  # a new frame
-            self.frame = self.at = framer.frame_started_at
-            self.bytes = 0
+        if self.frame != framer.frames_started:  # a new frame
+            self.frame, self.at, self.bytes = framer.frames_started, framer.frame_started_at, 0
         elapsed = now - self.at
         if elapsed >= self.seconds:
             if framer.received - self.bytes < self.rate * elapsed:

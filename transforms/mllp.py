@@ -42,6 +42,7 @@ class Framer:
         self.overflow = 0  # bytes dropped from an oversized frame
         self.restarts = 0  # frames cut short by the start of another
         self.frame_started_at: float | None = None
+        self.frames_started = 0  # tells one frame from the next (the rate window restarts)
 
     @property
     def partial(self) -> bool:
@@ -89,6 +90,7 @@ class Framer:
                 del p[:j + 1]
                 self.in_frame = True
                 self.frame_started_at = now
+                self.frames_started += 1
                 continue
             j = p.find(0x1C)
             k = p.find(0x0B, 0, j if j >= 0 else len(p))
@@ -103,6 +105,7 @@ class Framer:
                 self.overflow = 0
                 del p[:k + 1]
                 self.frame_started_at = now
+                self.frames_started += 1
                 continue
             if j < 0:
                 self._append(p)
