@@ -144,6 +144,29 @@ def test_published_counts_above_k_and_complementary_suppression(ingestor, tmp_pa
     assert pub[("15y+", "F")] == (12, 0)
 
 
+def test_a_published_confirmed_count_does_not_pin_a_hidden_suspected_one(ingestor, tmp_path):
+    """Confirmed cases are suspected cases too. Suppressed measure by measure, the men's cell was
+    hidden for suspected cases (complementary) but its 6 confirmed were published: with the total
+    of 27 and the 20 women, the analyst knew the child's hidden cell was exactly 1."""
+    d = W45 + timedelta(days=1)
+    msgs = [admission(d, "CHILD", "20240101", "F", "B54")[0]]
+    msgs += [admission(d, f"W{i}", "19900101", "F", "B54")[0] for i in range(20)]
+    load(ingestor, tmp_path, msgs, "CHU-SO")
+    load(ingestor, tmp_path, [result(d, f"M{i}", "19900101", "M", "70569-9", "10828004", facility="CHU-SO")
+                              for i in range(6)], "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45)
+    pub = rows(ingestor.engine, "SELECT age_group, sex, suspected, confirmed, deaths FROM moh_idsr_weekly "
+                                "WHERE disease = 'MALARIA' AND age_group <> 'ALL'")
+    total = rows(ingestor.engine, "SELECT suspected FROM moh_idsr_weekly WHERE disease = 'MALARIA' "
+                                  "AND age_group = 'ALL'")[0][0]
+    hidden = [r for r in pub if None in r[2:]]
+    assert all(r[2:] == (None, None, None) for r in hidden)  # hidden for one measure, hidden for all
+    # What the analyst can deduce: each hidden cell is at least 1 and at least its published
+    # confirmed count (none now); the room left must allow more than one split.
+    room = total - sum(r[2] for r in pub if r[2] is not None) - len(hidden)
+    assert len(hidden) >= 2 and room > 0
+
+
 def test_suppress_never_leaves_a_lone_hidden_cell():
     groups = {("g1",): {"a": 1, "b": 9, "c": 20}, ("g2",): {"a": 3, "b": 0, "c": 7}, ("g3",): {"a": 2, "b": 1},
               ("g4",): {"a": 0, "b": 15}, ("g5",): {"a": 4, "b": 4, "c": 10}}
@@ -246,6 +269,62 @@ def test_a_message_under_a_retired_patient_id_joins_the_survivors_case(ingestor,
     build(ingestor.engine, CFG, W45, W45)
     assert rows(ingestor.engine, "SELECT COUNT(*), SUM(suspected), SUM(confirmed) FROM rpt_idsr_case "
                                  "WHERE disease = 'MALARIA'") == [(1, 1, 1)]
+
+
+def test_a_merge_before_any_message_under_the_retired_id_still_joins_the_cases(ingestor, tmp_path):
+    """The A40 came before anything under P-OLD: no dim_patient row to mark, and P-OLD's later
+    result made a second malaria case. The merge record itself says who it is."""
+    d = W45 + timedelta(days=1)
+    m, _v = admission(d, "P-NEW", "19900101", "F", "B54")
+    merge = hl7(d, 12, f"EVN|A40|{d:%Y%m%d}120000", pid("P-NEW", "19900101", "F"), "MRG|P-OLD^^^CHU-SO^MR",
+                mtype="ADT^A40^ADT_A39")
+    load(ingestor, tmp_path, [m, merge], "CHU-SO")
+    load(ingestor, tmp_path, [result(d + timedelta(days=1), "P-OLD", "19900101", "F", "70569-9", "10828004",
+                                     facility="CHU-SO")], "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45)
+    assert rows(ingestor.engine, "SELECT COUNT(*), SUM(suspected), SUM(confirmed) FROM rpt_idsr_case "
+                                 "WHERE disease = 'MALARIA'") == [(1, 1, 1)]
+
+
+def test_a_cancelled_order_is_no_suspected_case(ingestor, tmp_path):
+    """A cholera culture ordered then cancelled (ORC-1 / ORC-5 CA) still counted as a suspected
+    case and raised an immediate notification."""
+    from transforms.reporting import immediate_cases
+
+    d = W45 + timedelta(days=1)
+    ts = f"{d:%Y%m%d}090000"
+
+    def orm(control, status):
+        return hl7(d, 9, pid("K1", "19900101", "M"), "PV1|1|O", f"ORC|{control}|ORD-1||||{status}|||{ts}",
+                   f"OBR|1|ORD-1||625-4^Culture^LN|||{ts}", mtype="ORM^O01")
+
+    load(ingestor, tmp_path, [orm("NW", "")], "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45)
+    assert rows(ingestor.engine, "SELECT disease, suspected FROM rpt_idsr_case") == [("CHOLERA", 1)]
+    load(ingestor, tmp_path, [orm("CA", "CA")], "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45)
+    assert rows(ingestor.engine, "SELECT order_status FROM fact_lab_order") == [("CA",)]
+    assert rows(ingestor.engine, "SELECT disease FROM rpt_idsr_case") == []
+    assert immediate_cases(ingestor.engine, CFG, datetime(2026, 11, 5)) == []
+
+
+def test_where_a_test_counts_does_not_depend_on_the_weeks_rebuilt_together(ingestor, tmp_path):
+    """A preliminary result on Sunday (W45) and the final one on Monday (W46) for one order: the
+    DAG's W45-W46 build counted it in W46, and rebuilding W45 alone put it back in W45 too."""
+    sun, mon = W45 + timedelta(days=6), W45 + timedelta(days=7)
+    load(ingestor, tmp_path, [result(sun, "R1", "19900101", "F", "70569-9", "10828004", status="P",
+                                     placer="ORD-9")], "INH-LOME")
+    load(ingestor, tmp_path, [result(mon, "R1", "19900101", "F", "70569-9", "10828004", status="F",
+                                     placer="ORD-9")], "INH-LOME")
+
+    def confirmed():
+        return rows(ingestor.engine, "SELECT iso_week, SUM(confirmed) FROM rpt_idsr_case WHERE disease = 'MALARIA' "
+                                     "GROUP BY iso_week ORDER BY 1")
+
+    build(ingestor.engine, CFG, W45, mon)
+    assert confirmed() == [("2026-W46", 1)]
+    build(ingestor.engine, CFG, W45, W45)
+    assert confirmed() == [("2026-W46", 1)]
 
 
 def test_rebuild_is_idempotent(ingestor, tmp_path):

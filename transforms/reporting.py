@@ -38,6 +38,9 @@ AGE_GROUPS = ("0-11m", "1-4y", "5-14y", "15y+", "unknown")
 SEXES = ("F", "M", "U")
 ALL = "ALL"
 EXPIRED = "20"  # HL7 table 0112 discharge disposition: expired
+# Order statuses (ORC-5, HL7 table 0038) and order controls (ORC-1, table 0119) of an order that
+# was cancelled or stopped: no suspicion of a case.
+CANCELLED_ORDER = frozenset(("CA", "DC", "OC", "CR", "OD", "DR"))
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,31 @@ def age_group(birth, at: datetime) -> str:
 
 # -- suppression -------------------------------------------------------------------------------------
 
+def suppress_linked(measures: list[dict[tuple, dict[tuple, int]]], k: int) -> set[tuple[tuple, tuple]]:
+    """``suppress`` for measures of the same cells that bound each other (confirmed cases and
+    deaths are suspected cases too): a cell hidden for one measure is hidden for all, or a
+    published confirmed count would set a floor under the hidden suspected one. Then, measure by
+    measure, a hidden cell left alone in a group whose total is published (so recomputable), with
+    a non-zero value, gets the smallest other non-zero cell hidden beside it, until nothing moves."""
+    hidden: set[tuple[tuple, tuple]] = set()
+    for groups in measures:
+        hidden |= suppress(groups, k)
+    moved = True
+    while moved:
+        moved = False
+        for groups in measures:
+            for g, cells in groups.items():
+                if 0 < sum(cells.values()) < k:
+                    continue  # a small total is hidden with all its non-zero cells
+                alone = [c for c in cells if (g, c) in hidden]
+                if len(alone) == 1 and cells[alone[0]] > 0:
+                    others = sorted((n, c) for c, n in cells.items() if n > 0 and (g, c) not in hidden)
+                    if others:
+                        hidden.add((g, others[0][1]))
+                        moved = True
+    return hidden
+
+
 def suppress(groups: dict[tuple, dict[tuple, int]], k: int) -> set[tuple[tuple, tuple]]:
     """Cells to hide: primary (1 <= n < k) and complementary, so that in every group whose total
     is published no hidden cell is alone (it could be recomputed from the total and the others).
@@ -224,9 +252,15 @@ def _ts(d: date | datetime) -> str:
     return d.strftime("%Y-%m-%d 00:00:00")
 
 
-def _in(codes) -> tuple[str, dict]:
+def _in(codes, prefix: str = "c") -> tuple[str, dict]:
     codes = sorted(set(codes)) or ["\x00"]
-    return ", ".join(f":c{i}" for i in range(len(codes))), {f"c{i}": c for i, c in enumerate(codes)}
+    return (", ".join(f":{prefix}{i}" for i in range(len(codes))),
+            {f"{prefix}{i}": c for i, c in enumerate(codes)})
+
+
+def _ts_text(v) -> str:
+    """A stored timestamp as the text it compares with (SQLite gives text, PostgreSQL datetimes)."""
+    return _ts(v) if isinstance(v, datetime) else str(v or "")[:19]
 
 
 def collect_cases(engine: Engine, cfg: IdsrConfig, start: datetime, end: datetime,
@@ -270,10 +304,12 @@ def collect_cases(engine: Engine, cfg: IdsrConfig, start: datetime, end: datetim
         tests = {t: d.code for d in diseases for t in d.tests}
         if tests:
             marks, params = _in(tests)
-            for fac, pk, code, at in conn.execute(text(
-                    f"SELECT facility_code, patient_key, test_code, ordered_at FROM fact_lab_order "
+            # A cancelled or discontinued order (ORC-5, else ORC-1) is no suspicion of a case.
+            for fac, pk, code, at, status in conn.execute(text(
+                    f"SELECT facility_code, patient_key, test_code, ordered_at, order_status FROM fact_lab_order "
                     f"WHERE test_code IN ({marks}) AND ordered_at >= :s AND ordered_at < :e"), {**params, "s": s, "e": e}):
-                add(tests[code], fac, pk, _d(at))
+                if (status or "").strip().upper() not in CANCELLED_ORDER:
+                    add(tests[code], fac, pk, _d(at))
             positives = {d.code: set(d.positive) for d in diseases}
             for fac, pk, code, value, at in latest_results(conn, marks, params, s, e):
                 dis = tests[code]
@@ -304,6 +340,10 @@ def _survivors(conn, keys: set[str]) -> dict[str, str]:
         found = {}
         for i in range(0, len(todo), 900):
             marks, params = _in(todo[i:i + 900])
+            # patient_merge too: a merge (A40) that came before any message under the retired ID
+            # found no dim_patient row to mark, and that ID's later messages made an unmarked one.
+            found.update(conn.execute(text(f"SELECT old_key, new_key FROM patient_merge WHERE old_key IN ({marks})"),
+                                      params).all())
             found.update(conn.execute(text(f"SELECT patient_key, merged_into FROM dim_patient WHERE merged_into IS "
                                            f"NOT NULL AND patient_key IN ({marks})"), params).all())
         found = {o: n for o, n in found.items() if o not in into and n != o}
@@ -321,19 +361,32 @@ def _survivors(conn, keys: set[str]) -> dict[str, str]:
 
 def latest_results(conn, marks: str, params: dict, s: str, e: str) -> list[tuple]:
     """(facility, patient key, test code, value, observed at) of the tests ``marks`` names, one per
-    test of an order: its latest result. A preliminary result followed by the final one, or a
-    final one corrected (OBX-11 C), is one test with the last value, not two tests; a result
-    cancelled (X) or deleted (D) last counts as none."""
+    test of an order: its latest result, counted where that result was observed in [s, e). A
+    preliminary result followed by the final one, or a final one corrected (OBX-11 C), is one
+    test with the last value, not two tests; a result cancelled (X) or deleted (D) last counts as
+    none. The order's results outside [s, e) are read too, so that which weeks are rebuilt
+    together does not decide where a test counts."""
+    cols = ("SELECT message_id, facility_code, patient_key, placer_order_number, test_code, value, result_status, "
+            f"observed_at FROM fact_lab_result WHERE test_code IN ({marks}) ")
     latest: dict[tuple, tuple] = {}
-    for mid, fac, pk, order, code, value, status, at in conn.execute(text(
-            f"SELECT message_id, facility_code, patient_key, placer_order_number, test_code, value, result_status, "
-            f"observed_at FROM fact_lab_result WHERE test_code IN ({marks}) AND observed_at >= :s AND observed_at < :e"),
-            {**params, "s": s, "e": e}):
-        # Without an order number, each message's result stands alone.
-        key = (fac, pk, code, order) if order else (fac, pk, code, None, mid)
-        if key not in latest or mid > latest[key][0]:
-            latest[key] = (mid, fac, pk, code, value, status, at)
-    return [r[1:5] + (r[6],) for r in sorted(latest.values()) if (r[5] or "").strip() not in ("X", "D")]
+
+    def keep(rows) -> None:
+        for mid, fac, pk, order, code, value, status, at in rows:
+            # Without an order number, each message's result stands alone.
+            key = (fac, pk, code, order) if order else (fac, pk, code, None, mid)
+            if key not in latest or mid > latest[key][0]:
+                latest[key] = (mid, fac, pk, code, value, status, at)
+
+    keep(conn.execute(text(cols + "AND observed_at >= :s AND observed_at < :e"), {**params, "s": s, "e": e}))
+    orders = sorted({k[3] for k in latest if k[3]})
+    for i in range(0, len(orders), 900):
+        omarks, oparams = _in(orders[i:i + 900], "o")
+        keep(r for r in conn.execute(text(cols + f"AND placer_order_number IN ({omarks}) "
+                                             "AND (observed_at < :s OR observed_at >= :e)"),
+                                     {**params, **oparams, "s": s, "e": e})
+             if (r[1], r[2], r[4], r[3]) in latest)
+    return [r[1:5] + (r[6],) for r in sorted(latest.values(), key=lambda r: r[0])
+            if (r[5] or "").strip() not in ("X", "D") and s <= _ts_text(r[6]) < e]
 
 
 def build(engine: Engine, cfg: IdsrConfig, first: date, last: date, now: str | None = None) -> BuildResult:
@@ -420,10 +473,8 @@ def _publish_idsr(cfg: IdsrConfig, weekly: dict, now: str) -> list[tuple]:
         c = cells.setdefault((band, sex), [0, 0, 0])
         for i in range(3):
             c[i] += v[i]
-    hidden = []
-    for m in range(3):
-        groups = {g: {c: v[m] for c, v in cells.items()} for g, cells in dist.items()}
-        hidden.append(suppress(groups, cfg.small_cell_k))
+    hidden = [suppress_linked([{g: {c: v[m] for c, v in cells.items()} for g, cells in dist.items()}
+                               for m in range(3)], cfg.small_cell_k)] * 3
     out = []
     for g, cells in sorted(dist.items()):
         wk, ws, region, district, dis = g
