@@ -6,6 +6,7 @@ rebuilds; immediately notifiable diseases; PostgreSQL roles proved by connecting
 from __future__ import annotations
 
 import itertools
+import dataclasses
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -195,7 +196,8 @@ def test_lab_hospital_immunization_and_completeness(ingestor, tmp_path):
         ("Golfe", "MALARIA_RDT", 10, 6, 0.6)]
     hosp = rows(eng, "SELECT month, facility_code, admissions, discharges, deaths, bed_days, mean_length_of_stay "
                      "FROM moh_hospital_activity")
-    assert [tuple(h) for h in hosp] == [("2026-11", "CHU-SO", 1, 1, 0, 3, 3.38)]
+    # One stay: its counts, bed-days and length are one patient's, hidden (a zero is a public fact).
+    assert [tuple(h) for h in hosp] == [("2026-11", "CHU-SO", None, None, 0, None, None)]
     assert rows(eng, "SELECT month, district, antigen, doses, suppressed FROM moh_immunization ORDER BY antigen") == [
         ("2026-11", "Tône", "BCG", 7, 0), ("2026-11", "Tône", "RR (rougeole-rubéole)", None, 1)]
     comp = {r[0]: r[1:] for r in rows(eng, "SELECT facility_code, expected_days, reporting_days, messages, late_messages "
@@ -211,8 +213,27 @@ def test_an_open_stay_counts_bed_days_up_to_the_build_not_to_the_month_end(inges
     m, _v = admission(d, "H2", "19700101", "M", "I10")
     load(ingestor, tmp_path, [m], "CHU-SO")
     build(ingestor.engine, CFG, W45, W45, now=f"{(d + timedelta(days=2)).isoformat()} 08:00:00")
+    # k = 1 here: the arithmetic, not the hiding, is under test.
+    one = dataclasses.replace(CFG, small_cell_k=1)
+    build(ingestor.engine, one, W45, W45, now=f"{(d + timedelta(days=2)).isoformat()} 08:00:00")
     [(admissions, bed_days)] = rows(ingestor.engine, "SELECT admissions, bed_days FROM moh_hospital_activity")
     assert admissions == 1 and bed_days == 2
+
+
+def test_hospital_activity_hides_small_counts_and_one_patients_stay(ingestor, tmp_path):
+    """moh_hospital_activity published exact counts per facility: a single death and that
+    patient's length of stay, which every other moh_* table hides."""
+    d = W45 + timedelta(days=1)
+    msgs = []
+    for i in range(6):
+        m, v = admission(d, f"H{i}", "19700101", "M", "I10")
+        msgs += [m, discharge(d + timedelta(days=2), f"H{i}", "19700101", "M", "I10", v, d,
+                              disposition="20" if i == 0 else "01")]
+    load(ingestor, tmp_path, msgs, "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45)
+    assert rows(ingestor.engine, "SELECT admissions, discharges, deaths, bed_days, suppressed "
+                                 "FROM moh_hospital_activity") == [(6, 6, None, 14, 1)]  # 6 x 2.4 days
+    assert rows(ingestor.engine, "SELECT mean_length_of_stay IS NOT NULL FROM moh_hospital_activity") == [(True,)]
 
 
 def test_a_hidden_number_of_tests_with_no_positives_shows_zero_positives(ingestor, tmp_path):
@@ -398,6 +419,17 @@ def test_roles_prove_what_each_can_read(pg_url, hl7ics_home):
         for table in ("phi_patient", "rpt_idsr_case", "message_store", "dim_patient", "fact_lab_result"):
             assert not can_read(users["moh_analyst"], table), table
             assert can_read(users["data_engineer"], table), table
+        # A migration that remakes a table (019 remade moh_hospital_activity) keeps its grants.
+        from sqlalchemy import text as sql_text
+
+        from transforms.warehouse import upgrade
+
+        with eng.begin() as c:
+            c.execute(sql_text("DELETE FROM schema_migrations WHERE version = 19"))
+        assert upgrade(eng) == [19]
+        assert can_read(users["moh_analyst"], "moh_hospital_activity")
+        assert not can_read(users["moh_analyst"], "dhis2_sent_value") and can_read(users["data_engineer"],
+                                                                                   "dhis2_sent_value")
     finally:
         from transforms.warehouse import dispose_all
 

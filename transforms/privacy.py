@@ -54,14 +54,25 @@ def create_roles(engine: Engine) -> list[str]:
         tables = [r[0] for r in conn.execute(text(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"))]
         conn.exec_driver_sql(sql.replace("{{DATABASE}}", f'"{db}"'))
-        analyst = [t for t in tables if is_analyst_table(t)]
-        for t in tables:
-            conn.exec_driver_sql(f'GRANT SELECT ON "{t}" TO data_engineer')
-            if t in analyst:
-                conn.exec_driver_sql(f'GRANT SELECT ON "{t}" TO moh_analyst')
-            else:
-                conn.exec_driver_sql(f'REVOKE ALL ON "{t}" FROM moh_analyst')
-    return analyst
+        grant_tables(conn, tables)
+    return [t for t in tables if is_analyst_table(t)]
+
+
+def grant_tables(conn, tables: list[str] | None = None) -> None:
+    """Give each table its grants: data_engineer reads all, moh_analyst the analyst tables only.
+    Nothing where the roles were never created (``hl7ics db roles``)."""
+    if conn.execute(text("SELECT COUNT(*) FROM pg_roles WHERE rolname IN ('moh_analyst', 'data_engineer')")
+                    ).scalar_one() < 2:
+        return
+    if tables is None:
+        tables = [r[0] for r in conn.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"))]
+    for t in tables:
+        conn.exec_driver_sql(f'GRANT SELECT ON "{t}" TO data_engineer')
+        if is_analyst_table(t):
+            conn.exec_driver_sql(f'GRANT SELECT ON "{t}" TO moh_analyst')
+        else:
+            conn.exec_driver_sql(f'REVOKE ALL ON "{t}" FROM moh_analyst')
 
 
 ANALYST_PREFIXES = ("moh_",)

@@ -449,9 +449,9 @@ def build(engine: Engine, cfg: IdsrConfig, first: date, last: date, now: str | N
         marks, params = _in(labels)
         for t in ("moh_hospital_activity", "moh_immunization"):
             conn.execute(text(f"DELETE FROM {t} WHERE month IN ({marks})"), params)
-        hosp = _hospital_activity(conn, facilities, m0, m1, now)
+        hosp = _hospital_activity(conn, facilities, m0, m1, now, cfg.small_cell_k)
         w.copy("moh_hospital_activity", ("month", "facility_code", "region", "district", "admissions", "discharges",
-                                         "deaths", "bed_days", "mean_length_of_stay", "updated_at"), hosp)
+                                         "deaths", "bed_days", "mean_length_of_stay", "suppressed", "updated_at"), hosp)
         imm = _immunization(conn, cfg, facilities, m0, m1, now)
         w.copy("moh_immunization", ("month", "region", "district", "antigen", "doses", "suppressed", "updated_at"), imm)
     return BuildResult([iso_week(wk) for wk in weeks], len(case_rows),
@@ -543,9 +543,11 @@ def _completeness(conn, cfg: IdsrConfig, facilities, weeks: list[date], now: str
     return out
 
 
-def _hospital_activity(conn, facilities, m0: date, m1: date, now: str) -> list[tuple]:
+def _hospital_activity(conn, facilities, m0: date, m1: date, now: str, k: int) -> list[tuple]:
     """Inpatients per facility and month: admissions, discharges, deaths, bed-days (days occupied
-    within the month) and mean length of stay of the month's discharges."""
+    within the month) and mean length of stay of the month's discharges. Counts of 1 to k-1 are
+    hidden (NULL, ``suppressed`` 1), and so are the bed-days of fewer than k stays and the mean
+    stay of fewer than k discharges: at a small facility they are one patient's stay."""
     agg: dict[tuple, dict] = {}
     months = []
     m = m0
@@ -554,7 +556,7 @@ def _hospital_activity(conn, facilities, m0: date, m1: date, now: str) -> list[t
         m = (m.replace(day=28) + timedelta(days=4)).replace(day=1)
     for fac in facilities:
         for mm in months:
-            agg[(mm.strftime("%Y-%m"), fac)] = {"adm": 0, "dis": 0, "dead": 0, "bed": 0.0, "los": []}
+            agg[(mm.strftime("%Y-%m"), fac)] = {"adm": 0, "dis": 0, "dead": 0, "bed": 0.0, "stays": 0, "los": []}
     limit = datetime.combine(m1, datetime.min.time())
     first = datetime.combine(m0, datetime.min.time())
     built_at = _d(now)  # a stay still open counts the days up to now, not to the month's end
@@ -578,13 +580,17 @@ def _hospital_activity(conn, facilities, m0: date, m1: date, now: str) -> list[t
             lo, hi = max(admit, ms), min(disch or built_at, me)
             if hi > lo:
                 a["bed"] += (hi - lo).total_seconds() / 86400
+                a["stays"] += 1
     out = []
     for (month, fac), a in sorted(agg.items()):
         if not (a["adm"] or a["dis"] or a["bed"]):
             continue
         region, district = facilities[fac]
-        los = round(sum(a["los"]) / len(a["los"]), 2) if a["los"] else None
-        out.append((month, fac, region, district, a["adm"], a["dis"], a["dead"], int(round(a["bed"])), los, now))
+        counts = [None if 0 < n < k else n for n in (a["adm"], a["dis"], a["dead"])]
+        bed = int(round(a["bed"])) if a["stays"] >= k else None
+        los = round(sum(a["los"]) / len(a["los"]), 2) if len(a["los"]) >= k else None
+        hidden = int(None in counts or (bed is None and a["stays"] > 0) or (los is None and len(a["los"]) > 0))
+        out.append((month, fac, region, district, *counts, bed, los, hidden, now))
     return out
 
 

@@ -202,6 +202,12 @@ def upgrade(engine: Engine) -> list[int]:
             conn.execute(text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
                          {"v": version, "n": name, "t": utcnow()})
             applied.append(version)
+        if applied and dialect == "postgresql":
+            # A migration that makes or remakes a table leaves it without the grants `hl7ics db
+            # roles` gave: where those roles exist, the same grants are given again.
+            from .privacy import grant_tables
+
+            grant_tables(conn)
     return applied
 
 
