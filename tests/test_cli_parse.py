@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +89,38 @@ def test_parse_prints_a_file_name_that_is_not_utf8(tmp_path, capsys):
     out = capsys.readouterr().out
     assert json.loads(out)["source"]["file"].endswith("r\ufffdsultat.hl7")
     out.encode("utf-8")  # printable as UTF-8
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["listen", "--port", "99999"], "is not a port number"),
+    (["send", "m.hl7", "--port", "70000"], "is not a port number"),
+    (["generate", "--out", "OUT", "--days", "-1"], "days must be >= 0"),
+])
+def test_usage_errors_exit_2_with_one_line_not_a_traceback(argv, said, tmp_path, capsys):
+    """A port out of range was wrapped (listen --port 99999 listened on 34463) or crashed, and a
+    ValueError from a command printed a traceback with exit 1 (dhis2 export's "values ignored")."""
+    from transforms import cli
+
+    argv = [a.replace("OUT", str(tmp_path / "gen")) for a in argv]
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:  # argparse's own usage error
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and said in err and "Traceback" not in err
+
+
+def test_read_commands_refuse_a_database_that_is_no_warehouse(tmp_path, hl7ics_home, capsys):
+    """`hl7ics dq report --warehouse <another database>` created every warehouse table there and
+    reported "no data"; an unknown --facility also said "no data"."""
+    import sqlite3
+
+    from transforms import cli
+
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE mine (x)").connection.close()
+    assert cli.main(["dq", "report", "--warehouse", f"sqlite:///{other}"]) == 2
+    assert "holds no hl7ics warehouse" in capsys.readouterr().err
+    assert [r[0] for r in sqlite3.connect(other).execute("SELECT name FROM sqlite_master")] == ["mine"]
+    assert cli.main(["dq", "report", "--facility", "CHU-S0", "--warehouse", f"sqlite:///{tmp_path / 'w.db'}"]) == 2
+    assert "no such facility" in capsys.readouterr().err

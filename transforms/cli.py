@@ -252,28 +252,42 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def _existing_warehouse(url: str):
+    """The engine of a warehouse that already has the schema, for a command that only reads: given
+    another database by mistake, it must say so, not create the tables there and report nothing."""
+    from sqlalchemy import inspect
+
+    from .warehouse import get_engine, printable_url
+
+    eng = get_engine(url, migrate=False)
+    if not inspect(eng).has_table("schema_migrations"):
+        raise ConfigError(f"{printable_url(url)} holds no hl7ics warehouse (run hl7ics db upgrade to create one)")
+    return get_engine(url)
+
+
 def cmd_dq_report(args) -> int:
     from datetime import date
 
     from .dq_report import cli_report
-    from .warehouse import get_engine
 
     try:
         since = date.fromisoformat(args.since) if args.since else None
     except ValueError:
         raise ConfigError(f"--since must be a date (YYYY-MM-DD), not {args.since!r}") from None
-    return cli_report(get_engine(_settings(args).warehouse_url), args.facility, since)
+    settings = _settings(args)
+    if args.facility and args.facility not in {f.code for f in settings.facilities()}:
+        raise ConfigError(f"--facility {args.facility}: no such facility in facilities.yaml")
+    return cli_report(_existing_warehouse(settings.warehouse_url), args.facility, since)
 
 
 def cmd_sla_report(args) -> int:
-    from .sla import SlaConfig, compute, format_text, previous_month, write
-    from .warehouse import get_engine
-
     from datetime import date
+
+    from .sla import SlaConfig, compute, format_text, previous_month, write
 
     settings = _settings(args)
     month = args.month or previous_month(date.today())
-    report = compute(get_engine(settings.warehouse_url), month, SlaConfig.load(settings.config_dir / "sla.yaml"))
+    report = compute(_existing_warehouse(settings.warehouse_url), month, SlaConfig.load(settings.config_dir / "sla.yaml"))
     print(format_text(report))
     out = Path(args.out) if args.out else settings.data_dir / "reports" / "sla"
     for path in write(report, out, {f.code: f.name for f in settings.facilities()}):
@@ -436,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("listen", help="run the real-time MLLP listener (stores, then ACKs)")
     sp.add_argument("--host")
-    sp.add_argument("--port", type=int)
+    sp.add_argument("--port", type=_port)
     sp.add_argument("--metrics-port", type=int, help="Prometheus port (0 disables)")
     sp.add_argument("--warehouse", metavar="URL")
     sp.add_argument("--tls-cert", metavar="C")
@@ -449,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("send", help="send HL7 files over MLLP and print each ACK (interface testing)")
     sp.add_argument("paths", nargs="+", metavar="FILE")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=2575)
+    sp.add_argument("--port", type=_port, default=2575)
     sp.add_argument("--tls", action="store_true", help="use TLS (implied by any other --tls-* option)")
     sp.add_argument("--tls-ca", metavar="CA")
     sp.add_argument("--tls-cert", metavar="C")
@@ -533,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     hsub = sp.add_subparsers(dest="dhis2_command", required=True)
     ex = hsub.add_parser("export", help="weekly IDSR data as a DHIS2 dataValueSets JSON (and optional push)")
     ex.add_argument("--period", required=True, metavar="2026W45")
-    ex.add_argument("--dry-run", action="store_true", help="build and print/write only; contact nothing")
+    ex.add_argument("--dry-run", action="store_true",
+                    help="build and print/write only, contacting nothing; with --push, DHIS2's own dry run only "
+                         "(the payload and credentials are sent, nothing is imported)")
     ex.add_argument("--out", metavar="FILE")
     ex.add_argument("--push", metavar="URL", help="DHIS2 base URL: dryRun=true first, then the import")
     ex.add_argument("--suppress", type=int, metavar="K", help="omit counts 1..K-1 (for a public instance)")
@@ -594,6 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{n} is not a port number (0 to 65535)")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -620,6 +646,12 @@ def main(argv: list[str] | None = None) -> int:
         # masked by SQLAlchemy.
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
         print(f"hl7ics: warehouse error: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        # A value the command cannot use (an out-of-range number, a malformed URL): one line, no
+        # traceback, and the exit code of a usage error.
+        print(f"hl7ics: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}",
+              file=sys.stderr)
         return 2
 
 
