@@ -10,6 +10,7 @@ import dataclasses
 from datetime import date, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 
 from transforms.config import Settings
@@ -346,6 +347,36 @@ def test_where_a_test_counts_does_not_depend_on_the_weeks_rebuilt_together(inges
     assert confirmed() == [("2026-W46", 1)]
     build(ingestor.engine, CFG, W45, W45)
     assert confirmed() == [("2026-W46", 1)]
+
+
+def test_completeness_expects_only_configured_facilities(ingestor, tmp_path):
+    """A facility removed from facilities.yaml stayed in dim_facility and scored 0 % every week
+    for ever; one with reporting_days 0 scored 0 % too."""
+    from transforms.config import Settings
+    from transforms.ingest import Ingestor
+
+    def expected():
+        return {r[0] for r in rows(ingestor.engine, "SELECT facility_code FROM moh_completeness "
+                                                    "WHERE iso_week = '2026-W46'")}
+
+    w46 = W45 + timedelta(days=7)
+    build(ingestor.engine, CFG, w46, w46)
+    assert "CHR-SOKODE" in expected()
+    settings = Settings.load(warehouse_url=str(ingestor.engine.url))
+    fewer = Ingestor(settings, run_id="r")
+    del fewer.facilities["CHR-SOKODE"]
+    with ingestor.engine.begin() as c:  # it left the configuration before that week
+        c.execute(text("UPDATE dim_facility SET retired_at = NULL"))
+    fewer.sync_facilities()
+    with ingestor.engine.begin() as c:
+        c.execute(text("UPDATE dim_facility SET retired_at = '2026-11-01 00:00:00' WHERE retired_at IS NOT NULL"))
+    quiet = dataclasses.replace(CFG, reporting_days={**CFG.reporting_days, "USP-NANERGOU": 0})
+    build(ingestor.engine, quiet, w46, w46)
+    got = expected()
+    assert "CHR-SOKODE" not in got and "USP-NANERGOU" not in got and "CHU-SO" in got
+    ingestor.sync_facilities()  # configured again
+    assert rows(ingestor.engine, "SELECT retired_at FROM dim_facility WHERE facility_code = 'CHR-SOKODE'") == [
+        (None,)]
 
 
 def test_rebuild_is_idempotent(ingestor, tmp_path):

@@ -216,7 +216,8 @@ class Ingestor:
         self.resolve_connection = None
 
     def sync_facilities(self) -> None:
-        """dim_facility mirrors the configuration (upsert; facilities are never deleted)."""
+        """dim_facility mirrors the configuration (upsert; facilities are never deleted: one no
+        longer configured gets ``retired_at``, and loses it if it comes back)."""
         now = utcnow()
         rows = [(f.code, f.name, f.type, f.region, f.district, f.dhis2_org_unit, f.timezone, f.charset, now)
                 for f in self.facilities.values()]
@@ -226,6 +227,11 @@ class Ingestor:
                                 rows, key=("facility_code",),
                                 update=("name", "type", "region", "district", "dhis2_org_unit", "timezone",
                                         "charset"))
+            configured = set(self.facilities)
+            for code, retired in conn.execute(text("SELECT facility_code, retired_at FROM dim_facility")).all():
+                if (code in configured) == (retired is not None):
+                    conn.execute(text("UPDATE dim_facility SET retired_at = :r WHERE facility_code = :c"),
+                                 {"r": None if code in configured else now, "c": code})
 
     def ingest_file(self, path: str | Path, facility_code: str | None, source: str = "folder",
                     original_name: str | None = None) -> FileResult:

@@ -516,11 +516,19 @@ def _lab_activity(conn, cfg: IdsrConfig, facilities, start: datetime, end: datet
 
 
 def _completeness(conn, cfg: IdsrConfig, facilities, weeks: list[date], now: str) -> list[tuple]:
+    """Per facility and week. Not expected, so no row: a facility with ``reporting_days`` 0, and
+    the weeks from when a facility left the configuration (``dim_facility.retired_at``)."""
     out = []
     late_margin = timedelta(days=30)  # arrivals later than this are not looked for (index range bound)
+    retired = {c: _d(r) for c, r in conn.execute(text(
+        "SELECT facility_code, retired_at FROM dim_facility WHERE retired_at IS NOT NULL"))}
     for fac, (region, district) in sorted(facilities.items()):
         expected = int(cfg.reporting_days.get(fac, 7))
+        if expected <= 0:
+            continue
         for ws in weeks:
+            if fac in retired and datetime.combine(ws, datetime.min.time()) >= retired[fac]:
+                continue
             we = ws + timedelta(days=7)
             deadline = datetime.combine(we, datetime.min.time()) + timedelta(days=cfg.week_deadline_days)
             days, on_time, n, late = set(), set(), 0, 0
