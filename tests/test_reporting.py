@@ -278,26 +278,13 @@ def test_a_death_in_a_later_week_is_not_a_second_case(ingestor, tmp_path):
         ("2026-W45", 1, 0), ("2026-W46", 0, 1)]
 
 
-def test_a_message_under_a_retired_patient_id_joins_the_survivors_case(ingestor, tmp_path):
-    """P-OLD was admitted with malaria, then merged into P-NEW (A40); a result sent later that
-    week under P-OLD is the same person: one case, not two."""
+@pytest.mark.parametrize("admitted", ["P-OLD", "P-NEW"], ids=["merge-after-admission", "merge-before-any-message"])
+def test_a_message_under_a_retired_patient_id_joins_the_survivors_case(admitted, ingestor, tmp_path):
+    """P-OLD is merged into P-NEW (A40); a result sent later that week under P-OLD is the same
+    person: one case, not two. Also when the merge came before anything under P-OLD (admitted
+    under P-NEW): no dim_patient row to mark then, and the merge record itself says who it is."""
     d = W45 + timedelta(days=1)
-    m, _v = admission(d, "P-OLD", "19900101", "F", "B54")
-    merge = hl7(d, 12, f"EVN|A40|{d:%Y%m%d}120000", pid("P-NEW", "19900101", "F"), "MRG|P-OLD^^^CHU-SO^MR",
-                mtype="ADT^A40^ADT_A39")
-    load(ingestor, tmp_path, [m, merge], "CHU-SO")
-    load(ingestor, tmp_path, [result(d + timedelta(days=1), "P-OLD", "19900101", "F", "70569-9", "10828004",
-                                     facility="CHU-SO")], "CHU-SO")
-    build(ingestor.engine, CFG, W45, W45)
-    assert rows(ingestor.engine, "SELECT COUNT(*), SUM(suspected), SUM(confirmed) FROM rpt_idsr_case "
-                                 "WHERE disease = 'MALARIA'") == [(1, 1, 1)]
-
-
-def test_a_merge_before_any_message_under_the_retired_id_still_joins_the_cases(ingestor, tmp_path):
-    """The A40 came before anything under P-OLD: no dim_patient row to mark, and P-OLD's later
-    result made a second malaria case. The merge record itself says who it is."""
-    d = W45 + timedelta(days=1)
-    m, _v = admission(d, "P-NEW", "19900101", "F", "B54")
+    m, _v = admission(d, admitted, "19900101", "F", "B54")
     merge = hl7(d, 12, f"EVN|A40|{d:%Y%m%d}120000", pid("P-NEW", "19900101", "F"), "MRG|P-OLD^^^CHU-SO^MR",
                 mtype="ADT^A40^ADT_A39")
     load(ingestor, tmp_path, [m, merge], "CHU-SO")
