@@ -42,8 +42,7 @@ def notify_immediate() -> dict:
                                params={"disease": f"{name.name_fr} / {name.name_en}", "facility_code": c["facility_code"],
                                        "district": c["district"], "cases": c["cases"]}), now=now)
         record_notifications(engine, found, utcnow())
-    closed = close_past_notices(Alerter(engine, None,
-                                        resolve_connection), now)
+    closed = close_past_notices(Alerter(engine, None, resolve_connection), now)
     return {"notified": [f"{c['disease']}:{c['facility_code']}:{c['iso_week']}" for c in found], "closed": closed}
 
 
