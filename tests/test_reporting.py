@@ -162,11 +162,25 @@ def test_a_published_confirmed_count_does_not_pin_a_hidden_suspected_one(ingesto
     total = rows(ingestor.engine, "SELECT suspected FROM moh_idsr_weekly WHERE disease = 'MALARIA' "
                                   "AND age_group = 'ALL'")[0][0]
     hidden = [r for r in pub if None in r[2:]]
-    assert all(r[2:] == (None, None, None) for r in hidden)  # hidden for one measure, hidden for all
+    # Hidden for one measure, hidden for all: only a zero shows (a public fact, no floor).
+    assert all(x in (None, 0) for r in hidden for x in r[2:]) and ("15y+", "M", None, None, 0) in hidden
     # What the analyst can deduce: each hidden cell is at least 1 and at least its published
     # confirmed count (none now); the room left must allow more than one split.
     room = total - sum(r[2] for r in pub if r[2] is not None) - len(hidden)
     assert len(hidden) >= 2 and room > 0
+
+
+def test_a_cell_hidden_for_suspected_cases_still_shows_its_zero_deaths(ingestor, tmp_path):
+    """Hiding a cell for all three measures showed "<5 deaths" where there were none: a zero is
+    a public fact, and "<5" means 1 to 4."""
+    d = W45 + timedelta(days=1)
+    msgs = [admission(d, "CHILD", "20240101", "F", "B54")[0]]
+    msgs += [admission(d, f"W{i}", "19900101", "F", "B54")[0] for i in range(20)]
+    load(ingestor, tmp_path, msgs, "CHU-SO")
+    build(ingestor.engine, CFG, W45, W45)
+    pub = rows(ingestor.engine, "SELECT suspected, confirmed, deaths FROM moh_idsr_weekly "
+                                "WHERE disease = 'MALARIA' AND age_group = '1-4y'")
+    assert pub == [(None, 0, 0)]
 
 
 def test_suppress_never_leaves_a_lone_hidden_cell():
@@ -448,6 +462,19 @@ def test_roles_prove_what_each_can_read(pg_url, hl7ics_home):
         assert can_read(users["moh_analyst"], "moh_hospital_activity")
         assert not can_read(users["moh_analyst"], "dhis2_sent_value") and can_read(users["data_engineer"],
                                                                                    "dhis2_sent_value")
+        # The roles belong to the whole server: a database where `db roles` never ran gets no grants.
+        other = f"hl7ics_test_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{other}"')
+        try:
+            oeng = get_engine(pg_url.rsplit("/", 1)[0] + "/" + other)
+            with oeng.connect() as c:
+                assert c.execute(sql_text("SELECT has_table_privilege('data_engineer', 'phi_patient', 'SELECT')")
+                                 ).scalar() is False
+            oeng.dispose()
+        finally:
+            with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
     finally:
         from transforms.warehouse import dispose_all
 

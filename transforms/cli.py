@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("listen", help="run the real-time MLLP listener (stores, then ACKs)")
     sp.add_argument("--host")
     sp.add_argument("--port", type=_port)
-    sp.add_argument("--metrics-port", type=int, help="Prometheus port (0 disables)")
+    sp.add_argument("--metrics-port", type=_port, help="Prometheus port (0 disables)")
     sp.add_argument("--warehouse", metavar="URL")
     sp.add_argument("--tls-cert", metavar="C")
     sp.add_argument("--tls-key", metavar="K")

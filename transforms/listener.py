@@ -220,7 +220,7 @@ class Pending:
     rec: dict | None
     plan: AckPlan
     ack: bytes | None
-    status: str  # received | quarantined | duplicate (stored) | ack_only (answered, not stored)
+    status: str  # received | quarantined (both stored) | ack_only (answered, not stored)
     reasons: list[tuple[str, str]]
     facility: str | None
     future: asyncio.Future | None = None
@@ -399,9 +399,7 @@ class GroupCommitter:
 
     @staticmethod
     def _decide(group: list[Pending], existing: dict[tuple, bytes | None]):
-        """Per message: ("duplicate", stored ACK) or ("stored", its ACK); and the messages to store.
-        A resend is stored too, as ``duplicate`` (counted like a file's duplicate, never loaded):
-        the sender gets the stored ACK again."""
+        """Per message: ("duplicate", stored ACK) or ("stored", its ACK); and the messages to store."""
         out: list[tuple[str, bytes | None]] = []
         to_store: list[Pending] = []
         seen: dict[tuple, Pending] = {}
@@ -410,8 +408,6 @@ class GroupCommitter:
             if key and p.status == "received" and (key in existing or key in seen):
                 stored = existing.get(key) or (seen[key].ack if key in seen else None)
                 out.append(("duplicate", stored or p.ack))
-                p.status = "duplicate"
-                to_store.append(p)
                 continue
             if key and p.status == "received":
                 seen[key] = p
@@ -431,7 +427,7 @@ class GroupCommitter:
                          None, now, "mllp", f"mllp:{self.instance}:{seq}", None,
                          r.get("sha256") or _sha(p.raw), p.raw, len(p.raw), r.get("charset"), p.status,
                          "; ".join(f"{c}@{loc}" for c, loc in p.reasons) or None, None, now, p.csha))
-            if p.ack is not None and p.status != "duplicate":  # a resend's answer is its original's
+            if p.ack is not None:
                 acks.append((mid, p.plan.code or "", p.ack, now))
             for code, loc in p.reasons:
                 if p.status == "quarantined":

@@ -60,9 +60,12 @@ def create_roles(engine: Engine) -> list[str]:
 
 def grant_tables(conn, tables: list[str] | None = None) -> None:
     """Give each table its grants: data_engineer reads all, moh_analyst the analyst tables only.
-    Nothing where the roles were never created (``hl7ics db roles``)."""
-    if conn.execute(text("SELECT COUNT(*) FROM pg_roles WHERE rolname IN ('moh_analyst', 'data_engineer')")
-                    ).scalar_one() < 2:
+    Nothing in a database where ``hl7ics db roles`` was never run: the roles belong to the whole
+    server, so their existence says nothing about this database (its CONNECT grant does)."""
+    if not conn.execute(text(
+            "SELECT COALESCE(datacl::text LIKE '%data_engineer=%', FALSE) AND EXISTS "
+            "(SELECT 1 FROM pg_roles WHERE rolname = 'moh_analyst') FROM pg_database "
+            "WHERE datname = current_database()")).scalar():
         return
     if tables is None:
         tables = [r[0] for r in conn.execute(text(

@@ -185,9 +185,10 @@ def age_group(birth, at: datetime) -> str:
 def suppress_linked(measures: list[dict[tuple, dict[tuple, int]]], k: int) -> set[tuple[tuple, tuple]]:
     """``suppress`` for measures of the same cells that bound each other (confirmed cases and
     deaths are suspected cases too): a cell hidden for one measure is hidden for all, or a
-    published confirmed count would set a floor under the hidden suspected one. Then, measure by
-    measure, a hidden cell left alone in a group whose total is published (so recomputable), with
-    a non-zero value, gets the smallest other non-zero cell hidden beside it, until nothing moves."""
+    published confirmed count would set a floor under the hidden suspected one (a zero is still
+    published as zero). Then, measure by measure, a hidden non-zero cell left alone in a group
+    whose total is published (so recomputable) gets the smallest other non-zero cell hidden
+    beside it, until nothing moves."""
     hidden: set[tuple[tuple, tuple]] = set()
     for groups in measures:
         hidden |= suppress(groups, k)
@@ -198,8 +199,8 @@ def suppress_linked(measures: list[dict[tuple, dict[tuple, int]]], k: int) -> se
             for g, cells in groups.items():
                 if 0 < sum(cells.values()) < k:
                     continue  # a small total is hidden with all its non-zero cells
-                alone = [c for c in cells if (g, c) in hidden]
-                if len(alone) == 1 and cells[alone[0]] > 0:
+                alone = [c for c in cells if (g, c) in hidden and cells[c] > 0]
+                if len(alone) == 1:
                     others = sorted((n, c) for c, n in cells.items() if n > 0 and (g, c) not in hidden)
                     if others:
                         hidden.add((g, others[0][1]))
@@ -364,8 +365,9 @@ def latest_results(conn, marks: str, params: dict, s: str, e: str) -> list[tuple
     test of an order: its latest result, counted where that result was observed in [s, e). A
     preliminary result followed by the final one, or a final one corrected (OBX-11 C), is one
     test with the last value, not two tests; a result cancelled (X) or deleted (D) last counts as
-    none. The order's results outside [s, e) are read too, so that which weeks are rebuilt
-    together does not decide where a test counts."""
+    none. The order's results observed after [s, e) are read too, so that which weeks are rebuilt
+    together does not decide where a test counts (through the test-code and time index: a build of
+    recent weeks reads little)."""
     cols = ("SELECT message_id, facility_code, patient_key, placer_order_number, test_code, value, result_status, "
             f"observed_at FROM fact_lab_result WHERE test_code IN ({marks}) ")
     latest: dict[tuple, tuple] = {}
@@ -381,9 +383,8 @@ def latest_results(conn, marks: str, params: dict, s: str, e: str) -> list[tuple
     orders = sorted({k[3] for k in latest if k[3]})
     for i in range(0, len(orders), 900):
         omarks, oparams = _in(orders[i:i + 900], "o")
-        keep(r for r in conn.execute(text(cols + f"AND placer_order_number IN ({omarks}) "
-                                             "AND (observed_at < :s OR observed_at >= :e)"),
-                                     {**params, **oparams, "s": s, "e": e})
+        keep(r for r in conn.execute(text(cols + f"AND observed_at >= :e AND placer_order_number IN ({omarks})"),
+                                     {**params, **oparams, "e": e})
              if (r[1], r[2], r[4], r[3]) in latest)
     return [r[1:5] + (r[6],) for r in sorted(latest.values(), key=lambda r: r[0])
             if (r[5] or "").strip() not in ("X", "D") and s <= _ts_text(r[6]) < e]
@@ -480,7 +481,8 @@ def _publish_idsr(cfg: IdsrConfig, weekly: dict, now: str) -> list[tuple]:
         wk, ws, region, district, dis = g
         totals = [sum(v[m] for v in cells.values()) for m in range(3)]
         for (band, sex), v in sorted(cells.items()):
-            vals = [None if (g, (band, sex)) in hidden[m] else v[m] for m in range(3)]
+            # A zero stays public ("<5" means 1 to 4), even in a cell hidden for another measure.
+            vals = [None if (g, (band, sex)) in hidden[m] and v[m] else v[m] for m in range(3)]
             out.append((wk, ws, region, district, dis, notif.get(dis, "weekly"), band, sex, *vals,
                         int(any(x is None for x in vals)), now))
         # A total is hidden only when it is small itself (then all its cells are hidden too).

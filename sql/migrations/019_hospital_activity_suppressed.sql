@@ -27,7 +27,8 @@ SELECT month, facility_code, region, district,
        CASE WHEN deaths BETWEEN 1 AND 4 THEN NULL ELSE deaths END,
        CASE WHEN admissions < 5 AND discharges < 5 THEN NULL ELSE bed_days END,
        CASE WHEN discharges < 5 THEN NULL ELSE mean_length_of_stay END,
-       CASE WHEN admissions BETWEEN 1 AND 4 OR discharges BETWEEN 1 AND 4 OR deaths BETWEEN 1 AND 4 THEN 1 ELSE 0 END,
+       CASE WHEN admissions BETWEEN 1 AND 4 OR discharges BETWEEN 1 AND 4 OR deaths BETWEEN 1 AND 4
+                 OR (admissions < 5 AND discharges < 5 AND bed_days > 0) THEN 1 ELSE 0 END,
        updated_at
   FROM moh_hospital_activity;
 DROP TABLE moh_hospital_activity;
