@@ -371,10 +371,12 @@ def test_completeness_expects_only_configured_facilities(ingestor, tmp_path):
     fewer.sync_facilities()
     with ingestor.engine.begin() as c:
         c.execute(text("UPDATE dim_facility SET retired_at = '2026-11-01 00:00:00' WHERE retired_at IS NOT NULL"))
-    quiet = dataclasses.replace(CFG, reporting_days={**CFG.reporting_days, "USP-NANERGOU": 0})
+    quiet = dataclasses.replace(CFG, reporting_days={**CFG.reporting_days, "USP-NANERGOU": 0},
+                                reporting_from={"HD-TSEVIE": date(2026, 11, 16), "CHU-SO": date(2026, 11, 15)})
     build(ingestor.engine, quiet, w46, w46)
     got = expected()
     assert "CHR-SOKODE" not in got and "USP-NANERGOU" not in got and "CHU-SO" in got
+    assert "HD-TSEVIE" not in got  # live from the week after
     ingestor.sync_facilities()  # configured again
     assert rows(ingestor.engine, "SELECT retired_at FROM dim_facility WHERE facility_code = 'CHR-SOKODE'") == [
         (None,)]
@@ -418,6 +420,13 @@ def test_idsr_config_errors(tmp_path):
         IdsrConfig.load(p)
     with pytest.raises(ConfigError, match="2026W45"):
         week_start("2026-45")
+    p.write_text("idsr:\n  reporting_from: {CHU-SO: soon}\n  diseases:\n"
+                 "    - {code: X, notification: weekly, suspected_icd10: [A00]}\n")
+    with pytest.raises(ConfigError, match="reporting_from.CHU-SO must be a date"):
+        IdsrConfig.load(p)
+    p.write_text("idsr:\n  reporting_from: {CHU-SO: 2026-11-16}\n  diseases:\n"
+                 "    - {code: X, notification: weekly, suspected_icd10: [A00]}\n")
+    assert IdsrConfig.load(p).reporting_from == {"CHU-SO": date(2026, 11, 16)}
 
 
 def test_roles_prove_what_each_can_read(pg_url, hl7ics_home):

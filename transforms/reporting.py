@@ -71,6 +71,7 @@ class IdsrConfig:
     small_cell_k: int = 5
     week_deadline_days: int = 2
     reporting_days: dict = field(default_factory=dict)  # facility -> expected reporting days a week (default 7)
+    reporting_from: dict = field(default_factory=dict)  # facility -> date it went live (weeks before: not expected)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "IdsrConfig":
@@ -107,8 +108,14 @@ class IdsrConfig:
         k = doc.get("small_cell_k", 5)
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"{name}: small_cell_k must be a positive integer")
+        since = {}
+        for fac, day in (doc.get("reporting_from") or {}).items():
+            try:
+                since[str(fac)] = day if isinstance(day, date) else date.fromisoformat(str(day))
+            except ValueError:
+                raise ConfigError(f"{name}: reporting_from.{fac} must be a date (YYYY-MM-DD)") from None
         return cls(tuple(diseases), labs, antigens, k, int(doc.get("week_deadline_days", 2)),
-                   dict(doc.get("reporting_days") or {}))
+                   dict(doc.get("reporting_days") or {}), since)
 
     def disease(self, code: str) -> Disease:
         return next(d for d in self.diseases if d.code == code)
@@ -518,8 +525,9 @@ def _lab_activity(conn, cfg: IdsrConfig, facilities, start: datetime, end: datet
 
 
 def _completeness(conn, cfg: IdsrConfig, facilities, weeks: list[date], now: str) -> list[tuple]:
-    """Per facility and week. Not expected, so no row: a facility with ``reporting_days`` 0, and
-    the weeks from when a facility left the configuration (``dim_facility.retired_at``)."""
+    """Per facility and week. Not expected, so no row: a facility with ``reporting_days`` 0, the
+    weeks that end before its ``reporting_from`` date (it went live later), and the weeks from
+    when it left the configuration (``dim_facility.retired_at``)."""
     out = []
     late_margin = timedelta(days=30)  # arrivals later than this are not looked for (index range bound)
     retired = {c: _d(r) for c, r in conn.execute(text(
@@ -528,8 +536,11 @@ def _completeness(conn, cfg: IdsrConfig, facilities, weeks: list[date], now: str
         expected = int(cfg.reporting_days.get(fac, 7))
         if expected <= 0:
             continue
+        live = cfg.reporting_from.get(fac)
         for ws in weeks:
             if fac in retired and datetime.combine(ws, datetime.min.time()) >= retired[fac]:
+                continue
+            if live is not None and ws + timedelta(days=7) <= live:
                 continue
             we = ws + timedelta(days=7)
             deadline = datetime.combine(we, datetime.min.time()) + timedelta(days=cfg.week_deadline_days)
