@@ -81,7 +81,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 
 from .config import ConfigError, Settings, read_yaml
-from .warehouse import Writer, named_queries, utcnow
+from .warehouse import Writer, named_queries, timestamp_text as _ts_text, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -435,18 +435,6 @@ def _chunks(seq, n: int = _CHUNK):
     seq = list(seq)
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
-
-
-def _ts_text(v) -> str | None:
-    """A timestamp as the warehouse writes it: PostgreSQL returns datetimes, SQLite text."""
-    if v is None or v == "":
-        return None
-    if isinstance(v, datetime):
-        return v.strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(v, date):
-        return v.strftime("%Y-%m-%d 00:00:00")
-    s = str(v).replace("T", " ")
-    return s[:19] if len(s) >= 19 else (s[:10] + " 00:00:00" if len(s) >= 10 else s)
 
 
 def _dt(v) -> datetime:

@@ -28,7 +28,7 @@ from .facts import COLUMNS, COVERAGE_KEY, ENCOUNTER_COLUMNS, PatientKeyer, dedup
 from .parser import ParseIssue, parse
 from .quality import (STAGE as DQ_STAGE, THRESHOLD_REASON, UNKNOWN_FACILITY_CHECK, QualityOptions, Validator, Verdict,
                       message_row)
-from .warehouse import Writer, utcnow
+from .warehouse import Writer, timestamp_text as _ts_text, utcnow
 
 UNKNOWN_FACILITY = "UNKNOWN"
 DQ_ALERT_KIND = "dq_threshold"
@@ -597,12 +597,6 @@ def merge_patient(conn: Connection, old_key: str, new_key: str) -> None:
         conn.execute(text(f"UPDATE {t} SET patient_key = :n WHERE patient_key = :o AND NOT EXISTS "
                           f"(SELECT 1 FROM {t} x WHERE x.patient_key = :n AND {same})"), params)
     conn.execute(text("UPDATE dim_patient SET merged_into = :n WHERE patient_key = :o"), params)
-
-
-def _ts_text(v) -> str | None:
-    if v is None or isinstance(v, str):
-        return v
-    return v.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _counts_before(row: tuple, mid: int) -> bool:

@@ -51,31 +51,28 @@ def create_roles(engine: Engine) -> list[str]:
     sql = load_sql("roles.sql")
     with engine.begin() as conn:
         db = conn.execute(text("SELECT current_database()")).scalar_one()
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"))]
         conn.exec_driver_sql(sql.replace("{{DATABASE}}", f'"{db}"'))
-        grant_tables(conn, tables)
-    return [t for t in tables if is_analyst_table(t)]
+        return grant_tables(conn)
 
 
-def grant_tables(conn, tables: list[str] | None = None) -> None:
-    """Give each table its grants: data_engineer reads all, moh_analyst the analyst tables only.
-    Nothing in a database where ``hl7ics db roles`` was never run: the roles belong to the whole
-    server, so their existence says nothing about this database (its CONNECT grant does)."""
+def grant_tables(conn) -> list[str]:
+    """Give each table its grants: data_engineer reads all, moh_analyst the analyst tables only
+    (returned). Nothing in a database where ``hl7ics db roles`` was never run: the roles belong to
+    the whole server, so their existence says nothing about this database (its CONNECT grant does)."""
     if not conn.execute(text(
             "SELECT COALESCE(datacl::text LIKE '%data_engineer=%', FALSE) AND EXISTS "
             "(SELECT 1 FROM pg_roles WHERE rolname = 'moh_analyst') FROM pg_database "
             "WHERE datname = current_database()")).scalar():
-        return
-    if tables is None:
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"))]
+        return []
+    tables = [r[0] for r in conn.execute(text(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"))]
     for t in tables:
         conn.exec_driver_sql(f'GRANT SELECT ON "{t}" TO data_engineer')
         if is_analyst_table(t):
             conn.exec_driver_sql(f'GRANT SELECT ON "{t}" TO moh_analyst')
         else:
             conn.exec_driver_sql(f'REVOKE ALL ON "{t}" FROM moh_analyst')
+    return [t for t in tables if is_analyst_table(t)]
 
 
 ANALYST_PREFIXES = ("moh_",)

@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from .config import ConfigError
-from .warehouse import Writer, utcnow
+from .warehouse import Writer, timestamp_text, utcnow
 
 AGE_GROUPS = ("0-11m", "1-4y", "5-14y", "15y+", "unknown")
 SEXES = ("F", "M", "U")
@@ -266,11 +266,6 @@ def _in(codes, prefix: str = "c") -> tuple[str, dict]:
             {f"{prefix}{i}": c for i, c in enumerate(codes)})
 
 
-def _ts_text(v) -> str:
-    """A stored timestamp as the text it compares with (SQLite gives text, PostgreSQL datetimes)."""
-    return _ts(v) if isinstance(v, datetime) else str(v or "")[:19]
-
-
 def collect_cases(engine: Engine, cfg: IdsrConfig, start: datetime, end: datetime,
                   diseases: tuple[Disease, ...] | None = None) -> dict[tuple, dict]:
     """(disease, facility, patient_key, iso_week) -> {suspected, confirmed, died, first_at} in [start, end)."""
@@ -394,7 +389,7 @@ def latest_results(conn, marks: str, params: dict, s: str, e: str) -> list[tuple
                                      {**params, **oparams, "e": e})
              if (r[1], r[2], r[4], r[3]) in latest)
     return [r[1:5] + (r[6],) for r in sorted(latest.values(), key=lambda r: r[0])
-            if (r[5] or "").strip() not in ("X", "D") and s <= _ts_text(r[6]) < e]
+            if (r[5] or "").strip() not in ("X", "D") and s <= (timestamp_text(r[6]) or "") < e]
 
 
 def build(engine: Engine, cfg: IdsrConfig, first: date, last: date, now: str | None = None) -> BuildResult:
@@ -481,15 +476,15 @@ def _publish_idsr(cfg: IdsrConfig, weekly: dict, now: str) -> list[tuple]:
         c = cells.setdefault((band, sex), [0, 0, 0])
         for i in range(3):
             c[i] += v[i]
-    hidden = [suppress_linked([{g: {c: v[m] for c, v in cells.items()} for g, cells in dist.items()}
-                               for m in range(3)], cfg.small_cell_k)] * 3
+    hidden = suppress_linked([{g: {c: v[m] for c, v in cells.items()} for g, cells in dist.items()}
+                              for m in range(3)], cfg.small_cell_k)
     out = []
     for g, cells in sorted(dist.items()):
         wk, ws, region, district, dis = g
         totals = [sum(v[m] for v in cells.values()) for m in range(3)]
         for (band, sex), v in sorted(cells.items()):
             # A zero stays public ("<5" means 1 to 4), even in a cell hidden for another measure.
-            vals = [None if (g, (band, sex)) in hidden[m] and v[m] else v[m] for m in range(3)]
+            vals = [None if (g, (band, sex)) in hidden and v[m] else v[m] for m in range(3)]
             out.append((wk, ws, region, district, dis, notif.get(dis, "weekly"), band, sex, *vals,
                         int(any(x is None for x in vals)), now))
         # A total is hidden only when it is small itself (then all its cells are hidden too).
@@ -540,9 +535,9 @@ def _completeness(conn, cfg: IdsrConfig, facilities, weeks: list[date], now: str
         for ws in weeks:
             if fac in retired and datetime.combine(ws, datetime.min.time()) >= retired[fac]:
                 continue
-            if live is not None and ws + timedelta(days=7) <= live:
-                continue
             we = ws + timedelta(days=7)
+            if live is not None and we <= live:
+                continue
             deadline = datetime.combine(we, datetime.min.time()) + timedelta(days=cfg.week_deadline_days)
             days, on_time, n, late = set(), set(), 0, 0
             for mdt, rcv in conn.execute(text(

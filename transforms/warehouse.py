@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache, wraps
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -30,6 +30,19 @@ _PLACEHOLDERS = {
 }
 _ENGINES: dict[str, Engine] = {}
 _MIGRATED: set[str] = set()  # URLs whose migrations this process has applied
+
+
+def timestamp_text(v) -> str | None:
+    """A stored timestamp as the warehouse writes it, ``YYYY-MM-DD HH:MM:SS`` (PostgreSQL returns
+    datetimes, SQLite text; a date is its midnight); None for no value."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(v, date):
+        return v.strftime("%Y-%m-%d 00:00:00")
+    s = str(v).replace("T", " ")
+    return s[:19] if len(s) >= 19 else (s[:10] + " 00:00:00" if len(s) >= 10 else s)
 
 
 def utcnow() -> str:
