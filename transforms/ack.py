@@ -132,7 +132,7 @@ def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> b
             sc = d.subcomponent or "&"
             segs.append(fs.join(["ERR", cs.join((seg, seq if seg else "", fld, code.replace(cs, sc)))]))
     text = "\r".join(segs) + "\r"
-    if charset and not text.isascii() and _label_codec(charset) != codec and _charset.msh18_name(codec):
+    if charset and not text.isascii() and _label_codec(charset, cs) != codec and _charset.msh18_name(codec):
         # The ACK is written in the codec the message was read with (the sender's label was wrong:
         # UTF-8 labelled 8859/1), so its MSH-18 names that codec, not the sender's label.
         segs[0] = fs.join(header[:17] + [_charset.msh18_name(codec)])
@@ -140,9 +140,9 @@ def build_ack(msg: Message | None, plan: AckPlan, now: float | None = None) -> b
     return text.encode(codec, errors="replace")
 
 
-def _label_codec(label: str) -> str | None:
+def _label_codec(label: str, component: str) -> str | None:
     try:
-        return _charset.normalize_codec(label.split("^", 1)[0])
+        return _charset.normalize_codec(label.split(component, 1)[0])
     except (LookupError, _charset.UnsupportedCharset):
         return None
 
