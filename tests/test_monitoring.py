@@ -101,6 +101,24 @@ def test_a_facility_that_stops_is_flagged_within_one_interval_and_not_off_hours(
     assert {row["status"] for row in r.rows} == {"off_hours"}
 
 
+def test_duplicates_are_no_sign_of_life(engine, facility):
+    """A sender stuck resending one message (its copies stored as duplicates) is silent: only other
+    messages count as its last, in the last day and in the hourly rollup before it."""
+    day = datetime(2026, 11, 23, 9, 0)
+    add_messages(engine, facility.code, [day])
+    add_messages(engine, facility.code, [day + timedelta(minutes=m) for m in range(5, 60, 5)], source="mllp",
+                 status="duplicate")
+    r = check(engine, facility, day + timedelta(minutes=61))
+    assert [p.params["minutes"] for p in r.problems if p.kind == "silence"] == [61]
+    assert {row["last_message_at"] for row in r.rows if row["source"] == "mllp"} == {None}
+    # Two days on, from the rollup alone: the hour of duplicates is not the last message either.
+    later = check(engine, facility, day + timedelta(days=2))
+    assert max(row["last_message_at"] or "" for row in later.rows) == "2026-11-23 09:59:00"
+    add_messages(engine, facility.code, [day + timedelta(days=2, minutes=1)], source="mllp")
+    assert not [p for p in check(engine, facility, day + timedelta(days=2, minutes=2)).problems
+                if p.kind == "silence"]
+
+
 def test_the_night_is_not_silence_and_closing_time_does_not_end_one(engine, facility):
     """Gaps count working minutes only: the night adds nothing, so the morning after a normal day
     goes on from the last message's 10 minutes before closing. A silence still open at closing

@@ -8,8 +8,10 @@ security events, Prometheus metrics, and structured logs without patient data.
 
 The promise to senders: an AA/CA is never sent for a message that is not committed. A storage
 failure answers AR (CE in enhanced mode) with HL7 error 207; a duplicate (same sending facility,
-control ID and SHA-256) gets the stored ACK again without a second row. Frames from all
-connections are committed in groups (one transaction, one fsync) to keep throughput high.
+control ID and SHA-256) gets the stored ACK again, and the resend is stored too (every received
+message has a row): ``duplicate`` when its original is already loaded, else ``received`` for the
+loader to judge. Frames from all connections are committed in groups (one transaction, one fsync)
+to keep throughput high.
 """
 from __future__ import annotations
 
@@ -220,11 +222,12 @@ class Pending:
     rec: dict | None
     plan: AckPlan
     ack: bytes | None
-    status: str  # received | quarantined (both stored) | ack_only (answered, not stored)
+    status: str  # received | quarantined | duplicate (stored) | ack_only (answered, not stored)
     reasons: list[tuple[str, str]]
     facility: str | None
     future: asyncio.Future | None = None
     csha: str = ""
+    resend: bool = False  # answered with its original's stored ACK; stored without one of its own
 
 
 class GroupCommitter:
@@ -336,7 +339,7 @@ class GroupCommitter:
             # are harmless) so that the lookup and the reservation share a round trip.
             keys = self._keys(group)
             parts = [(f"SELECT *, NULL::bigint FROM ({sql}) AS found", params) for sql, params in self._lookups(keys)]
-            parts.append(("SELECT NULL, NULL, NULL, NULL::bytea, nextval('message_store_id_seq') "
+            parts.append(("SELECT NULL, NULL, NULL, NULL, NULL::bytea, nextval('message_store_id_seq') "
                           "FROM generate_series(1, ?)", [len(group)]))
             cur = await pg.execute(" UNION ALL ".join(sql for sql, _ in parts).replace("?", "%s"),
                                    [v for _, params in parts for v in params])
@@ -375,7 +378,7 @@ class GroupCommitter:
     @staticmethod
     def _lookups(keys: set[tuple]) -> list[tuple[str, list]]:
         """Queries (``?`` placeholders) for the stored copies of the group's messages (``_keys``):
-        rows of (sending facility, control ID, content hash, stored ACK)."""
+        rows of (sending facility, control ID, content hash, status, stored ACK)."""
         cids = sorted({k[1] for k in keys if k[1]})
         # IN lists, not Writer.query_in's = ANY(array): measured on PostgreSQL, the array form
         # cost the listener a fifth of its throughput and doubled its paced p99 (the loader's
@@ -383,31 +386,45 @@ class GroupCommitter:
         return [(
             # A scalar subquery, not a join: with stale statistics PostgreSQL chose to hash-join
             # the whole mllp_ack table on every group commit.
-            "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), "
+            "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), m.status, "
             "(SELECT a.ack FROM mllp_ack a WHERE a.message_id = m.id) "
             "FROM message_store m WHERE m.control_id IN ("
             + ", ".join("?" * len(chunk)) + ") AND m.status <> 'quarantined'", chunk)
             for chunk in (cids[i:i + 500] for i in range(0, len(cids), 500))]
 
     @staticmethod
-    def _match(rows: list[tuple], keys: set[tuple]) -> dict[tuple, bytes | None]:
-        existing: dict[tuple, bytes | None] = {}
-        for sf, cid, sha, ack in rows:
-            if (sf, cid, sha) in keys:
-                existing[(sf, cid, sha)] = bytes(ack) if ack is not None else existing.get((sf, cid, sha))
+    def _match(rows: list[tuple], keys: set[tuple]) -> dict[tuple, tuple[bytes | None, bool]]:
+        """key -> (the stored ACK, whether a stored copy is loaded)."""
+        existing: dict[tuple, tuple[bytes | None, bool]] = {}
+        for sf, cid, sha, status, ack in rows:
+            key = (sf, cid, sha)
+            if key in keys:
+                before, loaded = existing.get(key, (None, False))
+                existing[key] = (bytes(ack) if ack is not None else before, loaded or status == "loaded")
         return existing
 
     @staticmethod
-    def _decide(group: list[Pending], existing: dict[tuple, bytes | None]):
-        """Per message: ("duplicate", stored ACK) or ("stored", its ACK); and the messages to store."""
+    def _decide(group: list[Pending], existing: dict[tuple, tuple[bytes | None, bool]]):
+        """Per message: ("duplicate", stored ACK) or ("stored", its ACK); and the messages to store.
+
+        A resend is answered with its original's stored ACK and stored as well: one row per
+        received message, as a file's copies are. It is ``duplicate`` at once when a stored copy is
+        loaded (so a sender stuck resending one message does not look alive to the silence check);
+        otherwise ``received``, and the loader judges it by the one rule for every source (only a
+        loaded copy makes a duplicate: the resend of a message it quarantines is judged on its own)."""
         out: list[tuple[str, bytes | None]] = []
         to_store: list[Pending] = []
         seen: dict[tuple, Pending] = {}
         for p in group:
             key = (p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha) if p.rec else None
             if key and p.status == "received" and (key in existing or key in seen):
-                stored = existing.get(key) or (seen[key].ack if key in seen else None)
+                stored, loaded = existing.get(key, (None, False))
+                stored = stored or (seen[key].ack if key in seen else None)
                 out.append(("duplicate", stored or p.ack))
+                p.resend = True
+                if loaded:
+                    p.status = "duplicate"
+                to_store.append(p)
                 continue
             if key and p.status == "received":
                 seen[key] = p
@@ -427,7 +444,7 @@ class GroupCommitter:
                          None, now, "mllp", f"mllp:{self.instance}:{seq}", None,
                          r.get("sha256") or _sha(p.raw), p.raw, len(p.raw), r.get("charset"), p.status,
                          "; ".join(f"{c}@{loc}" for c, loc in p.reasons) or None, None, now, p.csha))
-            if p.ack is not None:
+            if p.ack is not None and not p.resend:  # a resend's answer is its original's
                 acks.append((mid, p.plan.code or "", p.ack, now))
             for code, loc in p.reasons:
                 if p.status == "quarantined":

@@ -229,9 +229,11 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
             "SELECT DISTINCT facility_code FROM interface_volume_hourly WHERE hour >= :s"),
             {"s": _ts(hour0 - timedelta(days=7))})})
         for code in codes:
+            # A duplicate is no sign of life: a sender stuck resending one message is silent.
             for source, mtype, n, q, last in conn.execute(text(
                     "SELECT source, COALESCE(message_type, '-'), COUNT(*), "
-                    "SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END), MAX(received_at) FROM message_store "
+                    "SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END), "
+                    "MAX(CASE WHEN status <> 'duplicate' THEN received_at END) FROM message_store "
                     "WHERE facility_code = :f AND received_at >= :s GROUP BY 1, 2"), {"f": code, "s": h24}):
                 rows[(code, source, mtype)] = _row(checked, code, source, mtype, n24=int(n), q24=int(q or 0),
                                                    last=_parse(last))
@@ -243,7 +245,8 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
                 r["messages_1h"], r["_q1"] = int(n), int(q or 0)
         # Interfaces quiet for a day still exist (the rollup remembers them): silence shows on them.
         for code, source, mtype, last_hour in conn.execute(text(
-                "SELECT facility_code, source, message_type, MAX(hour) FROM interface_volume_hourly "
+                "SELECT facility_code, source, message_type, MAX(CASE WHEN messages > duplicates THEN hour END) "
+                "FROM interface_volume_hourly "
                 "WHERE hour >= :s GROUP BY 1, 2, 3"), {"s": _ts(hour0 - timedelta(days=7))}):
             r = rows.setdefault((code, source, mtype), _row(checked, code, source, mtype))
             if r["last_message_at"] is None:
