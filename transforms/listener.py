@@ -388,8 +388,10 @@ class GroupCommitter:
             # the whole mllp_ack table on every group commit.
             "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), m.status, "
             "(SELECT a.ack FROM mllp_ack a WHERE a.message_id = m.id) "
+            # Duplicates are left out: each has a loaded copy, found itself, and a sender stuck
+            # resending one message would otherwise make every lookup longer.
             "FROM message_store m WHERE m.control_id IN ("
-            + ", ".join("?" * len(chunk)) + ") AND m.status <> 'quarantined'", chunk)
+            + ", ".join("?" * len(chunk)) + ") AND m.status NOT IN ('quarantined', 'duplicate')", chunk)
             for chunk in (cids[i:i + 500] for i in range(0, len(cids), 500))]
 
     @staticmethod
