@@ -607,6 +607,36 @@ def test_sftp_destination_uploads_each_round_in_one_session(engine, tmp_path, al
 
 
 
+def test_sftp_round_that_fails_part_way_keeps_the_files_that_arrived(engine, tmp_path, alerter):
+    """One upload of a round fails (the remote name is taken by a folder): the files uploaded
+    before it are delivered, and only the rest wait for the next round. The whole round used to
+    fail, and every file before the failure was uploaded again."""
+    from sftp_support import SftpServer
+
+    route(engine, [hl7("S1", "PA"), hl7("S2", "PB"), hl7("S3", "PC")], FakeRouter(("sftp",)))
+    ids = dict(q(engine, "SELECT control_id, id FROM outbound_queue"))
+    spec = {"type": "sftp", "conn_id": "moh_sftp", "path": "/in/hl7", "max_attempts": 4}
+    clock = Clock()
+    remote = tmp_path / "sftp" / "in" / "hl7"
+    with SftpServer(tmp_path / "sftp") as srv:
+        conn = srv.connection("/")
+
+        def resolve(conn_id):
+            return conn if conn_id == "moh_sftp" else None
+
+        (remote / outbound.outbound_file_name(ids["S2"])).mkdir(parents=True)
+        outbound.deliver_due(engine, {"sftp": spec}, now=clock(), alerter=alerter, resolve_connection=resolve)
+        assert q(engine, "SELECT control_id, status, attempts FROM outbound_queue ORDER BY control_id") == [
+            ("S1", "delivered", 1), ("S2", "failed", 1), ("S3", "failed", 1)]
+        (remote / outbound.outbound_file_name(ids["S2"])).rmdir()
+        (remote / outbound.outbound_file_name(ids["S1"])).unlink()  # delivered: must not come again
+        clock.advance(3600)
+        got = outbound.deliver_due(engine, {"sftp": spec}, now=clock(), alerter=alerter, resolve_connection=resolve)
+    assert got["delivered"] == 2
+    assert sorted(p.name for p in remote.iterdir()) == sorted(outbound.outbound_file_name(ids[c]) for c in ("S2", "S3"))
+    assert {s for (s,) in q(engine, "SELECT status FROM outbound_queue")} == {"delivered"}
+
+
 def test_queue_destination_publishes_persistent_confirmed_messages(engine, rabbit, monkeypatch, alerter):
     import pika
 

@@ -34,14 +34,18 @@ DELIVERY_TYPES = ("outbox", "sftp")
 
 
 def deliver(files: list[Path], spec: dict,
-            resolve_connection: Callable[[str], dict | None] = connection_from_env) -> dict:
-    """Deliver ``files`` as described by ``spec``; see the module docstring."""
+            resolve_connection: Callable[[str], dict | None] = connection_from_env,
+            delivered: Callable[[Path], None] | None = None) -> dict:
+    """Deliver ``files`` as described by ``spec``; see the module docstring. ``delivered`` is
+    called with each file once it is in place, so a caller whose delivery fails part-way knows
+    which files arrived before the error."""
     if not isinstance(spec, dict) or spec.get("type") not in DELIVERY_TYPES:
         raise ConfigError(f"delivery: 'type' must be one of {', '.join(DELIVERY_TYPES)}")
     paths = _check_files(files)
+    done = delivered or (lambda p: None)
     if spec["type"] == "outbox":
-        return _to_outbox(paths, spec)
-    return _to_sftp(paths, spec, resolve_connection)
+        return _to_outbox(paths, spec, done)
+    return _to_sftp(paths, spec, resolve_connection, done)
 
 
 def _check_files(files) -> list[Path]:
@@ -60,7 +64,7 @@ def _check_files(files) -> list[Path]:
     return paths
 
 
-def _to_outbox(paths: list[Path], spec: dict) -> dict:
+def _to_outbox(paths: list[Path], spec: dict, done: Callable[[Path], None]) -> dict:
     raw = spec.get("path")
     if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
         raise ConfigError("delivery to an outbox: 'path' (a folder) is required")
@@ -84,6 +88,7 @@ def _to_outbox(paths: list[Path], spec: dict) -> dict:
             finally:
                 if tmp.exists():
                     tmp.unlink()
+            done(p)
         _fsync_dir(dest)
     except OSError as exc:
         raise SourceError(f"delivery to {target} failed ({type(exc).__name__})") from None
@@ -104,7 +109,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _to_sftp(paths: list[Path], spec: dict, resolve_connection) -> dict:
+def _to_sftp(paths: list[Path], spec: dict, resolve_connection, done: Callable[[Path], None]) -> dict:
     conn_id = spec.get("conn_id")
     if not isinstance(conn_id, str) or not conn_id.strip():
         raise ConfigError("delivery over SFTP: 'conn_id' (an Airflow connection id) is required")
@@ -122,6 +127,7 @@ def _to_sftp(paths: list[Path], spec: dict, resolve_connection) -> dict:
         client.makedirs(".")
         for p in paths:
             client.upload(p, p.name)
+            done(p)
     return {"target": target.label, "files": len(paths), "status": "delivered"}
 
 

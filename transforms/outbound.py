@@ -665,9 +665,9 @@ _POLICY_KEYS = set(POLICY_DEFAULTS) | set(MLLP_DEFAULTS)
 
 class _SftpTransport:
     """``transforms.delivery.deliver``: the heads of a round go up in one SFTP session, one file
-    per message named by outbound id. A failed session fails every message of the round; sending
-    them again replaces any file that did arrive with identical content (same name), so the
-    retry is harmless."""
+    per message named by outbound id. When the session fails part-way, the files already in
+    place count as delivered and only the others fail (a retry would upload them again, and the
+    receiver would get every message before the failure twice)."""
 
     def __init__(self, name: str, spec: dict, resolve_connection):
         self.spec = {k: v for k, v in spec.items() if k not in _POLICY_KEYS}
@@ -680,12 +680,15 @@ class _SftpTransport:
         except ImportError:
             return [Outcome(False, "SFTP_UNAVAILABLE", stop=True)] * len(rows)
         paths = [Path(self.tmp.name) / outbound_file_name(row.id) for row in rows]
+        arrived: set[str] = set()
         try:
             for path, row in zip(paths, rows):
                 path.write_bytes(row.payload)
-            result = deliver(paths, dict(self.spec), resolve_connection=self.resolve)
+            result = deliver(paths, dict(self.spec), resolve_connection=self.resolve,
+                             delivered=lambda p: arrived.add(p.name))
         except Exception as exc:  # the message of a transport error may hold a host or a path: class only
-            return [Outcome(False, f"SFTP_ERROR:{type(exc).__name__}", stop=True)] * len(rows)
+            failed = Outcome(False, f"SFTP_ERROR:{type(exc).__name__}", stop=True)
+            return [Outcome(True) if path.name in arrived else failed for path in paths]
         finally:
             for path in paths:
                 path.unlink(missing_ok=True)
