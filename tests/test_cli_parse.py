@@ -69,6 +69,14 @@ def test_cli_refuses_a_week_never_built_and_names_what_it_cannot_read(tmp_path, 
     capsys.readouterr()
     assert main(["report", "build", "--warehouse", "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"]) == 2
     assert capsys.readouterr().err.startswith("hl7ics: warehouse error: OperationalError")
+    # A file that is not a database, a database engine the warehouse is not written for, and a
+    # missing driver: one line each, no traceback.
+    (tmp_path / "notes.db").write_text("not a database\n")
+    assert main(["db", "upgrade", "--warehouse", f"sqlite:///{tmp_path / 'notes.db'}"]) == 2
+    assert capsys.readouterr().err == "hl7ics: warehouse error: DatabaseError: file is not a database\n"
+    for url in ("mysql://u@localhost/x", "oracle://u@localhost/x"):
+        assert main(["db", "upgrade", "--warehouse", url]) == 2
+        assert "must be SQLite (sqlite:///PATH) or PostgreSQL" in capsys.readouterr().err
     assert main(["listen", "--listener-config", str(tmp_path / "typo.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
     missing = tmp_path / "absent.hl7"

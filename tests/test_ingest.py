@@ -437,6 +437,21 @@ def test_empty_binary_and_utf16_files_are_quarantined(ingestor, tmp_path, conten
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM fact_encounter") == 0
 
 
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_utf16_messages_stay_quarantined_through_a_replay(ingestor, tmp_path, codec):
+    """Bad inputs 40 and 66: a UTF-16/32 file without a BOM was held only by the file's sniff, so a
+    replay with nothing fixed parsed its stored messages with the NUL bytes removed and loaded
+    Ewe names as other letters (Ʋaʋa as ²\x01a‹\x02a). Each message is now refused on its own."""
+    from transforms.replay import replay
+
+    f = tmp_path / "u16.hl7"
+    f.write_bytes(adt("U-1", "A01", "20261102080000", family="Ʋaʋa").replace("\n", "\r").encode(codec))
+    assert ingestor.ingest_file(f, "CHU-SO").status == "quarantined"
+    assert replay(ingestor.engine, ingestor.loader).loaded == 0
+    assert {s for (s,) in rows(ingestor.engine, "SELECT status FROM message_store")} == {"quarantined"}
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM phi_patient") == 0
+
+
 def test_batch_count_mismatch_quarantines_the_whole_file(ingestor, tmp_path):
     """Bad input 60: BTS-1 says 3, the batch holds 2: nothing is loaded, nothing is lost."""
     body = ("FHS|^~\\&|SIH|CHU-SO\nBHS|^~\\&|SIH|CHU-SO\n" + adt("B-1", "A01", "20261102080000")

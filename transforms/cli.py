@@ -623,7 +623,7 @@ def _port(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sqlalchemy.exc import ArgumentError, OperationalError
+    from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError
 
     try:
         return args.func(args)
@@ -640,12 +640,14 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"hl7ics: I/O error: {type(exc).__name__}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except (ArgumentError, OperationalError) as exc:
-        # A warehouse URL that is malformed, or a database that is down or does not exist. The
-        # class and the driver's first line only: no bound parameters, and the URL's password is
-        # masked by SQLAlchemy.
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
-        print(f"hl7ics: warehouse error: {type(exc).__name__}: {detail}", file=sys.stderr)
+    except (ArgumentError, DBAPIError) as exc:
+        # A warehouse URL that is malformed or names no installed driver, a database that is down,
+        # does not exist, is not a database, or refuses this user. The class and the driver's
+        # first line only: no bound parameters, and the URL's password is masked by SQLAlchemy.
+        # A value error's first line can quote a value (patient data): its class only.
+        detail = "" if isinstance(exc, (DataError, IntegrityError)) else \
+            ": " + (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
+        print(f"hl7ics: warehouse error: {type(exc).__name__}{detail}", file=sys.stderr)
         return 2
     except ValueError as exc:
         # A value the command cannot use (an out-of-range number, a malformed URL): one line, no

@@ -325,6 +325,11 @@ def parse(raw: bytes, facility_charset: str | None = None) -> Message:
             flags.append("LEADING_WHITESPACE_STRIPPED")
             body = stripped
     if b"\x00" in body:
+        if body.count(b"\x00") * 4 >= len(body):
+            # A NUL between most characters is UTF-16/32 (bad inputs 40 and 66), not stray bytes:
+            # with them removed, every letter beyond ASCII would load as other letters.
+            issues.append(ParseIssue("UNSUPPORTED_CHARSET", "MSH-18", "message is UTF-16/32 (NUL bytes between "
+                                     "characters); HL7 v2 needs a single-byte charset or UTF-8", 203))
         body = body.replace(b"\x00", b"")
         flags.append("NUL_BYTES_REMOVED")
     has_msh = body[:3] == b"MSH"

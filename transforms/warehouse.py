@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 
-from .config import PROJECT_ROOT
+from .config import PROJECT_ROOT, ConfigError
 
 SQL_DIR = PROJECT_ROOT / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
@@ -135,6 +135,11 @@ def get_engine(url: str, migrate: bool = True) -> Engine:
     """Engine for a warehouse URL (cached per process); applies pending migrations on first use."""
     url = normalize_url(url)
     eng = _ENGINES.get(url)
+    if eng is None and not url.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+")):
+        # The migrations and the loader's SQL are written for these two (MySQL, say, would fail
+        # somewhere in the middle of a load instead of here).
+        raise ConfigError("warehouse: the URL must be SQLite (sqlite:///PATH) or PostgreSQL "
+                          "(postgresql://USER@HOST/DB)")
     if eng is not None:
         if migrate and url not in _MIGRATED:  # first made without migrating (an alert callback)
             upgrade(eng)
