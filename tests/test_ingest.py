@@ -464,6 +464,22 @@ def test_batch_count_mismatch_quarantines_the_whole_file(ingestor, tmp_path):
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 0
 
 
+@pytest.mark.parametrize("layout", ["after", "before"])
+def test_a_message_outside_the_batches_holds_the_file(ingestor, tmp_path, layout):
+    """Bad input 60, "MSH outside a batch": a file with batches and a message beside them (cut, or
+    pasted together) is held whole; its counts reconciled, so both messages used to load."""
+    inside = "BHS|^~\\&|SIH|CHU-SO\n" + adt("O-1", "A01", "20261102080000") + "BTS|1\n"
+    stray = adt("O-2", "A01", "20261102090000", visit="V2")
+    body = "FHS|^~\\&|SIH|CHU-SO\n" + (inside + stray if layout == "after" else stray + inside) + "FTS|1\n"
+    r = ingestor.ingest_file(write(tmp_path / "mixed.hl7", body), "CHU-SO")
+    assert r.status == "quarantined"
+    assert rows(ingestor.engine, "SELECT status FROM message_store") == [("quarantined",), ("quarantined",)]
+    assert {x[0] for x in rows(ingestor.engine, "SELECT reason FROM quarantine")} == {"BATCH_STRUCTURE"}
+    # A file without BHS/BTS at all is a plain HL7 file (the segments are optional): it loads.
+    plain = "FHS|^~\\&|SIH|CHU-SO\n" + adt("O-3", "A01", "20261102100000", visit="V3") + "FTS|0\n"
+    assert ingestor.ingest_file(write(tmp_path / "plain.hl7", plain), "CHU-SO").counts.loaded == 1
+
+
 @pytest.mark.parametrize("lead", [b" ", b"\t\r\n", b"\xef\xbb\xbf \xef\xbb\xbf"], ids=["space", "blank-line", "two-boms"])
 def test_a_truncated_batch_behind_leading_whitespace_is_held(ingestor, tmp_path, lead):
     """A batch header whose trailer never arrived (a truncated transfer) holds the file back, also

@@ -536,12 +536,15 @@ def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: in
     batch: int | None = None
     in_batch_count = 0
     fts_seen = False
+    outside = 0  # messages before, between or after the batches
     for unit in _split_envelopes(iter_units(stream, chunk_size, batch_segments)):
         kind = unit.kind
         if kind == "MSH" or kind == "FRAGMENT":
             env.messages += 1
             if batch is not None:
                 in_batch_count += 1
+            else:
+                outside += 1
             yield RawMessage(unit.raw, index, unit.offset, batch, kind == "FRAGMENT")
             index += 1
         elif kind == "FHS":
@@ -577,5 +580,10 @@ def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: in
                     f"FTS-1 declares {declared} batches, file holds {env.batches}", 207)))
     if batch is not None:
         env.issues.append((batch, ParseIssue("BATCH_STRUCTURE", "BTS", "batch without BTS trailer", 100)))
+    if env.batches and outside:
+        # HL7 lets a file go without BHS/BTS, but one that has them and holds a message outside
+        # them was cut or pasted together (bad input 60): the counts no longer vouch for it.
+        env.issues.append((None, ParseIssue("BATCH_STRUCTURE", "MSH", f"{outside} message(s) outside the "
+                                            "file's batches", 100)))
     if env.has_fhs and not fts_seen:
         env.issues.append((None, ParseIssue("BATCH_STRUCTURE", "FTS", "FHS without FTS trailer", 100)))
