@@ -76,7 +76,7 @@ def test_postgresql_commit_path_keeps_bytes_acks_and_reasons(listener, pg_url):
     assert bytes(got[0][1]) == ewe == bytes(got[2][1]) and bytes(got[1][1]) == latin1
     assert {r[3] for r in got} == {"mllp"}
     assert [bytes(a) for (a,) in rows(pg_url, "SELECT a.ack FROM mllp_ack a JOIN message_store m "
-                                      "ON m.id = a.message_id WHERE m.control_id = 'PG-1'")] == [first]
+                                      "ON m.id = a.message_id WHERE m.control_id = 'PG-1'")] == [first, first]
     assert rows(pg_url, "SELECT q.reason FROM quarantine q JOIN message_store m ON m.id = q.message_id") == [
         ("UNSUPPORTED_MESSAGE_TYPE",)]
 
@@ -215,11 +215,12 @@ def test_case_13_and_42_lost_ack_then_resend_replays_stored_ack(listener, sqlite
     time.sleep(0.5)
     ack = exchange(lp.port, hl7("R-1"))
     assert msa(ack) == ("AA", "R-1")
-    stored = rows(sqlite_url, "SELECT ack FROM mllp_ack")
-    assert len(stored) == 1 and bytes(stored[0][0]) == ack  # the resend's answer is its original's
-    # Every received message has a row: the resend waits beside its original for the loader.
-    assert rows(sqlite_url, "SELECT control_id, status FROM message_store ORDER BY id") == [
-        ("R-1", "received"), ("R-1", "received")]
+    # Every received message has a row: the resend waits beside its original for the loader, with
+    # the ACK it was sent, its original's.
+    (o, _, _), (r, of, _) = got = rows(sqlite_url, "SELECT id, resend_of, status FROM message_store ORDER BY id")
+    assert of == o and {g[2] for g in got} == {"received"}
+    assert [(i, bytes(a)) for i, a in rows(sqlite_url, "SELECT message_id, ack FROM mllp_ack ORDER BY 1")] == [
+        (o, ack), (r, ack)]
 
 
 def test_case_14_concurrent_resends_store_once(listener, sqlite_url):
@@ -235,21 +236,30 @@ def test_case_14_concurrent_resends_store_once(listener, sqlite_url):
     for t in ts:
         t.join()
     assert acks == [("AA", "D-1")] * 6
-    assert count(sqlite_url) == 6
-    assert len(rows(sqlite_url, "SELECT ack FROM mllp_ack")) == 1  # one ACK, sent six times
+    # One original; five resends of it, each stored with the ACK it was sent: the original's.
+    assert rows(sqlite_url, "SELECT COUNT(*), COUNT(resend_of), COUNT(DISTINCT COALESCE(resend_of, id)) "
+                            "FROM message_store") == [(6, 5, 1)]
+    assert rows(sqlite_url, "SELECT COUNT(*), COUNT(DISTINCT ack) FROM mllp_ack") == [(6, 1)]
+
+
+def _realtime_loader(url):
+    from transforms.config import Settings
+    from transforms.facts import PatientKeyer
+    from transforms.ingest import Ingestor
+    from transforms.load import Loader
+
+    settings = Settings.load(warehouse_url=url)
+    Ingestor(settings, run_id="sync").sync_facilities()
+    return Loader(settings.facilities(), PatientKeyer.from_env(settings.home), run_id="rt")
 
 
 @pytest.mark.parametrize("url", ["sqlite", "pg"])
 def test_resends_have_rows_and_only_a_loaded_original_makes_them_duplicates(listener, url, sqlite_url, pg_url,
                                                                             hl7ics_home):
-    """Every received message has a row (issue 3's message_store), a listener resend too. While
-    its original waits, the loader judges both; once the original is loaded, the listener stores
-    the resend as ``duplicate`` at once; a resend of a message the loader quarantined is judged on
-    its own (quarantined again), never a duplicate of it."""
-    from transforms.config import Settings
-    from transforms.facts import PatientKeyer
-    from transforms.ingest import Ingestor
-    from transforms.load import Loader
+    """Every received message has a row (issue 3's message_store), a listener resend too, with
+    ``resend_of`` naming its original and the ACK it was sent. The loader judges resends like any
+    copy: a duplicate of a loaded original; the resend of a message it quarantined is judged on
+    its own (quarantined again, with an answer of its own), never a duplicate of it."""
     from transforms.realtime import process_received
 
     url = sqlite_url if url == "sqlite" else pg_url
@@ -257,22 +267,63 @@ def test_resends_have_rows_and_only_a_loaded_original_makes_them_duplicates(list
     good, bad = hl7("RS-1"), hl7("RS-2").replace(b"19900101", b"19901399")  # an invalid birth date: AE
     first = exchange(lp.port, good)
     assert exchange(lp.port, good) == first and msa(first) == ("AA", "RS-1")
-    assert msa(exchange(lp.port, bad))[0] == "AE"
-    settings = Settings.load(warehouse_url=url)
-    Ingestor(settings, run_id="sync").sync_facilities()
-    loader = Loader(settings.facilities(), PatientKeyer.from_env(settings.home), run_id="rt")
+    bad_ack = exchange(lp.port, bad)
+    assert msa(bad_ack)[0] == "AE"
+    loader = _realtime_loader(url)
     counts = process_received(get_engine(url), loader)
     assert (counts.loaded, counts.duplicates, counts.quarantined) == (1, 1, 1)
     assert exchange(lp.port, good) == first
     assert msa(exchange(lp.port, bad))[0] == "AE"
-    assert process_received(get_engine(url), loader).quarantined == 1
-    assert rows(url, "SELECT control_id, status FROM message_store ORDER BY id") == [
-        ("RS-1", "loaded"), ("RS-1", "duplicate"), ("RS-2", "quarantined"), ("RS-1", "duplicate"),
-        ("RS-2", "quarantined")]
-    # One stored ACK for the accepted message (its resends were answered with it); each copy of
-    # the refused one was answered on its own.
-    assert rows(url, "SELECT m.control_id, COUNT(*) FROM mllp_ack a JOIN message_store m ON m.id = a.message_id "
-                "GROUP BY m.control_id ORDER BY 1") == [("RS-1", 1), ("RS-2", 2)]
+    c = process_received(get_engine(url), loader)
+    assert (c.duplicates, c.quarantined) == (1, 1)
+    got = rows(url, "SELECT id, control_id, status, resend_of FROM message_store ORDER BY id")
+    ids = {g[1]: g[0] for g in reversed(got)}  # each control ID's first row
+    assert [g[1:] for g in got] == [
+        ("RS-1", "loaded", None), ("RS-1", "duplicate", ids["RS-1"]), ("RS-2", "quarantined", None),
+        ("RS-1", "duplicate", ids["RS-1"]), ("RS-2", "quarantined", ids["RS-2"])]
+    # Every copy has the ACK it was sent: the accepted message's one ACK three times; the refused
+    # one's original and its resend each answered on their own.
+    assert rows(url, "SELECT m.control_id, COUNT(*), COUNT(DISTINCT a.ack) FROM mllp_ack a JOIN message_store m "
+                "ON m.id = a.message_id GROUP BY m.control_id ORDER BY 1") == [("RS-1", 3, 1), ("RS-2", 2, 2)]
+
+
+def test_a_resend_whose_original_was_quarantined_gets_a_stored_answer_every_time(listener, sqlite_url, hl7ics_home):
+    """The original (AE) waits; its resend R1 waits too; the loader quarantines the original alone
+    (a batch boundary). Later resends found only R1, which had no stored ACK, and each got a new
+    ACK stored nowhere, a different one each time. Now a resend of a quarantined message is judged
+    anew and stored with the answer it was sent."""
+    from transforms.realtime import process_received
+
+    lp = listener()
+    bad = hl7("AE-1").replace(b"19900101", b"19901399")
+    first = exchange(lp.port, bad)
+    assert msa(first)[0] == "AE" and exchange(lp.port, bad) == first
+    process_received(get_engine(sqlite_url), _realtime_loader(sqlite_url), batch=1, max_batches=1)
+    assert rows(sqlite_url, "SELECT status FROM message_store ORDER BY id") == [("quarantined",), ("received",)]
+    r2, r3 = exchange(lp.port, bad), exchange(lp.port, bad)
+    sent = {bytes(a) for (a,) in rows(sqlite_url, "SELECT ack FROM mllp_ack")}
+    assert r2 in sent and r3 in sent and msa(r2)[0] == msa(r3)[0] == "AE"
+    assert rows(sqlite_url, "SELECT COUNT(*) FROM message_store m WHERE NOT EXISTS "
+                            "(SELECT 1 FROM mllp_ack a WHERE a.message_id = m.id)") == [(0,)]
+
+
+def test_a_resend_after_a_replayed_refusal_is_accepted(listener, sqlite_url, hl7ics_home):
+    """The listener refused a message (AR 202: the processing ID was not accepted), the operator
+    fixed the configuration and replayed it: it is loaded. The sender's resend used to get the
+    stored AR back, and a sender that retries on AR looped for ever."""
+    from transforms.realtime import process_received
+    from transforms.replay import replay
+
+    lp = listener(accepted_processing_ids=["T"])
+    assert msa(exchange(lp.port, hl7("RP-1")))[0] == "AR"
+    lp.kill()
+    lp = listener()  # the configuration fixed
+    loader = _realtime_loader(sqlite_url)
+    assert replay(get_engine(sqlite_url), loader, reason="PROCESSING_ID_REFUSED").loaded == 1
+    assert msa(exchange(lp.port, hl7("RP-1"))) == ("AA", "RP-1")
+    assert process_received(get_engine(sqlite_url), loader).duplicates == 1
+    assert rows(sqlite_url, "SELECT status, resend_of IS NULL FROM message_store ORDER BY id") == [
+        ("loaded", 1), ("duplicate", 0)]
 
 
 def test_case_15_storage_failure_is_never_aa_and_recovers(listener, pg_url):
@@ -555,11 +606,10 @@ def test_a_database_that_does_not_answer_gets_ar_207_not_a_hang(listener, sqlite
         blocker.close()
     assert msa(exchange(lp.port, hl7("DB-1"), timeout=20)) == ("AA", "DB-1")
     # The timed-out commit may still have gone through once the lock was released: then the
-    # resend is a second row, and either way one ACK, which the loader's verdicts follow.
-    stored = rows(sqlite_url, "SELECT status FROM message_store WHERE control_id = 'DB-1'")
-    assert stored in ([("received",)], [("received",), ("received",)])
-    assert rows(sqlite_url, "SELECT COUNT(*) FROM mllp_ack a JOIN message_store m ON m.id = a.message_id "
-                "WHERE m.control_id = 'DB-1'") == [(1,)]
+    # resend is a second row, its resend; never two originals.
+    stored = rows(sqlite_url, "SELECT status, resend_of IS NULL FROM message_store WHERE control_id = 'DB-1' "
+                              "ORDER BY id")
+    assert stored in ([("received", 1)], [("received", 1), ("received", 0)])
 
 
 def test_failed_tls_handshakes_do_not_hold_up_the_listener_while_the_database_waits(listener, sqlite_url, tmp_path):
@@ -783,8 +833,8 @@ def test_case_16_disk_full_is_never_aa(tmp_path, hl7ics_home):
 
 def test_concurrent_copies_on_postgresql_store_once(tmp_path, pg_url, hl7ics_home):
     """Two group commits run at once on PostgreSQL: the same message sent on many connections at the
-    same moment is still accepted once (one original with its ACK; the others are its resends,
-    stored without one), and every sender gets the same acceptance."""
+    same moment is still accepted once (one original; the others are its resends, each stored with
+    the original's ACK), and every sender gets the same acceptance."""
     from concurrent.futures import ThreadPoolExecutor
 
     lp = ListenerProcess(tmp_path, pg_url).start()
@@ -800,7 +850,11 @@ def test_concurrent_copies_on_postgresql_store_once(tmp_path, pg_url, hl7ics_hom
         total = c.execute(text("SELECT COUNT(*) FROM message_store")).scalar()
         acked = c.execute(text("SELECT COUNT(*) FROM mllp_ack a JOIN message_store m ON m.id = a.message_id "
                                "WHERE m.control_id = 'SAME-1'")).scalar()
-    assert same == 24 and total == 48 and acked == 1
+        originals = c.execute(text("SELECT COUNT(*) FROM message_store WHERE control_id = 'SAME-1' "
+                                   "AND resend_of IS NULL")).scalar()
+        answers = c.execute(text("SELECT COUNT(DISTINCT a.ack) FROM mllp_ack a JOIN message_store m "
+                                 "ON m.id = a.message_id WHERE m.control_id = 'SAME-1'")).scalar()
+    assert (same, total, acked, originals, answers) == (24, 48, 24, 1, 1)
 
 
 @pytest.mark.parametrize("body, message", [

@@ -101,13 +101,19 @@ def test_a_facility_that_stops_is_flagged_within_one_interval_and_not_off_hours(
     assert {row["status"] for row in r.rows} == {"off_hours"}
 
 
-def test_duplicates_are_no_sign_of_life(engine, facility):
-    """A sender stuck resending one message (its copies stored as duplicates) is silent: only other
-    messages count as its last, in the last day and in the hourly rollup before it."""
+def test_duplicates_and_resends_are_no_sign_of_life(engine, facility):
+    """A sender stuck resending one message is silent, whether its copies are duplicates (the
+    message loaded) or were each quarantined in turn (a resend of a quarantined message is judged
+    anew): only other messages count as its last, in the last day and in the hourly rollup."""
     day = datetime(2026, 11, 23, 9, 0)
     add_messages(engine, facility.code, [day])
     add_messages(engine, facility.code, [day + timedelta(minutes=m) for m in range(5, 60, 5)], source="mllp",
                  status="duplicate")
+    add_messages(engine, facility.code, [day + timedelta(minutes=m) for m in range(7, 60, 5)], source="mllp",
+                 status="quarantined")
+    with engine.begin() as c:  # the quarantined ones are resends of one refused message
+        c.execute(text("UPDATE message_store SET resend_of = (SELECT MIN(id) FROM message_store) "
+                       "WHERE status = 'quarantined'"))
     r = check(engine, facility, day + timedelta(minutes=61))
     assert [p.params["minutes"] for p in r.problems if p.kind == "silence"] == [61]
     assert {row["last_message_at"] for row in r.rows if row["source"] == "mllp"} == {None}

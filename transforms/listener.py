@@ -9,9 +9,9 @@ security events, Prometheus metrics, and structured logs without patient data.
 The promise to senders: an AA/CA is never sent for a message that is not committed. A storage
 failure answers AR (CE in enhanced mode) with HL7 error 207; a duplicate (same sending facility,
 control ID and SHA-256) gets the stored ACK again, and the resend is stored too (every received
-message has a row): ``duplicate`` when its original is already loaded, else ``received`` for the
-loader to judge. Frames from all connections are committed in groups (one transaction, one fsync)
-to keep throughput high.
+message has a row), with ``resend_of`` naming the original; the loader judges it like any copy.
+Frames from all connections are committed in groups (one transaction, one fsync) to keep
+throughput high.
 """
 from __future__ import annotations
 
@@ -227,7 +227,8 @@ class Pending:
     facility: str | None
     future: asyncio.Future | None = None
     csha: str = ""
-    resend: bool = False  # answered with its original's stored ACK; stored without one of its own
+    resend_of: "int | Pending | None" = None  # the stored original's id, or an original in the same group
+    ack_code: str | None = None  # MSA-1 of ``ack`` when it is a stored one (else the plan's)
 
 
 class GroupCommitter:
@@ -269,8 +270,9 @@ class GroupCommitter:
 
     @staticmethod
     def _keys(group: list[Pending]) -> set[tuple]:
+        # Refused messages too: a sender stuck resending one the listener refuses is resending.
         return {(p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha)
-                for p in group if p.rec and p.status == "received"}
+                for p in group if p.rec and p.rec.get("control_id") and p.status in ("received", "quarantined")}
 
     async def _run(self) -> None:
         inflight: dict[asyncio.Task, set[tuple]] = {}
@@ -339,7 +341,8 @@ class GroupCommitter:
             # are harmless) so that the lookup and the reservation share a round trip.
             keys = self._keys(group)
             parts = [(f"SELECT *, NULL::bigint FROM ({sql}) AS found", params) for sql, params in self._lookups(keys)]
-            parts.append(("SELECT NULL, NULL, NULL, NULL, NULL::bytea, nextval('message_store_id_seq') "
+            parts.append(("SELECT NULL::bigint, NULL, NULL, NULL, NULL, NULL, NULL::bytea, "
+                          "nextval('message_store_id_seq') "
                           "FROM generate_series(1, ?)", [len(group)]))
             cur = await pg.execute(" UNION ALL ".join(sql for sql, _ in parts).replace("?", "%s"),
                                    [v for _, params in parts for v in params])
@@ -362,7 +365,7 @@ class GroupCommitter:
             # Data-modifying CTEs: one statement, so one transaction in autocommit mode. The
             # foreign key from mllp_ack is checked at the end of the statement.
             await pg.execute(
-                "WITH m AS (" + _insert_json("message_store", MS_COLUMNS) + "), "
+                "WITH m AS (" + _insert_json("message_store", STORE_COLUMNS) + "), "
                 "a AS (" + _insert_json("mllp_ack", ACK_COLUMNS) + ") "
                 + _insert_json("quarantine", QUARANTINE_COLUMNS),
                 (docs["message_store"], docs["mllp_ack"], docs["quarantine"]))
@@ -377,85 +380,104 @@ class GroupCommitter:
 
     @staticmethod
     def _lookups(keys: set[tuple]) -> list[tuple[str, list]]:
-        """Queries (``?`` placeholders) for the stored copies of the group's messages (``_keys``):
-        rows of (sending facility, control ID, content hash, status, stored ACK)."""
+        """Queries (``?`` placeholders) for the stored originals of the group's messages
+        (``_keys``): rows of (id, sending facility, control ID, content hash, status, stored ACK's
+        code, stored ACK)."""
         cids = sorted({k[1] for k in keys if k[1]})
         # IN lists, not Writer.query_in's = ANY(array): measured on PostgreSQL, the array form
         # cost the listener a fifth of its throughput and doubled its paced p99 (the loader's
         # lookups of thousands of IDs are the other way round).
         return [(
-            # A scalar subquery, not a join: with stale statistics PostgreSQL chose to hash-join
+            # Scalar subqueries, not a join: with stale statistics PostgreSQL chose to hash-join
             # the whole mllp_ack table on every group commit.
-            "SELECT m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), m.status, "
+            "SELECT m.id, m.sending_facility, m.control_id, COALESCE(m.content_sha256, m.sha256), m.status, "
+            "(SELECT a.ack_code FROM mllp_ack a WHERE a.message_id = m.id), "
             "(SELECT a.ack FROM mllp_ack a WHERE a.message_id = m.id) "
-            # Duplicates are left out: each has a loaded copy, found itself, and a sender stuck
-            # resending one message would otherwise make every lookup longer.
+            # Resends are left out (their original is found itself): a sender stuck resending
+            # one message would otherwise make every lookup longer.
             "FROM message_store m WHERE m.control_id IN ("
-            + ", ".join("?" * len(chunk)) + ") AND m.status NOT IN ('quarantined', 'duplicate')", chunk)
+            + ", ".join("?" * len(chunk)) + ") AND m.resend_of IS NULL", chunk)
             for chunk in (cids[i:i + 500] for i in range(0, len(cids), 500))]
 
     @staticmethod
-    def _match(rows: list[tuple], keys: set[tuple]) -> dict[tuple, tuple[bytes | None, bool]]:
-        """key -> (the stored ACK, whether a stored copy is loaded)."""
-        existing: dict[tuple, tuple[bytes | None, bool]] = {}
-        for sf, cid, sha, status, ack in rows:
-            key = (sf, cid, sha)
-            if key in keys:
-                before, loaded = existing.get(key, (None, False))
-                existing[key] = (bytes(ack) if ack is not None else before, loaded or status == "loaded")
+    def _match(rows: list[tuple], keys: set[tuple]) -> dict[tuple, tuple[int, bytes | None, str | None]]:
+        """key -> (the first stored original's id, the stored ACK a resend gets and its code, or
+        None for an answer of its own).
+
+        The stored ACK is a live copy's (waiting or loaded). A resend of a message that is
+        quarantined is judged anew, as it was the first time: the sender may have fixed it, or
+        we the configuration. A refusal (AR/CR) stored with a copy that a replay has since loaded
+        is not sent again: that message is accepted now."""
+        found: dict[tuple, list[tuple]] = {}
+        for mid, sf, cid, sha, status, code, ack in rows:
+            if (sf, cid, sha) in keys:
+                found.setdefault((sf, cid, sha), []).append((mid, status, code, ack))
+        existing: dict[tuple, tuple[int, bytes | None, str | None]] = {}
+        for key, copies in found.items():
+            copies.sort(key=lambda c: c[0])
+            live = [c for c in copies if c[1] != "quarantined" and c[3] is not None]
+            ack = code = None
+            if live and not (live[0][1] == "loaded" and live[0][2] in ("AR", "CR")):
+                ack, code = bytes(live[0][3]), live[0][2]
+            existing[key] = (copies[0][0], ack, code)
         return existing
 
     @staticmethod
-    def _decide(group: list[Pending], existing: dict[tuple, tuple[bytes | None, bool]]):
-        """Per message: ("duplicate", stored ACK) or ("stored", its ACK); and the messages to store.
+    def _decide(group: list[Pending], existing: dict[tuple, tuple[int, bytes | None, str | None]]):
+        """Per message: ("duplicate", the ACK sent) or ("stored", its ACK); and the messages to store.
 
-        A resend is answered with its original's stored ACK and stored as well: one row per
-        received message, as a file's copies are. It is ``duplicate`` at once when a stored copy is
-        loaded (so a sender stuck resending one message does not look alive to the silence check);
-        otherwise ``received``, and the loader judges it by the one rule for every source (only a
-        loaded copy makes a duplicate: the resend of a message it quarantines is judged on its own)."""
+        A resend is stored like every received message (one row each, as a file's copies are),
+        with ``resend_of`` naming its original, and the ACK it was sent. An accepted one waits as
+        ``received``, and the loader judges it by the one rule for every source (only a loaded copy
+        makes a duplicate). It gets its original's stored ACK when there is one (see ``_match``)."""
         out: list[tuple[str, bytes | None]] = []
         to_store: list[Pending] = []
         seen: dict[tuple, Pending] = {}
         for p in group:
-            key = (p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha) if p.rec else None
-            if key and p.status == "received" and (key in existing or key in seen):
-                stored, loaded = existing.get(key, (None, False))
-                stored = stored or (seen[key].ack if key in seen else None)
-                out.append(("duplicate", stored or p.ack))
-                p.resend = True
-                if loaded:
-                    p.status = "duplicate"
-                to_store.append(p)
-                continue
-            if key and p.status == "received":
-                seen[key] = p
+            key = (p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha) \
+                if p.rec and p.rec.get("control_id") and p.status in ("received", "quarantined") else None
+            if key in existing or key in seen:
+                if key in existing:
+                    first, stored, code = existing[key]
+                else:
+                    first = seen[key]
+                    stored, code = (first.ack, first.plan.code) if first.status == "received" else (None, None)
+                p.resend_of = first
+                if p.status == "received" and stored is not None:
+                    p.ack, p.ack_code = stored, code
+                out.append(("duplicate", p.ack))
+            else:
+                if key:
+                    seen[key] = p
+                out.append(("stored", p.ack))
             to_store.append(p)
-            out.append(("stored", p.ack))
         return out, to_store
 
     def _write(self, insert, to_store: list[Pending], ids: list[int]) -> None:
         """``insert(table, columns, rows)`` the stored messages, their ACKs and quarantine reasons."""
         now = utcnow()
         rows, acks, quarantine = [], [], []
+        mids = {id(p): mid for p, mid in zip(to_store, ids)}
         for p, mid in zip(to_store, ids):
             seq = next(self.seq)
             r = p.rec or {}
+            of = mids[id(p.resend_of)] if isinstance(p.resend_of, Pending) else p.resend_of
             rows.append((mid, p.facility or "UNKNOWN", r.get("sending_facility"), r.get("sending_application"),
                          r.get("control_id"), r.get("message_type"), r.get("trigger_event"), r.get("version"),
                          None, now, "mllp", f"mllp:{self.instance}:{seq}", None,
                          r.get("sha256") or _sha(p.raw), p.raw, len(p.raw), r.get("charset"), p.status,
-                         "; ".join(f"{c}@{loc}" for c, loc in p.reasons) or None, None, now, p.csha))
-            if p.ack is not None and not p.resend:  # a resend's answer is its original's
-                acks.append((mid, p.plan.code or "", p.ack, now))
+                         "; ".join(f"{c}@{loc}" for c, loc in p.reasons) or None, None, now, p.csha, of))
+            if p.ack is not None:  # the ACK this copy was sent (a resend's may be its original's)
+                acks.append((mid, p.ack_code or p.plan.code or "", p.ack, now))
             for code, loc in p.reasons:
                 if p.status == "quarantined":
                     quarantine.append((mid, "listener", code, f"{loc}: refused by the listener", now))
-        insert("message_store", MS_COLUMNS, rows)
+        insert("message_store", STORE_COLUMNS, rows)
         insert("mllp_ack", ACK_COLUMNS, acks)
         insert("quarantine", QUARANTINE_COLUMNS, dedupe(quarantine, (0, 1, 2)))
 
 
+STORE_COLUMNS = MS_COLUMNS + ("resend_of",)
 ACK_COLUMNS = ("message_id", "ack_code", "ack", "created_at")
 QUARANTINE_COLUMNS = ("message_id", "stage", "reason", "detail", "created_at")
 

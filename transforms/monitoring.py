@@ -229,11 +229,13 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
             "SELECT DISTINCT facility_code FROM interface_volume_hourly WHERE hour >= :s"),
             {"s": _ts(hour0 - timedelta(days=7))})})
         for code in codes:
-            # A duplicate is no sign of life: a sender stuck resending one message is silent.
+            # Copies are no sign of life: a sender stuck resending one message is silent, whether
+            # that message loaded or not (a resend of a quarantined one is judged anew).
             for source, mtype, n, q, last in conn.execute(text(
                     "SELECT source, COALESCE(message_type, '-'), COUNT(*), "
                     "SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END), "
-                    "MAX(CASE WHEN status <> 'duplicate' THEN received_at END) FROM message_store "
+                    "MAX(CASE WHEN status <> 'duplicate' AND resend_of IS NULL THEN received_at END) "
+                    "FROM message_store "
                     "WHERE facility_code = :f AND received_at >= :s GROUP BY 1, 2"), {"f": code, "s": h24}):
                 rows[(code, source, mtype)] = _row(checked, code, source, mtype, n24=int(n), q24=int(q or 0),
                                                    last=_parse(last))
@@ -244,10 +246,14 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
                 r = rows.setdefault((code, source, mtype), _row(checked, code, source, mtype))
                 r["messages_1h"], r["_q1"] = int(n), int(q or 0)
         # Interfaces quiet for a day still exist (the rollup remembers them): silence shows on them.
+        # The rollup gives a last message only from before the day read above, which already
+        # decided what counts in it (resends, counted as messages in the rollup, do not).
         for code, source, mtype, last_hour in conn.execute(text(
-                "SELECT facility_code, source, message_type, MAX(CASE WHEN messages > duplicates THEN hour END) "
-                "FROM interface_volume_hourly "
-                "WHERE hour >= :s GROUP BY 1, 2, 3"), {"s": _ts(hour0 - timedelta(days=7))}):
+                "SELECT facility_code, source, message_type, "
+                "MAX(CASE WHEN messages > duplicates AND hour <= :cut THEN hour END) FROM interface_volume_hourly "
+                "WHERE hour >= :s GROUP BY 1, 2, 3"),
+                {"s": _ts(hour0 - timedelta(days=7)), "cut": _ts((now - timedelta(hours=24)).replace(
+                    minute=0, second=0, microsecond=0))}):
             r = rows.setdefault((code, source, mtype), _row(checked, code, source, mtype))
             if r["last_message_at"] is None:
                 last_hour = _parse(last_hour)
