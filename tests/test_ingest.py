@@ -777,11 +777,16 @@ def test_cli_ingest_counts_and_exit_codes(tmp_path, hl7ics_home, capsys):
     d = tmp_path / "CHU-SO"
     write(d / "a.hl7", adt("CLI-1", "A01", "20261102080000") + adt("", "A01", "20261102080000"))
     (d / "manifest.json").write_text('{"messages": 2}')  # not a message file: skipped, and said so
+    # Named like a message file (the drop folders' glob): quarantined with a reason, as the DAG
+    # does, not skipped (bad input 66).
+    (d / "scan.hl7").write_bytes(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n")
     assert main(["ingest", str(d), "--warehouse", url]) == 0
     out = capsys.readouterr().out
     line = [l for l in out.splitlines() if l.startswith("CHU-SO")][0].split()
-    assert line[1:] == ["1", "0", "2", "1", "0", "1"]
+    assert line[1:] == ["2", "0", "3", "1", "0", "2"]
     assert "skipped 1 file(s)" in out
+    assert {r for (r,) in rows(get_engine(url), "SELECT reason FROM quarantine")} == {
+        "MISSING_CONTROL_ID", "MISSING_MSH", "NOT_HL7_CONTENT"}
     assert main(["replay", "--reason", "MISSNG_SEGMENT", "--warehouse", url]) == 0
     assert "open reasons (facility: messages): MISSING_CONTROL_ID (CHU-SO: 1)" in capsys.readouterr().out
     assert main(["ingest", str(tmp_path / "missing"), "--warehouse", url]) == 2
@@ -791,6 +796,27 @@ def test_cli_ingest_counts_and_exit_codes(tmp_path, hl7ics_home, capsys):
     (bad / "facilities.yaml").write_text("facilities:\n  - code: x\n")
     assert main(["--config", str(bad), "ingest", str(d), "--warehouse", url]) == 2
     assert "facility x: code must be" in capsys.readouterr().err
+
+
+def test_a_loader_with_another_patient_key_is_refused(warehouse_url, hl7ics_home, tmp_path, monkeypatch, capsys):
+    """Another HL7ICS_HOME (its own secrets/patient_key) or a forgotten HL7ICS_PATIENT_KEY gave the
+    same patient a second patient_key in one warehouse, silently. The warehouse keeps a
+    fingerprint of its key, and a load with another key is refused as a configuration error."""
+    from transforms.cli import main
+
+    first = write(tmp_path / "CHU-SO" / "a.hl7", adt("K-1", "A01", "20261102080000"))
+    second = write(tmp_path / "CHU-SO" / "b.hl7", adt("K-2", "A01", "20261103080000", visit="V2"))
+    monkeypatch.setenv("HL7ICS_PATIENT_KEY", "aa" * 32)
+    assert main(["ingest", str(first), "--warehouse", warehouse_url]) == 0
+    monkeypatch.delenv("HL7ICS_PATIENT_KEY")  # the key from HL7ICS_HOME/secrets: another one
+    assert main(["ingest", str(second), "--warehouse", warehouse_url]) == 2
+    err = capsys.readouterr().err
+    assert "patient key is not the one this warehouse was loaded with" in err and "aa" * 8 not in err
+    assert rows(get_engine(warehouse_url), "SELECT control_id FROM message_store") == [("K-1",)]
+    monkeypatch.setenv("HL7ICS_PATIENT_KEY", "aa" * 32)
+    assert main(["ingest", str(second), "--warehouse", warehouse_url]) == 0
+    assert rows(get_engine(warehouse_url), "SELECT COUNT(DISTINCT patient_key), COUNT(*) FROM fact_encounter") == [
+        (1, 2)]
 
 
 def test_cli_ingest_never_prints_the_warehouse_password(tmp_path, hl7ics_home, pg_url, capsys):

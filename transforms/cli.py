@@ -8,6 +8,7 @@ which is its purpose).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
@@ -174,6 +175,7 @@ def cmd_ingest(args) -> int:
         raise ConfigError(f"facility {args.facility} is not in {settings.config_dir / 'facilities.yaml'}")
     files: list[Path] = []
     skipped = 0
+    globs = {s.options.get("glob") or "*.hl7" for f in facilities for s in f.sources} or {"*.hl7"}
     for raw in args.paths:
         p = Path(raw)
         if p.is_dir():
@@ -181,12 +183,14 @@ def cmd_ingest(args) -> int:
                 if not x.is_file() or x.name.startswith(".") or x.suffix in (".tmp", ".part"):
                     continue
                 # A folder may hold other files (a generator's manifest.json): one with no MSH,
-                # FHS or BHS in its first 64 KiB is not a message file. Named on the command line,
-                # a file is always taken (and quarantined if it holds no HL7).
-                problem = sniff_file(x)
-                if problem is not None and problem.code == "NOT_HL7_CONTENT":
-                    skipped += 1
-                    continue
+                # FHS or BHS in its first 64 KiB is not a message file. A file named like the
+                # drop folders' messages (their globs), or named on the command line, is always
+                # taken, and quarantined if it holds no HL7, as the DAG does (bad input 66).
+                if not any(fnmatch.fnmatch(x.name, g) for g in globs):
+                    problem = sniff_file(x)
+                    if problem is not None and problem.code == "NOT_HL7_CONTENT":
+                        skipped += 1
+                        continue
                 files.append(x)
         elif p.is_file():
             files.append(p)

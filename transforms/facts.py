@@ -81,6 +81,12 @@ class PatientKeyer:
                 fh.write(secrets.token_hex(32))
         return cls(bytes.fromhex(path.read_text().strip()))
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the key without revealing it: the warehouse keeps it to refuse a loader started
+        with another key (see ``load.Loader.check_key``)."""
+        return hmac.new(self._key, b"hl7ics patient key check", hashlib.sha256).hexdigest()[:32]
+
     def key(self, facility: str, authority: str | None, patient_id: str) -> str:
         k = (facility, authority or "", patient_id)
         v = self._cache.get(k)

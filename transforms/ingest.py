@@ -250,6 +250,11 @@ class Ingestor:
         commits its last message, so an interrupted run resumes exactly where it stopped.
         ``first_chunk`` commits the first chunk after that many messages (see ``_ingest_group``).
         """
+        if specs:
+            # Before any lease is taken: a refused key must not leave the files leased to a run
+            # that loads nothing.
+            with self.engine.begin() as conn:
+                self.loader.check_key(conn)
         groups = partition_by_facility(specs, workers)
         if len(groups) > 1:
             return self._ingest_parallel(specs, groups, workers)

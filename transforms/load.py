@@ -21,7 +21,7 @@ from typing import Iterable
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from .config import Facility
+from .config import ConfigError, Facility
 from .datetimes import to_utc
 from .extract import internal_error_record, to_record
 from .facts import COLUMNS, COVERAGE_KEY, ENCOUNTER_COLUMNS, PatientKeyer, dedupe, extract_facts, fold_encounter
@@ -187,6 +187,7 @@ class Loader:
         # How the alerter finds its channels' connections (Airflow's resolver inside a task;
         # None: AIRFLOW_CONN_* variables only).
         self.resolve_connection = None
+        self._key_checked: set[str] = set()  # warehouses whose patient key check passed
 
     @property
     def validator(self) -> Validator | None:
@@ -248,10 +249,27 @@ class Loader:
         return out
 
     # -- database --------------------------------------------------------------------------------
+    def check_key(self, conn: Connection) -> None:
+        """Refuse to write with a patient key other than the one this warehouse was first loaded
+        with: the same patient would get a second ``patient_key``, splitting their history."""
+        where = conn.engine.url.render_as_string(hide_password=True)
+        if where in self._key_checked:
+            return
+        mine = self.keyer.fingerprint
+        Writer(conn).insert("warehouse_setting", ("name", "value", "updated_at"),
+                            [("patient_key_check", mine, utcnow())], on_conflict_nothing=("name",))
+        stored = conn.execute(text("SELECT value FROM warehouse_setting WHERE name = 'patient_key_check'")).scalar()
+        if stored != mine:
+            raise ConfigError("the patient key is not the one this warehouse was loaded with: set "
+                              "HL7ICS_PATIENT_KEY (or HL7ICS_HOME, whose secrets/patient_key holds it) as for "
+                              "its earlier loads; with another key every patient would get a second patient_key")
+        self._key_checked.add(where)
+
     def write(self, conn: Connection, prepared: list[Prepared]) -> Counts:
         self.outcomes: dict[int, tuple[str, set]] = {}
         if not prepared:
             return Counts()
+        self.check_key(conn)
         w = Writer(conn)
         now = utcnow()
         new = [p for p in prepared if p.item.message_id is None]
