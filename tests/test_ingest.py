@@ -798,6 +798,29 @@ def test_cli_ingest_counts_and_exit_codes(tmp_path, hl7ics_home, capsys):
     assert "facility x: code must be" in capsys.readouterr().err
 
 
+def test_cli_ingest_leaves_uploads_in_progress_as_the_dag_does(sqlite_url, hl7ics_home, capsys):
+    """`hl7ics ingest DIR` on a drop folder applies its partial-upload rule, as the DAG does: a file
+    of a stable_size folder changed in the last stable_seconds is left (it took a truncated upload
+    and quarantined it), and hidden or .tmp names are left too; the summary says how many."""
+    import os
+
+    from transforms.cli import main
+
+    s = Settings.load()
+    sok = s.data_dir / "inbound" / "CHR-SOKODE"
+    fresh = write(sok / "up.hl7", adt("UP-1", "A01", "20261102080000").replace("CHU-SO", "CHR-SOKODE"))
+    write(sok / ".hidden.hl7", adt("UP-2", "A01", "20261102080000"))
+    write(sok / "next.hl7.tmp", adt("UP-3", "A01", "20261102080000"))
+    assert main(["ingest", str(s.data_dir / "inbound"), "--warehouse", sqlite_url]) == 0
+    assert "left 3 file(s) still being uploaded" in capsys.readouterr().out
+    assert rows(get_engine(sqlite_url), "SELECT COUNT(*) FROM message_store") == [(0,)]
+    old = fresh.stat().st_mtime - 60  # untouched for longer than stable_seconds (5)
+    os.utime(fresh, (old, old))
+    assert main(["ingest", str(s.data_dir / "inbound"), "--warehouse", sqlite_url]) == 0
+    assert "left 2 file(s)" in capsys.readouterr().out
+    assert rows(get_engine(sqlite_url), "SELECT control_id, status FROM message_store") == [("UP-1", "loaded")]
+
+
 def test_a_loader_with_another_patient_key_is_refused(warehouse_url, hl7ics_home, tmp_path, monkeypatch, capsys):
     """Another HL7ICS_HOME (its own secrets/patient_key) or a forgotten HL7ICS_PATIENT_KEY gave the
     same patient a second patient_key in one warehouse, silently. The warehouse keeps a
@@ -1067,6 +1090,19 @@ def test_a_file_leased_by_another_worker_is_left_alone(ingestor, tmp_path):
     assert other.ingest_file(write(tmp_path / "copy" / "x.hl7", f.read_text()), "CHU-KARA").status == "busy"
     assert other.ingest_file(f, "CHU-SO").status == "done"  # a retry of the lease holder resumes
     assert other.ingest_file(tmp_path / "copy" / "x.hl7", "CHU-KARA").status == "duplicate_file"
+
+
+def test_a_facility_configured_without_a_charset_loads(ingestor, tmp_path):
+    """facilities.yaml lets a facility leave out its charset (UTF-8, falling back to CP1252), but
+    dim_facility.charset is NOT NULL: every sync, so every ingest, failed on an IntegrityError."""
+    import dataclasses
+
+    ingestor.facilities["CHU-SO"] = dataclasses.replace(ingestor.facilities["CHU-SO"], charset=None)
+    ingestor.sync_facilities()
+    assert rows(ingestor.engine, "SELECT charset FROM dim_facility WHERE facility_code = 'CHU-SO'") == [("utf-8",)]
+    f = write(tmp_path / "CHU-SO" / "a.hl7", adt("NC-1", "A01", "20261102080000", family="Ʋaʋa"))
+    assert ingestor.ingest_file(f, "CHU-SO").counts.loaded == 1
+    assert rows(ingestor.engine, "SELECT family_name FROM phi_patient") == [("Ʋaʋa",)]
 
 
 def test_latin1_names_at_a_utf8_facility_are_not_mangled(ingestor, tmp_path):

@@ -12,6 +12,7 @@ import fnmatch
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from .config import ConfigError, Settings
@@ -165,6 +166,7 @@ def _print_counts(results: dict, out=None) -> None:
 def cmd_ingest(args) -> int:
     from .errors import SourceError
     from .ingest import Ingestor, sniff_file
+    from .sources import FolderSource, settled
     from .warehouse import printable_url
 
     settings = _settings(args)
@@ -174,13 +176,21 @@ def cmd_ingest(args) -> int:
     if args.facility and args.facility not in ing.facilities:
         raise ConfigError(f"facility {args.facility} is not in {settings.config_dir / 'facilities.yaml'}")
     files: list[Path] = []
-    skipped = 0
+    skipped = uploading = 0
     globs = {s.options.get("glob") or "*.hl7" for f in facilities for s in f.sources} or {"*.hl7"}
+    # The drop folders' partial-upload rules, as the DAG applies them (FolderSource.ready).
+    folders = [(FolderSource(settings, f, s).folder.resolve(), s.options) for f in facilities for s in f.sources
+               if s.type == "folder"]
+    now = time.time()
     for raw in args.paths:
         p = Path(raw)
         if p.is_dir():
             for x in sorted(p.rglob("*")):
-                if not x.is_file() or x.name.startswith(".") or x.suffix in (".tmp", ".part"):
+                if not x.is_file():
+                    continue
+                if x.name.startswith(".") or x.suffix in (".tmp", ".part") or any(
+                        x.resolve().is_relative_to(d) and not settled(o, x.stat().st_mtime, now) for d, o in folders):
+                    uploading += 1
                     continue
                 # A folder may hold other files (a generator's manifest.json): one with no MSH,
                 # FHS or BHS in its first 64 KiB is not a message file. A file named like the
@@ -215,6 +225,9 @@ def cmd_ingest(args) -> int:
     _print_counts(results)
     if skipped:
         print(f"skipped {skipped} file(s) of the folder(s) holding no HL7 message (no MSH, FHS or BHS)")
+    if uploading:
+        print(f"left {uploading} file(s) still being uploaded (a hidden, .tmp or .part name, or changed in the "
+              "last stable_seconds of a stable_size drop folder): they are taken once complete")
     print(f"warehouse: {printable_url(settings.warehouse_url)}")
     _print_breaches(ing.loader.dq_breaches)
     return 0

@@ -219,8 +219,10 @@ class Ingestor:
         """dim_facility mirrors the configuration (upsert; facilities are never deleted: one no
         longer configured gets ``retired_at``, and loses it if it comes back)."""
         now = utcnow()
-        rows = [(f.code, f.name, f.type, f.region, f.district, f.dhis2_org_unit, f.timezone, f.charset, now)
-                for f in self.facilities.values()]
+        # A facility configured without a charset reads undeclared text as UTF-8 (bytes that are
+        # not UTF-8 fall back to CP1252): "utf-8" here, where NULL broke every sync (NOT NULL).
+        rows = [(f.code, f.name, f.type, f.region, f.district, f.dhis2_org_unit, f.timezone, f.charset or "utf-8",
+                 now) for f in self.facilities.values()]
         with self.engine.begin() as conn:
             Writer(conn).upsert("dim_facility", ("facility_code", "name", "type", "region", "district",
                                                  "dhis2_org_unit", "timezone", "charset", "updated_at"),
