@@ -452,6 +452,15 @@ def test_utf16_messages_stay_quarantined_through_a_replay(ingestor, tmp_path, co
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM phi_patient") == 0
 
 
+def test_zero_padding_after_a_message_is_not_utf16(ingestor, tmp_path):
+    """A file written in fixed-size blocks ends in NUL bytes: stray bytes, removed and flagged,
+    never the sign of UTF-16 that a NUL between characters is."""
+    f = tmp_path / "padded.hl7"
+    f.write_bytes(adt("Z-1", "A01", "20261102080000").replace("\n", "\r").encode() + b"\x00" * 300)
+    assert ingestor.ingest_file(f, "CHU-SO").counts.loaded == 1
+    assert "NUL_BYTES_REMOVED" in scalar(ingestor.engine, "SELECT flags FROM message_store WHERE status = 'loaded'")
+
+
 def test_batch_count_mismatch_quarantines_the_whole_file(ingestor, tmp_path):
     """Bad input 60: BTS-1 says 3, the batch holds 2: nothing is loaded, nothing is lost."""
     body = ("FHS|^~\\&|SIH|CHU-SO\nBHS|^~\\&|SIH|CHU-SO\n" + adt("B-1", "A01", "20261102080000")
@@ -475,6 +484,11 @@ def test_a_message_outside_the_batches_holds_the_file(ingestor, tmp_path, layout
     assert r.status == "quarantined"
     assert rows(ingestor.engine, "SELECT status FROM message_store") == [("quarantined",), ("quarantined",)]
     assert {x[0] for x in rows(ingestor.engine, "SELECT reason FROM quarantine")} == {"BATCH_STRUCTURE"}
+    # Junk after FTS (a DOS end-of-file Ctrl-Z) is a fragment of its own, not a message outside
+    # the batches: the batch loads.
+    whole = write(tmp_path / "eof.hl7", "FHS|^~\\&|SIH|CHU-SO\n" + inside.replace("O-1", "O-4") + "FTS|1\n")
+    whole.write_bytes(whole.read_bytes() + b"\x1a")
+    assert ingestor.ingest_file(whole, "CHU-SO").counts.loaded == 1
     # A file without BHS/BTS at all is a plain HL7 file (the segments are optional): it loads.
     plain = "FHS|^~\\&|SIH|CHU-SO\n" + adt("O-3", "A01", "20261102100000", visit="V3") + "FTS|0\n"
     assert ingestor.ingest_file(write(tmp_path / "plain.hl7", plain), "CHU-SO").counts.loaded == 1

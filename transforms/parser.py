@@ -325,9 +325,11 @@ def parse(raw: bytes, facility_charset: str | None = None) -> Message:
             flags.append("LEADING_WHITESPACE_STRIPPED")
             body = stripped
     if b"\x00" in body:
-        if body.count(b"\x00") * 4 >= len(body):
-            # A NUL between most characters is UTF-16/32 (bad inputs 40 and 66), not stray bytes:
-            # with them removed, every letter beyond ASCII would load as other letters.
+        head = body.strip(b"\x00")[:256]
+        if head.count(b"\x00") * 4 >= len(head):
+            # A NUL between most characters is UTF-16/32 (bad inputs 40 and 66), not stray bytes
+            # (nor zero padding after the message, left out of the measure): with them removed,
+            # every letter beyond ASCII would load as other letters.
             issues.append(ParseIssue("UNSUPPORTED_CHARSET", "MSH-18", "message is UTF-16/32 (NUL bytes between "
                                      "characters); HL7 v2 needs a single-byte charset or UTF-8", 203))
         body = body.replace(b"\x00", b"")
@@ -543,7 +545,7 @@ def iter_file(stream: BinaryIO, envelope: Envelope | None = None, chunk_size: in
             env.messages += 1
             if batch is not None:
                 in_batch_count += 1
-            else:
+            elif kind == "MSH":  # junk after FTS (a Ctrl-Z, zero padding) is a fragment of its own
                 outside += 1
             yield RawMessage(unit.raw, index, unit.offset, batch, kind == "FRAGMENT")
             index += 1
