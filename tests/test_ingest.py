@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from transforms import generator
-from transforms.config import Settings
+from transforms.config import ConfigError, Settings
 from transforms.ingest import Ingestor, discover, sanitize_name
 from transforms.warehouse import get_engine
 
@@ -825,13 +825,15 @@ def test_cli_ingest_leaves_uploads_in_progress_as_the_dag_does(sqlite_url, hl7ic
     fresh = write(sok / "up.hl7", adt("UP-1", "A01", "20261102080000").replace("CHU-SO", "CHR-SOKODE"))
     write(sok / ".hidden.hl7", adt("UP-2", "A01", "20261102080000"))
     write(sok / "next.hl7.tmp", adt("UP-3", "A01", "20261102080000"))
+    (sok / "elsewhere.hl7").symlink_to(write(s.home / "private" / "x.hl7", adt("UP-4", "A01", "20261102080000")))
+    write(s.data_dir / "inbound" / ".sync" / "part.hl7", adt("UP-5", "A01", "20261102080000"))  # a hidden folder
     assert main(["ingest", str(s.data_dir / "inbound"), "--warehouse", sqlite_url]) == 0
-    assert "left 3 file(s) still being uploaded" in capsys.readouterr().out
+    assert "left 4 file(s) still being uploaded" in capsys.readouterr().out
     assert rows(get_engine(sqlite_url), "SELECT COUNT(*) FROM message_store") == [(0,)]
     old = fresh.stat().st_mtime - 60  # untouched for longer than stable_seconds (5)
     os.utime(fresh, (old, old))
     assert main(["ingest", str(s.data_dir / "inbound"), "--warehouse", sqlite_url]) == 0
-    assert "left 2 file(s)" in capsys.readouterr().out
+    assert "left 3 file(s)" in capsys.readouterr().out  # the symlink is never taken, nor counted
     assert rows(get_engine(sqlite_url), "SELECT control_id, status FROM message_store") == [("UP-1", "loaded")]
 
 
@@ -854,6 +856,31 @@ def test_a_loader_with_another_patient_key_is_refused(warehouse_url, hl7ics_home
     assert main(["ingest", str(second), "--warehouse", warehouse_url]) == 0
     assert rows(get_engine(warehouse_url), "SELECT COUNT(DISTINCT patient_key), COUNT(*) FROM fact_encounter") == [
         (1, 2)]
+
+
+def test_a_warehouse_loaded_before_the_key_fingerprint_asks_its_patients(ingestor, tmp_path):
+    """A warehouse loaded before migration 022 has no fingerprint: the first loader used to make
+    its own key the warehouse's, even a new random one (a shell without HL7ICS_PATIENT_KEY). The
+    stored patients now decide: every stored key must be what this loader's key gives."""
+    from transforms.facts import PatientKeyer
+    from transforms.load import Loader
+
+    manifest = generator.generate(tmp_path / "gen", [f.as_dict() for f in ingestor.facilities.values()], days=1,
+                                  seed=5, per_day=200, broken_share=0.0)
+    for f in sorted((tmp_path / "gen" / "inbound").rglob("*.hl7")):
+        ingestor.ingest_file(f, f.parent.name)
+    assert manifest["messages"] and scalar(ingestor.engine, "SELECT COUNT(*) FROM phi_patient") > 20
+    with ingestor.engine.begin() as c:
+        c.execute(text("DELETE FROM warehouse_setting"))  # as before migration 022
+    other = Loader(ingestor.facilities.values(), PatientKeyer(b"another key, not the warehouse's"))
+    with pytest.raises(ConfigError, match="not the one this warehouse was loaded with"):
+        with ingestor.engine.begin() as c:
+            other.check_key(c)
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM warehouse_setting") == 0
+    same = Loader(ingestor.facilities.values(), PatientKeyer.from_env(ingestor.settings.home))
+    with ingestor.engine.begin() as c:
+        same.check_key(c)
+    assert scalar(ingestor.engine, "SELECT value FROM warehouse_setting") == same.keyer.fingerprint
 
 
 def test_cli_ingest_never_prints_the_warehouse_password(tmp_path, hl7ics_home, pg_url, capsys):

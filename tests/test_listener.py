@@ -326,6 +326,27 @@ def test_a_resend_after_a_replayed_refusal_is_accepted(listener, sqlite_url, hl7
         ("loaded", 1), ("duplicate", 0)]
 
 
+def test_a_copy_that_came_in_a_file_is_no_resend(sqlite_url, hl7ics_home, tmp_path):
+    """A resend is of an earlier MLLP copy. The same message already loaded from a file is the
+    loader's duplicate, not a resend: resend_of would hide it from the silence check by another
+    rule than the one every source shares."""
+    from transforms.config import Settings
+    from transforms.ingest import Ingestor
+    from transforms.listener import GroupCommitter
+    from transforms.warehouse import Writer
+
+    ing = Ingestor(Settings.load(warehouse_url=sqlite_url))
+    ing.sync_facilities()
+    f = tmp_path / "copy.hl7"
+    f.write_bytes(hl7("FC-1"))
+    assert ing.ingest_file(f, "CHU-SO").counts.loaded == 1
+    ((sf, cid, csha),) = rows(sqlite_url, "SELECT sending_facility, control_id, content_sha256 FROM message_store")
+    keys = {(sf, cid, csha)}
+    with get_engine(sqlite_url).connect() as c:
+        found = [r for sql, params in GroupCommitter._lookups(keys) for r in Writer(c).query(sql, params)]
+    assert found == [] and GroupCommitter._match(found, keys) == {}
+
+
 def test_case_15_storage_failure_is_never_aa_and_recovers(listener, pg_url):
     lp = listener(url=pg_url)
     assert msa(exchange(lp.port, hl7("S-1"))) == ("AA", "S-1")

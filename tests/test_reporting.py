@@ -201,6 +201,8 @@ def test_lab_hospital_immunization_and_completeness(ingestor, tmp_path):
     results = [result(d, f"L{i}", "19900101", "F", "70569-9", "10828004" if i < 6 else "260385009")
                for i in range(10)]
     load(ingestor, tmp_path, results, "INH-LOME")
+    # Three of them sent again: copies are no report (completeness counts each message once).
+    assert load(ingestor, tmp_path, results[:3], "INH-LOME").counts.duplicates == 3
     m, v = admission(d, "H1", "19700101", "M", "I10")
     load(ingestor, tmp_path, [m, discharge(d + timedelta(days=3), "H1", "19700101", "M", "I10", v, d)], "CHU-SO")
     load(ingestor, tmp_path, [vaccination(d, f"B{i}", "20260901", "F", "19") for i in range(7)]

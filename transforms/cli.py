@@ -186,10 +186,15 @@ def cmd_ingest(args) -> int:
         p = Path(raw)
         if p.is_dir():
             for x in sorted(p.rglob("*")):
-                if not x.is_file():
+                # Symlinks could point anywhere on the host (FolderSource.ready skips them too).
+                if x.is_symlink() or not x.is_file():
                     continue
-                if x.name.startswith(".") or x.suffix in (".tmp", ".part") or any(
-                        x.resolve().is_relative_to(d) and not settled(o, x.stat().st_mtime, now) for d, o in folders):
+                try:
+                    mtime = x.stat().st_mtime
+                except FileNotFoundError:  # archived by a DAG run since the walk listed it
+                    continue
+                if any(part.startswith(".") for part in x.relative_to(p).parts) or x.suffix in (".tmp", ".part") \
+                        or any(x.resolve().is_relative_to(d) and not settled(o, mtime, now) for d, o in folders):
                     uploading += 1
                     continue
                 # A folder may hold other files (a generator's manifest.json): one with no MSH,
@@ -640,7 +645,14 @@ def _port(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import sqlite3
+
+    import psycopg
     from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError
+
+    # Writer's COPY and executemany run on the driver: its errors come raw, not wrapped.
+    value_errors = (DataError, IntegrityError, psycopg.DataError, psycopg.IntegrityError, sqlite3.DataError,
+                    sqlite3.IntegrityError)
 
     try:
         return args.func(args)
@@ -657,12 +669,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"hl7ics: I/O error: {type(exc).__name__}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except (ArgumentError, DBAPIError) as exc:
+    except (ArgumentError, DBAPIError, psycopg.Error, sqlite3.Error) as exc:
         # A warehouse URL that is malformed or names no installed driver, a database that is down,
         # does not exist, is not a database, or refuses this user. The class and the driver's
         # first line only: no bound parameters, and the URL's password is masked by SQLAlchemy.
         # A value error's first line can quote a value (patient data): its class only.
-        detail = "" if isinstance(exc, (DataError, IntegrityError)) else \
+        detail = "" if isinstance(exc, value_errors) else \
             ": " + (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
         print(f"hl7ics: warehouse error: {type(exc).__name__}{detail}", file=sys.stderr)
         return 2

@@ -222,7 +222,7 @@ class Pending:
     rec: dict | None
     plan: AckPlan
     ack: bytes | None
-    status: str  # received | quarantined | duplicate (stored) | ack_only (answered, not stored)
+    status: str  # received | quarantined (both stored) | ack_only (answered, not stored)
     reasons: list[tuple[str, str]]
     facility: str | None
     future: asyncio.Future | None = None
@@ -395,8 +395,9 @@ class GroupCommitter:
             "(SELECT a.ack FROM mllp_ack a WHERE a.message_id = m.id) "
             # Resends are left out (their original is found itself): a sender stuck resending
             # one message would otherwise make every lookup longer.
+            # A resend is of an earlier MLLP copy; one that came in a file is the loader's duplicate.
             "FROM message_store m WHERE m.control_id IN ("
-            + ", ".join("?" * len(chunk)) + ") AND m.resend_of IS NULL", chunk)
+            + ", ".join("?" * len(chunk)) + ") AND m.resend_of IS NULL AND m.source = 'mllp'", chunk)
             for chunk in (cids[i:i + 500] for i in range(0, len(cids), 500))]
 
     @staticmethod

@@ -162,6 +162,11 @@ def _issue_text(errors: list[dict]) -> str | None:
     return "; ".join(f"{e['code']}@{e['location']}" for e in errors)[:1000]
 
 
+_OTHER_KEY = ("the patient key is not the one this warehouse was loaded with: set HL7ICS_PATIENT_KEY (or "
+              "HL7ICS_HOME, whose secrets/patient_key holds it) as for its earlier loads; with another key every "
+              "patient would get a second patient_key")
+
+
 class Loader:
     """``quality``: the data-quality options (default: from the environment; ``enabled=False`` loads
     without validation). ``run_id`` labels ``dq_result`` rows."""
@@ -250,20 +255,30 @@ class Loader:
 
     # -- database --------------------------------------------------------------------------------
     def check_key(self, conn: Connection) -> None:
-        """Refuse to write with a patient key other than the one this warehouse was first loaded
-        with: the same patient would get a second ``patient_key``, splitting their history."""
+        """Refuse to write with a patient key other than the one this warehouse was loaded with:
+        the same patient would get a second ``patient_key``, splitting their history. The
+        warehouse keeps the key's fingerprint; one loaded before it did is asked its patients."""
         where = conn.engine.url.render_as_string(hide_password=True)
         if where in self._key_checked:
             return
-        mine = self.keyer.fingerprint
-        Writer(conn).insert("warehouse_setting", ("name", "value", "updated_at"),
-                            [("patient_key_check", mine, utcnow())], on_conflict_nothing=("name",))
-        stored = conn.execute(text("SELECT value FROM warehouse_setting WHERE name = 'patient_key_check'")).scalar()
-        if stored != mine:
-            raise ConfigError("the patient key is not the one this warehouse was loaded with: set "
-                              "HL7ICS_PATIENT_KEY (or HL7ICS_HOME, whose secrets/patient_key holds it) as for "
-                              "its earlier loads; with another key every patient would get a second patient_key")
-        self._key_checked.add(where)
+        get = text("SELECT value FROM warehouse_setting WHERE name = 'patient_key_check'")
+        stored = conn.execute(get).scalar()
+        known = stored is not None
+        if not known:
+            # No fingerprint yet: the first loader must not make its own key the warehouse's
+            # when the patients already stored say otherwise (an operator's shell without
+            # HL7ICS_PATIENT_KEY gets a new random key from its HL7ICS_HOME).
+            sample = conn.execute(text("SELECT patient_key, facility_code, patient_id, id_authority FROM phi_patient "
+                                       "ORDER BY patient_key LIMIT 20")).all()
+            if any(self.keyer.key(fac, auth or fac, pid) != key for key, fac, pid, auth in sample):
+                raise ConfigError(_OTHER_KEY)
+            Writer(conn).insert("warehouse_setting", ("name", "value", "updated_at"),
+                                [("patient_key_check", self.keyer.fingerprint, utcnow())], on_conflict_nothing=("name",))
+            stored = conn.execute(get).scalar()
+        if stored != self.keyer.fingerprint:
+            raise ConfigError(_OTHER_KEY)
+        if known:  # what this transaction wrote itself is only known once it commits
+            self._key_checked.add(where)
 
     def write(self, conn: Connection, prepared: list[Prepared]) -> Counts:
         self.outcomes: dict[int, tuple[str, set]] = {}

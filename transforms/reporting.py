@@ -543,7 +543,9 @@ def _completeness(conn, cfg: IdsrConfig, facilities, weeks: list[date], now: str
             for mdt, rcv in conn.execute(text(
                     "SELECT message_datetime, received_at FROM message_store WHERE facility_code = :f "
                     "AND received_at >= :s AND received_at < :r AND message_datetime >= :s AND message_datetime < :e "
-                    "AND status <> 'received'"),
+                    # Copies are no report: duplicates, and listener resends (judged anew when
+                    # quarantined), would count a sender stuck resending as reporting, and late.
+                    "AND status <> 'received' AND status <> 'duplicate' AND resend_of IS NULL"),
                     {"f": fac, "s": _ts(ws), "e": _ts(we), "r": _ts(deadline + late_margin)}):
                 mdt, rcv = _d(mdt), _d(rcv)
                 n += 1
