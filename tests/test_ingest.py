@@ -881,6 +881,17 @@ def test_a_warehouse_loaded_before_the_key_fingerprint_asks_its_patients(ingesto
     with ingestor.engine.begin() as c:
         same.check_key(c)
     assert scalar(ingestor.engine, "SELECT value FROM warehouse_setting") == same.keyer.fingerprint
+    assert scalar(ingestor.engine, "SELECT detail FROM audit_event WHERE event_type = 'phi_read'") == \
+        "phi_patient: patient key check: 20 rows"  # the IDs were read (never shown): audited
+    # A warehouse already split by a load under another key: no key is "the" key; say so.
+    with ingestor.engine.begin() as c:
+        c.execute(text("DELETE FROM warehouse_setting"))
+        c.execute(text("INSERT INTO phi_patient (patient_key, facility_code, patient_id, updated_at) "
+                       "VALUES ('00000000000000000000000000000000', 'CHU-SO', 'P-OTHER', '2026-11-02 08:00:00')"))
+    again = Loader(ingestor.facilities.values(), PatientKeyer.from_env(ingestor.settings.home))
+    with pytest.raises(ConfigError, match="more than one patient key"):
+        with ingestor.engine.begin() as c:
+            again.check_key(c)
 
 
 def test_cli_ingest_never_prints_the_warehouse_password(tmp_path, hl7ics_home, pg_url, capsys):

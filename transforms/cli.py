@@ -645,15 +645,6 @@ def _port(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import sqlite3
-
-    import psycopg
-    from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError
-
-    # Writer's COPY and executemany run on the driver: its errors come raw, not wrapped.
-    value_errors = (DataError, IntegrityError, psycopg.DataError, psycopg.IntegrityError, sqlite3.DataError,
-                    sqlite3.IntegrityError)
-
     try:
         return args.func(args)
     except ConfigError as exc:
@@ -669,21 +660,36 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"hl7ics: I/O error: {type(exc).__name__}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except (ArgumentError, DBAPIError, psycopg.Error, sqlite3.Error) as exc:
-        # A warehouse URL that is malformed or names no installed driver, a database that is down,
-        # does not exist, is not a database, or refuses this user. The class and the driver's
-        # first line only: no bound parameters, and the URL's password is masked by SQLAlchemy.
-        # A value error's first line can quote a value (patient data): its class only.
-        detail = "" if isinstance(exc, value_errors) else \
-            ": " + (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
-        print(f"hl7ics: warehouse error: {type(exc).__name__}{detail}", file=sys.stderr)
-        return 2
     except ValueError as exc:
         # A value the command cannot use (an out-of-range number, a malformed URL): one line, no
         # traceback, and the exit code of a usage error.
         print(f"hl7ics: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}",
               file=sys.stderr)
         return 2
+    except Exception as exc:
+        line = _warehouse_error(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
+
+
+def _warehouse_error(exc: Exception) -> str | None:
+    """One line for a warehouse URL that is malformed or names no installed driver, a database that
+    is down, does not exist, is not a database, or refuses this user (None: not such an error).
+    The class and the driver's first line only: no bound parameters, and the URL's password is
+    masked by SQLAlchemy. A value error's first line can quote a value (patient data): its class
+    only. Writer's COPY and executemany run on the driver, whose errors come raw, not wrapped."""
+    from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError
+
+    # Among the modules already imported: importing psycopg would cost every command 0.15 s.
+    drivers = [m for m in (sys.modules.get("psycopg"), sys.modules.get("sqlite3")) if m is not None]
+    if not isinstance(exc, (ArgumentError, DBAPIError, *(m.Error for m in drivers))):
+        return None
+    values = (DataError, IntegrityError, *(e for m in drivers for e in (m.DataError, m.IntegrityError)))
+    detail = "" if isinstance(exc, values) else \
+        ": " + (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0][:200]
+    return f"hl7ics: warehouse error: {type(exc).__name__}{detail}"
 
 
 if __name__ == "__main__":

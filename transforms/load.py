@@ -165,6 +165,8 @@ def _issue_text(errors: list[dict]) -> str | None:
 _OTHER_KEY = ("the patient key is not the one this warehouse was loaded with: set HL7ICS_PATIENT_KEY (or "
               "HL7ICS_HOME, whose secrets/patient_key holds it) as for its earlier loads; with another key every "
               "patient would get a second patient_key")
+_SPLIT_KEYS = ("this warehouse already holds patients under more than one patient key (a load ran with another "
+               "key): see 'Patient key' in docs/operations.md before loading more")
 
 
 class Loader:
@@ -270,8 +272,14 @@ class Loader:
             # HL7ICS_PATIENT_KEY gets a new random key from its HL7ICS_HOME).
             sample = conn.execute(text("SELECT patient_key, facility_code, patient_id, id_authority FROM phi_patient "
                                        "ORDER BY patient_key LIMIT 20")).all()
-            if any(self.keyer.key(fac, auth or fac, pid) != key for key, fac, pid, auth in sample):
-                raise ConfigError(_OTHER_KEY)
+            same = [self.keyer.key(fac, auth or fac, pid) == key for key, fac, pid, auth in sample]
+            if same and not all(same):
+                raise ConfigError(_SPLIT_KEYS if any(same) else _OTHER_KEY)
+            # The IDs were read (never shown) to compare keys: audited as every read of phi_*.
+            if sample:
+                conn.execute(text("INSERT INTO audit_event (created_at, event_type, outcome, peer, facility_code, detail) "
+                                  "VALUES (:t, 'phi_read', 'success', 'hl7ics', NULL, :d)"),
+                             {"t": utcnow(), "d": f"phi_patient: patient key check: {len(sample)} rows"})
             Writer(conn).insert("warehouse_setting", ("name", "value", "updated_at"),
                                 [("patient_key_check", self.keyer.fingerprint, utcnow())], on_conflict_nothing=("name",))
             stored = conn.execute(get).scalar()
