@@ -269,10 +269,16 @@ class GroupCommitter:
         return await p.future
 
     @staticmethod
-    def _keys(group: list[Pending]) -> set[tuple]:
-        # Refused messages too: a sender stuck resending one the listener refuses is resending.
-        return {(p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha)
-                for p in group if p.rec and p.rec.get("control_id") and p.status in ("received", "quarantined")}
+    def _key(p: Pending) -> tuple | None:
+        """What makes a later message a resend of ``p``; None when nothing can (no control ID, an
+        ACK). Refused messages have one too: a sender stuck resending one is resending."""
+        if p.rec and p.rec.get("control_id") and p.status in ("received", "quarantined"):
+            return p.rec.get("sending_facility"), p.rec["control_id"], p.csha
+        return None
+
+    @classmethod
+    def _keys(cls, group: list[Pending]) -> set[tuple]:
+        return {k for k in map(cls._key, group) if k is not None}
 
     async def _run(self) -> None:
         inflight: dict[asyncio.Task, set[tuple]] = {}
@@ -423,8 +429,8 @@ class GroupCommitter:
             existing[key] = (copies[0][0], ack, code)
         return existing
 
-    @staticmethod
-    def _decide(group: list[Pending], existing: dict[tuple, tuple[int, bytes | None, str | None]]):
+    @classmethod
+    def _decide(cls, group: list[Pending], existing: dict[tuple, tuple[int, bytes | None, str | None]]):
         """Per message: ("duplicate", the ACK sent) or ("stored", its ACK); and the messages to store.
 
         A resend is stored like every received message (one row each, as a file's copies are),
@@ -435,8 +441,7 @@ class GroupCommitter:
         to_store: list[Pending] = []
         seen: dict[tuple, Pending] = {}
         for p in group:
-            key = (p.rec.get("sending_facility"), p.rec.get("control_id"), p.csha) \
-                if p.rec and p.rec.get("control_id") and p.status in ("received", "quarantined") else None
+            key = cls._key(p)
             if key in existing or key in seen:
                 if key in existing:
                     first, stored, code = existing[key]

@@ -26,6 +26,7 @@ from .datetimes import to_utc
 from .extract import internal_error_record, to_record
 from .facts import COLUMNS, COVERAGE_KEY, ENCOUNTER_COLUMNS, PatientKeyer, dedupe, extract_facts, fold_encounter
 from .parser import ParseIssue, parse
+from .privacy import record_phi_read
 from .quality import (STAGE as DQ_STAGE, THRESHOLD_REASON, UNKNOWN_FACILITY_CHECK, QualityOptions, Validator, Verdict,
                       message_row)
 from .warehouse import Writer, timestamp_text as _ts_text, utcnow
@@ -277,9 +278,7 @@ class Loader:
                 raise ConfigError(_SPLIT_KEYS if any(same) else _OTHER_KEY)
             # The IDs were read (never shown) to compare keys: audited as every read of phi_*.
             if sample:
-                conn.execute(text("INSERT INTO audit_event (created_at, event_type, outcome, peer, facility_code, detail) "
-                                  "VALUES (:t, 'phi_read', 'success', 'hl7ics', NULL, :d)"),
-                             {"t": utcnow(), "d": f"phi_patient: patient key check: {len(sample)} rows"})
+                record_phi_read(conn, f"phi_patient: patient key check: {len(sample)} rows")
             Writer(conn).insert("warehouse_setting", ("name", "value", "updated_at"),
                                 [("patient_key_check", self.keyer.fingerprint, utcnow())], on_conflict_nothing=("name",))
             stored = conn.execute(get).scalar()

@@ -37,11 +37,15 @@ def audit_phi_read(engine: Engine, table: str, purpose: str, sql: str, keys: lis
         raise
     finally:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO audit_event (created_at, event_type, outcome, peer, facility_code, detail) "
-                              "VALUES (:t, 'phi_read', :o, :a, NULL, :d)"),
-                         {"t": utcnow(), "o": outcome, "a": actor,
-                          "d": f"{table}: {purpose}: {len(out)} of {len(keys)} rows"[:500]})
+            record_phi_read(conn, f"{table}: {purpose}: {len(out)} of {len(keys)} rows", outcome, actor)
     return out
+
+
+def record_phi_read(conn, detail: str, outcome: str = "success", actor: str = "hl7ics") -> None:
+    """The ``audit_event`` row of a read of ``phi_*`` (``detail``: table, purpose, row counts)."""
+    conn.execute(text("INSERT INTO audit_event (created_at, event_type, outcome, peer, facility_code, detail) "
+                      "VALUES (:t, 'phi_read', :o, :a, NULL, :d)"),
+                 {"t": utcnow(), "o": outcome, "a": actor, "d": detail[:500]})
 
 
 def create_roles(engine: Engine) -> list[str]:
