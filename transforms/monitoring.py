@@ -230,11 +230,13 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
             {"s": _ts(hour0 - timedelta(days=7))})})
         for code in codes:
             # Copies are no sign of life: a sender stuck resending one message is silent, whether
-            # that message loaded or not (a resend of a quarantined one is judged anew).
+            # that message loaded or not (a resend of a quarantined one is judged anew). A resend
+            # that loaded (its original was refused, and has since been fixed) is new data.
             for source, mtype, n, q, last in conn.execute(text(
                     "SELECT source, COALESCE(message_type, '-'), COUNT(*), "
                     "SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END), "
-                    "MAX(CASE WHEN status <> 'duplicate' AND resend_of IS NULL THEN received_at END) "
+                    "MAX(CASE WHEN status = 'loaded' OR (status <> 'duplicate' AND resend_of IS NULL) "
+                    "THEN received_at END) "
                     "FROM message_store "
                     "WHERE facility_code = :f AND received_at >= :s GROUP BY 1, 2"), {"f": code, "s": h24}):
                 rows[(code, source, mtype)] = _row(checked, code, source, mtype, n24=int(n), q24=int(q or 0),
