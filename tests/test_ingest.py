@@ -894,6 +894,32 @@ def test_a_warehouse_loaded_before_the_key_fingerprint_asks_its_patients(ingesto
             again.check_key(c)
 
 
+def test_a_replay_for_another_reason_leaves_a_kept_hold_as_it_was(ingestor, tmp_path):
+    """A message held for a parse error and refused by the listener (an EXPLICIT_ONLY hold), then
+    replayed for the parse error: the listener's row used to be resolved and replaced by a
+    parse-stage copy with a generic detail (and a batch hold lost its detail). The hold stays as it
+    was, and a second replay changes nothing."""
+    from transforms.replay import replay
+
+    msg = adt("KH-1", "A01", "20261102080000").replace("P1^^^CHU-SO^MR", "")
+    ingestor.ingest_file(write(tmp_path / "q.hl7", msg), "CHU-SO")
+    ((mid, reason),) = rows(ingestor.engine, "SELECT message_id, reason FROM quarantine")
+    with ingestor.engine.begin() as c:
+        c.execute(text("INSERT INTO quarantine (message_id, stage, reason, detail, created_at) VALUES (:m, "
+                       "'listener', 'PROCESSING_ID_REFUSED', 'MSH-11: refused by the listener', "
+                       "'2026-11-02 08:00:00')"), {"m": mid})
+    held = "SELECT stage, reason, detail, resolved_at IS NULL FROM quarantine WHERE reason <> :r ORDER BY id"
+    before = rows(ingestor.engine, held, r=reason)
+    assert replay(ingestor.engine, ingestor.loader, reason=reason).quarantined == 1
+    assert rows(ingestor.engine, held, r=reason) == before == [
+        ("listener", "PROCESSING_ID_REFUSED", "MSH-11: refused by the listener", 1)]
+    snapshot = rows(ingestor.engine, "SELECT status, error, flags, updated_at FROM message_store")
+    everything = rows(ingestor.engine, "SELECT stage, reason, detail, resolved_at FROM quarantine ORDER BY id")
+    replay(ingestor.engine, ingestor.loader, reason=reason)
+    assert rows(ingestor.engine, "SELECT status, error, flags, updated_at FROM message_store") == snapshot
+    assert rows(ingestor.engine, "SELECT stage, reason, detail, resolved_at FROM quarantine ORDER BY id") == everything
+
+
 def test_cli_ingest_never_prints_the_warehouse_password(tmp_path, hl7ics_home, pg_url, capsys):
     """The warehouse URL may carry a password (this PostgreSQL trusts any): the summary shows the
     URL with the password masked."""

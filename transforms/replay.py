@@ -52,14 +52,19 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
                 f"SELECT id, raw, source, source_ref, facility_code, file_sha256, received_at FROM message_store "
                 f"WHERE id IN ({marks}) ORDER BY id"), p).all()
             holds = conn.execute(text(
-                f"SELECT message_id, reason, detail FROM quarantine WHERE resolved_at IS NULL AND message_id IN "
+                f"SELECT message_id, stage, reason, detail FROM quarantine WHERE resolved_at IS NULL AND message_id IN "
                 f"({marks}) AND reason IN ({', '.join(repr(r) for r in EXPLICIT_ONLY)})"), p).all()
         # A hold of EXPLICIT_ONLY survives a replay for another reason: only naming it releases it.
+        # It goes through the loader as an issue, which quarantines the message again, with its
+        # detail as it was; its row stays as it is (below), whatever stage wrote it.
         kept: dict[int, list[ParseIssue]] = {}
-        for mid, rsn, detail in holds:
+        kept_rows: set[tuple[int, str, str]] = set()  # (message, stage, reason)
+        for mid, stage, rsn, detail in holds:
             if rsn != reason:
-                loc = (detail or "").split(":", 1)[0] or "batch"
-                kept.setdefault(mid, []).append(ParseIssue(rsn, loc, "held until its reason is named in a replay", 207))
+                loc, _, why = (detail or "").partition(": ")
+                kept.setdefault(mid, []).append(ParseIssue(rsn, loc or "batch", why or "held until its reason is "
+                                                           "named in a replay", 207))
+                kept_rows.add((mid, stage, rsn))
         items = [Incoming(bytes(r[1]), r[2], r[3], r[4] if r[4] != "UNKNOWN" else None, r[5], kept.get(r[0], []),
                           r[0], str(r[6]) if r[6] is not None else None) for r in rows]
         prepared = loader.prepare(items)
@@ -67,13 +72,23 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
             # Another replay may have loaded some of these since they were read.
             still = claim(conn, "quarantined", chunk)
             prepared = [x for x in prepared if x.item.message_id in still]
+            before = {tuple(r) for r in conn.execute(text(
+                f"SELECT message_id, stage, reason FROM quarantine WHERE message_id IN ({marks})"), p)}
             counts = loader.write(conn, prepared)
             now = utcnow()
+            # The loader writes a kept hold as a parse-stage reason: one the listener wrote keeps
+            # its own row instead of gaining a copy.
+            copies = [{"m": mid, "r": rsn} for mid, stage, rsn in kept_rows
+                      if stage != "parse" and (mid, "parse", rsn) not in before]
+            if copies:
+                conn.execute(text("DELETE FROM quarantine WHERE message_id = :m AND stage = 'parse' AND reason = :r"),
+                             copies)
             open_rows = conn.execute(text(
                 f"SELECT id, message_id, stage, reason FROM quarantine WHERE resolved_at IS NULL "
                 f"AND message_id IN ({marks})"), p).all()
-            # A row is resolved when its message left quarantine or its reason no longer applies.
-            done = [qid for qid, mid, stage, rsn in open_rows if mid in still
+            # A row is resolved when its message left quarantine or its reason no longer applies;
+            # a kept hold's row is left as it is.
+            done = [qid for qid, mid, stage, rsn in open_rows if mid in still and (mid, stage, rsn) not in kept_rows
                     and (loader.outcomes[mid][0] != "quarantined" or (stage, rsn) not in loader.outcomes[mid][1])]
             if done:
                 conn.execute(text("UPDATE quarantine SET resolved_at = :now WHERE id = :q"),
