@@ -166,7 +166,7 @@ def _print_counts(results: dict, out=None) -> None:
 def cmd_ingest(args) -> int:
     from .errors import SourceError
     from .ingest import Ingestor, sniff_file
-    from .sources import FolderSource, settled
+    from .sources import FolderSource, settled, upload_in_progress
     from .warehouse import printable_url
 
     settings = _settings(args)
@@ -193,7 +193,7 @@ def cmd_ingest(args) -> int:
                     mtime = x.stat().st_mtime
                 except FileNotFoundError:  # archived by a DAG run since the walk listed it
                     continue
-                if any(part.startswith(".") for part in x.relative_to(p).parts) or x.suffix in (".tmp", ".part") \
+                if upload_in_progress(x.name) or any(part.startswith(".") for part in x.relative_to(p).parts) \
                         or any(x.resolve().is_relative_to(d) and not settled(o, mtime, now) for d, o in folders):
                     uploading += 1
                     continue

@@ -333,7 +333,9 @@ class Loader:
             if rec["status"] == "error":
                 status = "quarantined"
                 for e in rec["errors"]:
-                    quarantine_rows.append((mid, "parse", e["code"], f"{e['location']}: {e['message']}"[:500], now))
+                    # A replay's kept hold names the stage that wrote it (replay.KeptHold).
+                    quarantine_rows.append((mid, e.get("stage", "parse"), e["code"],
+                                            f"{e['location']}: {e['message']}"[:500], now))
             else:
                 key = (rec.get("sending_facility"), rec.get("control_id"), rec["content_sha256"])
                 same_id = [x for x in existing.get(key[:2], []) if x[0] not in in_batch and _counts_before(x, mid)]

@@ -12,13 +12,30 @@ its certificate does not allow is an operator's decision, not a default.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from .listener import REFUSED_REASONS
 from .load import Counts, Incoming, Loader, claim
-from .parser import ParseIssue
 from .warehouse import utcnow
+
+class KeptHold(NamedTuple):
+    """A hold of EXPLICIT_ONLY carried through a replay for another reason: an issue like the
+    parser's (it quarantines the message again), written back with the stage and detail it had."""
+
+    code: str
+    location: str
+    message: str
+    stage: str
+    hl7_code: int = 207
+    severity: str = "error"
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, "location": self.location, "message": self.message, "hl7_code": self.hl7_code,
+                "severity": self.severity, "stage": self.stage}
+
 
 EXPLICIT_ONLY = ("BATCH_COUNT_MISMATCH", "BATCH_STRUCTURE", "BATCH_ENVELOPE", *REFUSED_REASONS)
 BATCH = 1000
@@ -55,16 +72,13 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
                 f"SELECT message_id, stage, reason, detail FROM quarantine WHERE resolved_at IS NULL AND message_id IN "
                 f"({marks}) AND reason IN ({', '.join(repr(r) for r in EXPLICIT_ONLY)})"), p).all()
         # A hold of EXPLICIT_ONLY survives a replay for another reason: only naming it releases it.
-        # It goes through the loader as an issue, which quarantines the message again, with its
-        # detail as it was; its row stays as it is (below), whatever stage wrote it.
-        kept: dict[int, list[ParseIssue]] = {}
-        kept_rows: set[tuple[int, str, str]] = set()  # (message, stage, reason)
+        # The loader writes it back as it was (stage and detail), so its row does not change.
+        kept: dict[int, list[KeptHold]] = {}
         for mid, stage, rsn, detail in holds:
             if rsn != reason:
                 loc, _, why = (detail or "").partition(": ")
-                kept.setdefault(mid, []).append(ParseIssue(rsn, loc or "batch", why or "held until its reason is "
-                                                           "named in a replay", 207))
-                kept_rows.add((mid, stage, rsn))
+                kept.setdefault(mid, []).append(KeptHold(rsn, loc or "batch", why or "held until its reason is "
+                                                         "named in a replay", stage))
         items = [Incoming(bytes(r[1]), r[2], r[3], r[4] if r[4] != "UNKNOWN" else None, r[5], kept.get(r[0], []),
                           r[0], str(r[6]) if r[6] is not None else None) for r in rows]
         prepared = loader.prepare(items)
@@ -72,23 +86,13 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
             # Another replay may have loaded some of these since they were read.
             still = claim(conn, "quarantined", chunk)
             prepared = [x for x in prepared if x.item.message_id in still]
-            before = {tuple(r) for r in conn.execute(text(
-                f"SELECT message_id, stage, reason FROM quarantine WHERE message_id IN ({marks})"), p)}
             counts = loader.write(conn, prepared)
             now = utcnow()
-            # The loader writes a kept hold as a parse-stage reason: one the listener wrote keeps
-            # its own row instead of gaining a copy.
-            copies = [{"m": mid, "r": rsn} for mid, stage, rsn in kept_rows
-                      if stage != "parse" and (mid, "parse", rsn) not in before]
-            if copies:
-                conn.execute(text("DELETE FROM quarantine WHERE message_id = :m AND stage = 'parse' AND reason = :r"),
-                             copies)
             open_rows = conn.execute(text(
                 f"SELECT id, message_id, stage, reason FROM quarantine WHERE resolved_at IS NULL "
                 f"AND message_id IN ({marks})"), p).all()
-            # A row is resolved when its message left quarantine or its reason no longer applies;
-            # a kept hold's row is left as it is.
-            done = [qid for qid, mid, stage, rsn in open_rows if mid in still and (mid, stage, rsn) not in kept_rows
+            # A row is resolved when its message left quarantine or its reason no longer applies.
+            done = [qid for qid, mid, stage, rsn in open_rows if mid in still
                     and (loader.outcomes[mid][0] != "quarantined" or (stage, rsn) not in loader.outcomes[mid][1])]
             if done:
                 conn.execute(text("UPDATE quarantine SET resolved_at = :now WHERE id = :q"),

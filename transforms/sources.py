@@ -62,7 +62,7 @@ class FolderSource:
         out: list[tuple[float, str]] = []
         for p in self.folder.glob(self.options.get("glob", "*.hl7")):
             # Symlinks could point anywhere on the host; only regular files uploaded here count.
-            if p.is_symlink() or not p.is_file() or p.name.startswith(".") or p.suffix in (".tmp", ".part"):
+            if p.is_symlink() or not p.is_file() or upload_in_progress(p.name):
                 continue
             st = p.stat()
             if not settled(self.options, st.st_mtime, now):
@@ -75,6 +75,12 @@ class FolderSource:
 
     def finish(self, ref: SourceRef, sha256: str, copy: Path | None = None) -> str | None:
         return archive_local(self.settings, self.facility.code, Path(ref["ref"]), sha256)
+
+
+def upload_in_progress(name: str) -> bool:
+    """Whether a file name is one still being written: hidden (many SFTP and rsync clients write
+    ``.name`` and rename it), or the ``.tmp``/``.part`` names of the ``tmp_rename`` convention."""
+    return name.startswith(".") or name.endswith((".tmp", ".part"))
 
 
 def settled(options: dict, mtime: float, now: float) -> bool:
@@ -157,7 +163,7 @@ class SftpSource:
 
         def listing(c):
             return [f for f in c.list(pattern) if fnmatch.fnmatch(f.name, pattern)
-                    and not f.name.endswith((".tmp", ".part")) and not f.name.startswith(".")]
+                    and not upload_in_progress(f.name)]
 
         with self._open() as c:
             files = listing(c)
