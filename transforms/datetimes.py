@@ -86,8 +86,8 @@ def _parse_slow(value: str) -> str:
             raise InvalidDate("month out of range")
         out += "-" + s[4:6]
         if n >= 8:
-            d = int(s[6:8])
-            if not 1 <= d <= _DAYS[m - 1] or (m == 2 and d == 29 and not _leap(y)):
+            day = int(s[6:8])
+            if not 1 <= day <= _DAYS[m - 1] or (m == 2 and day == 29 and not _leap(y)):
                 raise InvalidDate("day out of range")
             out += "-" + s[6:8]
             if n >= 10:

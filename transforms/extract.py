@@ -11,9 +11,10 @@ is an *error*; what is odd but loadable is a *warning*. Issue texts never contai
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from .datetimes import InvalidDate, parse_dtm
-from .parser import Message, ParseIssue, components, leading_junk, unescape
+from .parser import Issue, Message, ParseIssue, components, leading_junk, unescape
 
 _DECIMAL_COMMA = re.compile(r"[+-]?[0-9]+,[0-9]+")
 SUPPORTED_VERSION = re.compile(r"^2\.[1-8](?:\.\d+)?")
@@ -48,7 +49,7 @@ def message_structure(msg_type: str, event: str, msh9_3: str) -> str:
     return _STRUCTURE_BY_EVENT.get(msg_type, {}).get(event, f"{msg_type}_{event}" if event else msg_type)
 
 
-def _date(value: str, location: str, issues: list[ParseIssue], required: bool) -> str | None:
+def _date(value: str, location: str, issues: list[Issue], required: bool) -> str | None:
     if not value or value == '""':  # '""' is HL7's explicit null ("clear the value"), not a bad date
         return None
     try:
@@ -59,7 +60,7 @@ def _date(value: str, location: str, issues: list[ParseIssue], required: bool) -
         return None
 
 
-def _number(value: str, location: str, issues: list[ParseIssue]) -> float | None:
+def _number(value: str, location: str, issues: list[Issue]) -> float | None:
     v = value.strip()
     if not v:
         return None
@@ -80,7 +81,7 @@ def _f(seg: list[str], n: int) -> str:
     return seg[n] if n < len(seg) else ""
 
 
-def patient_of(msg: Message, issues: list[ParseIssue]) -> dict | None:
+def patient_of(msg: Message, issues: list[Issue]) -> dict | None:
     pid = msg.first("PID")
     if pid is None:
         return None
@@ -139,7 +140,7 @@ _INF = float("inf")
 _CODED = frozenset(("CE", "CWE", "CNE", "CF", "CD", "CX"))
 
 
-def observations_of(msg: Message, issues: list[ParseIssue]) -> list[dict]:
+def observations_of(msg: Message, issues: list[Issue]) -> list[dict]:
     obxs = msg.index.get("OBX")
     if not obxs:
         return []
@@ -226,7 +227,7 @@ def _first(value: str, d) -> str:
     return value
 
 
-def header_of(msg: Message, issues: list[ParseIssue]) -> dict:
+def header_of(msg: Message, issues: list[Issue]) -> dict:
     msh = msg.segments[0] if msg.segments and msg.segments[0][0] == "MSH" else None
     if msh is None:
         return dict.fromkeys(_EMPTY_HEADER)
@@ -284,7 +285,7 @@ _KNOWN_VERSIONS = frozenset(("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1"
                              "2.8.1", "2.8.2"))
 
 
-def check_structure(msg: Message, header: dict, issues: list[ParseIssue]) -> None:
+def check_structure(msg: Message, header: dict, issues: list[Issue]) -> None:
     mtype = header.get("message_type")
     if not mtype:
         return
@@ -305,11 +306,11 @@ def check_structure(msg: Message, header: dict, issues: list[ParseIssue]) -> Non
             break
 
 
-def to_record(msg: Message, source: dict | None = None, extra_issues: list[ParseIssue] = (),
+def to_record(msg: Message, source: dict | None = None, extra_issues: Sequence[Issue] = (),
               sha256: str | None = None) -> dict:
     """The canonical record for one message. ``sha256``: the hash of its bytes, when the caller
     already has it (the loader hashes the exact bytes and the content in one pass)."""
-    issues: list[ParseIssue] = list(msg.issues)
+    issues: list[Issue] = list(msg.issues)
     header = header_of(msg, issues)
     has_msh = header["control_id"] is not None or (msg.segments and msg.segments[0][0] == "MSH")
     if has_msh:

@@ -18,6 +18,7 @@ import re
 import os
 import secrets
 from operator import itemgetter
+from typing import Any
 from pathlib import Path
 
 from .datetimes import InvalidDate, parse_dtm, to_utc
@@ -151,10 +152,12 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
     d = msg.delims
     cx = msg.codec
     facts: Facts = {}
+    rows: list[tuple]  # one list per fact table below
     mtype = rec.get("message_type") or ""
     event = rec.get("trigger_event") or ""
     patient = rec.get("patient") or None
     pkey = None
+    authority = facility  # the assigning authority of PID-3 (and of MRG-1 when it names none)
     pid = msg.first("PID")
     if patient and patient.get("id"):
         authority = patient.get("id_authority") or facility
@@ -167,7 +170,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
         if not phone and _c(xtn, d, 6, cx):
             # XTN.5 country, .6 area, .7 local number (the 2.3+ structured form)
             cc, area, local = _c(xtn, d, 4, cx), _c(xtn, d, 5, cx), _c(xtn, d, 6, cx)
-            phone = (f"+{cc}" if cc else "") + (area or "") + local
+            phone = (f"+{cc}" if cc else "") + (area or "") + (local or "")
         birth = patient.get("birth_date")
         facts["phi_patient"] = [(pkey, facility, patient["id"], patient.get("id_authority"), patient.get("family_name"),
                                  patient.get("given_name"), birth, patient.get("sex"), address, district, phone,
@@ -182,7 +185,7 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
             for mrg in msg.all("MRG"):
                 old_id = _c(field(mrg, 1), d, 0, cx)
                 if old_id:
-                    old_auth = _c(field(mrg, 1), d, 3, cx) or (patient.get("id_authority") or facility)
+                    old_auth = _c(field(mrg, 1), d, 3, cx) or authority
                     old_key = keyer.key(facility, old_auth, old_id)
                     if old_key != pkey:
                         rows.append((old_key, pkey, message_id, _ts(components(field(msg.first("EVN"), 2), d)[0], tz)
@@ -260,10 +263,10 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
         for rxa in msg.all("RXA"):
             if (_c(field(rxa, 20), d, 0, cx) or "CP") in ("RE", "NA") or _c(field(rxa, 21), d, 0, cx) == "D":
                 continue  # refused, not administered, or deleted: not a dose given
-            code = _c(field(rxa, 5), d, 0, cx)
+            vaccine = _c(field(rxa, 5), d, 0, cx)
             at = _ts(components(field(rxa, 3), d)[0], tz)
-            if code and at and pkey:
-                rows.append((facility, pkey, code, at, _c(field(rxa, 5), d, 2, cx), _c(field(rxa, 5), d, 1, cx),
+            if vaccine and at and pkey:
+                rows.append((facility, pkey, vaccine, at, _c(field(rxa, 5), d, 2, cx), _c(field(rxa, 5), d, 1, cx),
                              _c(field(rxa, 2), d, 0, cx), _c(field(rxa, 15), d, 0, cx), message_id))
         if rows:
             facts["fact_immunization"] = dedupe(rows, (0, 1, 2, 3))
@@ -347,7 +350,7 @@ def fold_encounter(events: list[tuple]) -> tuple | None:
     if not events:
         return None
     evs = sorted(events, key=lambda e: (e[4] is None, str(e[4] or ""), e[0]))
-    st = {"patient_key": None, "patient_class": None, "location": None, "admit_at": None, "discharge_at": None,
+    st: dict[str, Any] = {"patient_key": None, "patient_class": None, "location": None, "admit_at": None, "discharge_at": None,
           "disposition": None, "dx": None, "cancelled": 0}
     last_event = last_at = None
     facility, visit = evs[0][1], evs[0][2]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field as dc_field
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import BinaryIO, Iterator, NamedTuple, Protocol
 
 from . import charset as _charset
 
@@ -56,6 +56,19 @@ class ParseIssue(NamedTuple):
     def as_dict(self) -> dict:
         return {"code": self.code, "location": self.location, "message": self.message,
                 "hl7_code": self.hl7_code, "severity": self.severity}
+
+
+class Issue(Protocol):
+    """What the record needs of an issue: a ``ParseIssue``, or another stage's issue carried
+    into the record (``replay.KeptHold``)."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def severity(self) -> str: ...
+
+    def as_dict(self) -> dict: ...
 
 
 _DELIM_CACHE: dict[str, tuple[Delimiters, list[ParseIssue]]] = {}
@@ -518,7 +531,8 @@ def _split_envelopes(units: Iterator[Unit]) -> Iterator[Unit]:
     header and becomes a separate fragment instead of being ignored."""
     for u in units:
         if u.kind in ("FHS", "BHS", "BTS", "FTS"):
-            head = _FIRST_LINE.match(u.raw).end()
+            first = _FIRST_LINE.match(u.raw)  # matches every input (it may match nothing)
+            head = first.end() if first is not None else 0
             if head < len(u.raw) and u.raw[head:].strip():
                 yield u._replace(raw=u.raw[:head])
                 yield Unit("FRAGMENT", u.raw[head:], u.offset + head)
