@@ -16,8 +16,9 @@ import hashlib
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
+from mypy_extensions import mypyc_attr
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -157,7 +158,7 @@ class Counts:
                 "quarantined": self.quarantined}
 
 
-def _issue_text(errors: list[dict]) -> str | None:
+def _issue_text(errors: list[dict] | None) -> str | None:
     if not errors:
         return None
     return "; ".join(f"{e['code']}@{e['location']}" for e in errors)[:1000]
@@ -170,6 +171,7 @@ _SPLIT_KEYS = ("this warehouse already holds patients under more than one patien
                "key): see 'Patient key' in docs/operations.md before loading more")
 
 
+@mypyc_attr(native_class=False)  # compiled methods, but a plain class: tests and callers may patch it
 class Loader:
     """``quality``: the data-quality options (default: from the environment; ``enabled=False`` loads
     without validation). ``run_id`` labels ``dq_result`` rows."""
@@ -194,7 +196,7 @@ class Loader:
         self.loaded_facilities: set[str] = set()  # facilities written since the last flush_alerts
         # How the alerter finds its channels' connections (Airflow's resolver inside a task;
         # None: AIRFLOW_CONN_* variables only).
-        self.resolve_connection = None
+        self.resolve_connection: Callable[..., Any] | None = None
         self._key_checked: set[str] = set()  # warehouses whose patient key check passed
 
     @property
@@ -288,7 +290,7 @@ class Loader:
             self._key_checked.add(where)
 
     def write(self, conn: Connection, prepared: list[Prepared]) -> Counts:
-        self.outcomes: dict[int, tuple[str, set]] = {}
+        self.outcomes: dict[int | None, tuple[str, set | frozenset]] = {}
         if not prepared:
             return Counts()
         self.check_key(conn)
@@ -317,17 +319,17 @@ class Loader:
         # A stored row of a message in this batch has a status this write is about to replace:
         # its copies are judged by what this batch decides for it (``seen``), not by that status.
         in_batch = {p.item.message_id for p in prepared}
-        quarantine_rows = []
+        quarantine_rows: list[tuple] = []
         facts_by_table: dict[str, list] = {}
         if any(p.dq is None and p.facts is not None for p in prepared):
             self.validate(prepared)  # callers may validate larger chunks beforehand; this catches the rest
         checks = self._validator.checks if self._validator is not None else {}
         self.loaded_facilities.update(p.facility for p in prepared)
-        dq_errors: dict[int, str] = {}
+        dq_errors: dict[int | None, str] = {}
         dq_counted: list[Prepared] = []
-        for p in sorted(prepared, key=lambda p: p.item.message_id):
+        for p in sorted(prepared, key=lambda p: p.item.message_id or 0):
             rec = p.rec
-            mid = p.item.message_id
+            mid: int = p.item.message_id  # type: ignore[assignment]  # every message has its id by now
             qstart = len(quarantine_rows)
             flags = list(rec["flag_codes"])
             if rec["status"] == "error":
@@ -442,9 +444,12 @@ class Loader:
         rows: dict[tuple, int] = {}
         failed: dict[tuple, int] = {}
         for p in counted:
-            for t, n in p.dq.rows.items():
+            dq = p.dq
+            if dq is None:  # counted messages were all validated
+                continue
+            for t, n in dq.rows.items():
                 rows[(p.facility, t)] = rows.get((p.facility, t), 0) + n
-            for name, n in p.dq.failed.items():
+            for name, n in dq.failed.items():
                 failed[(p.facility, name)] = failed.get((p.facility, name), 0) + n
         by_table: dict[str, list] = {}
         for c in checks.values():
@@ -462,7 +467,7 @@ class Loader:
             [{"r": self.run_id, "f": f, "t": t, "e": e, "s": a[0], "n": a[1], "x": a[2], "now": now}
              for (f, t, e), a in sorted(agg.items())])
         unknown = {_SAFE_CODE.sub("?", p.rec.get("sending_facility") or "")[:64] or UNKNOWN_FACILITY
-                   for p in counted if p.dq.failed.get(UNKNOWN_FACILITY_CHECK)}
+                   for p in counted if p.dq is not None and p.dq.failed.get(UNKNOWN_FACILITY_CHECK)}
         for fac in sorted(unknown):
             # Sent after the commit (flush_alerts): the alerter writes through its own connection.
             self.pending_alerts[("unknown_facility", fac)] = {"facility_code": fac}
@@ -507,7 +512,7 @@ class Loader:
 
     def _existing_keys(self, w: Writer, prepared: list[Prepared]) -> dict[tuple, list[tuple]]:
         """(sending facility, control ID) -> [(id, content hash, status)] of stored, unquarantined rows."""
-        cids = sorted({p.rec.get("control_id") for p in prepared if p.rec.get("control_id")})
+        cids = sorted({p.rec["control_id"] for p in prepared if p.rec.get("control_id")})
         out: dict[tuple, list] = {}
         for mid, sf, cid, sha, status in w.query_in(
                 "SELECT id, sending_facility, control_id, COALESCE(content_sha256, sha256), status "
