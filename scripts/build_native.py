@@ -26,10 +26,10 @@ GROUP = "transforms.native"  # the shared library: transforms/native__mypyc.*.so
 
 
 def _clean() -> None:
+    """Removes the record and every compiled file, including those of modules no longer listed."""
     NATIVE_RECORD.unlink(missing_ok=True)
-    for m in (*NATIVE_MODULES, "native__mypyc"):
-        for f in (ROOT / "transforms").glob(f"{m}.*.so"):
-            f.unlink()
+    for f in (ROOT / "transforms").glob("*.so"):
+        f.unlink()
 
 
 def build() -> bool:

@@ -76,6 +76,23 @@ def test_native_off_imports_the_python_source():
     assert state == "off" and facts.endswith("facts.py") and parser.endswith("parser.py")
 
 
+def test_only_the_current_build_shadows_a_source():
+    """A compiled file of a module the build does not list (left from an older list, or copied in)
+    is never imported: the finder hands out the source of every other module."""
+    import transforms
+    from transforms import NATIVE_MODULES, _PythonSource
+
+    spec = _PythonSource.find_spec("transforms.dq_screen")
+    assert "dq_screen" not in NATIVE_MODULES and spec is not None and spec.origin.endswith("dq_screen.py")
+    assert _PythonSource.find_spec("transforms.no_such_module") is None
+    assert _PythonSource.find_spec("json") is None
+    listed = _PythonSource.find_spec("transforms.facts")
+    if transforms.NATIVE == "compiled":
+        assert listed is None  # the normal import, which finds the compiled file
+    else:
+        assert listed is not None and listed.origin.endswith("facts.py")
+
+
 # -- differential: compiled and Python source ---------------------------------------------------
 _BYTES = [b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b" ", b"", b"X", b"0", b"9", b"\xc3\xa9", b"\xe9", b"\x00",
           b"\\E\\", b"\\X41\\", b"\\H\\", b"\\.br\\", b'""', b"\xc9\x96", b"\xff\xfe", b"MSH|", b"\rOBX|1|NM|",

@@ -51,21 +51,25 @@ def native_state(folder: Path = _HERE, record: Path | None = None) -> str:
 
 class _PythonSource:
     """Finds ``transforms.<module>`` as its ``.py`` file even where a compiled one lies beside it
-    (the import system prefers extension modules)."""
+    (the import system prefers extension modules): every module but the current build's."""
 
     @staticmethod
     def find_spec(name, path=None, target=None):
         pkg, _, mod = name.rpartition(".")
-        if pkg != __name__ or mod not in NATIVE_MODULES:
+        if pkg != __name__ or (NATIVE == "compiled" and mod in NATIVE_MODULES):
             return None
         src = _HERE / f"{mod}.py"
+        if not src.is_file():
+            return None
         return importlib.util.spec_from_file_location(name, src,
                                                       loader=importlib.machinery.SourceFileLoader(name, str(src)))
 
 
 NATIVE = native_state()
+# Also when the build is current: a compiled file left from a module no longer compiled (or
+# copied in by hand) must not shadow its source.
+sys.meta_path.insert(0, _PythonSource)
 if NATIVE != "compiled":
-    sys.meta_path.insert(0, _PythonSource)
     if NATIVE == "stale":
         warnings.warn("the compiled hl7ics modules are older than their source: using the Python source "
                       "(run `make native` to rebuild them)", RuntimeWarning, stacklevel=2)
