@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 
 from .datetimes import InvalidDate, parse_dtm
-from .parser import Issue, Message, ParseIssue, components, leading_junk, unescape
+from .parser import Delimiters, Issue, Message, ParseIssue, components, leading_junk, unescape
 
 _DECIMAL_COMMA = re.compile(r"[+-]?[0-9]+,[0-9]+")
 SUPPORTED_VERSION = re.compile(r"^2\.[1-8](?:\.\d+)?")
@@ -219,7 +219,7 @@ _EMPTY_HEADER = ("control_id", "message_type", "trigger_event", "message_structu
                  "message_datetime", "processing_id", "accept_ack", "application_ack", "charset_declared")
 
 
-def _first(value: str, d) -> str:
+def _first(value: str, d: Delimiters) -> str:
     if d.repetition in value:
         value = value.split(d.repetition, 1)[0]
     if d.component in value:
@@ -232,19 +232,18 @@ def header_of(msg: Message, issues: list[Issue]) -> dict:
     if msh is None:
         return dict.fromkeys(_EMPTY_HEADER)
     d = msg.delims
-    n = len(msh)
-    g = (lambda i: msh[i - 1] if i - 1 < n else "")  # MSH-i (MSH-1 is the separator itself)
-    m9 = g(9).split(d.component)
+    # MSH-i is msh[i - 1]: MSH-1 is the field separator itself.
+    m9 = _f(msh, 8).split(d.component)
     mtype = m9[0].strip()
     event = m9[1].strip() if len(m9) > 1 else ""
     if not mtype:
         issues.append(ParseIssue("MISSING_MESSAGE_TYPE", "MSH-9", "message type is empty", 101))
     elif not event and mtype != "ACK":
         issues.append(ParseIssue("MISSING_TRIGGER_EVENT", "MSH-9", "trigger event is empty", 101, "warning"))
-    control = g(10).strip()
+    control = _f(msh, 9).strip()
     if not control:
         issues.append(ParseIssue("MISSING_CONTROL_ID", "MSH-10", "message control ID is empty", 101))
-    vraw = _first(g(12), d).strip()
+    vraw = _first(_f(msh, 11), d).strip()
     if not vraw:
         issues.append(ParseIssue("MISSING_VERSION", "MSH-12", "version ID is empty", 101))
         version = None
@@ -259,7 +258,7 @@ def header_of(msg: Message, issues: list[Issue]) -> dict:
             version = vm.group(0)
             if version != vraw:
                 issues.append(ParseIssue("NONSTANDARD_VERSION", "MSH-12", "version has a non-standard suffix", 0, "warning"))
-    dt = _first(g(7), d)
+    dt = _first(_f(msh, 6), d)
     if not dt:
         issues.append(ParseIssue("MISSING_DATETIME", "MSH-7", "message date/time is empty", 101, "warning"))
     return {
@@ -268,16 +267,16 @@ def header_of(msg: Message, issues: list[Issue]) -> dict:
         "trigger_event": event or None,
         "message_structure": message_structure(mtype, event, m9[2].strip() if len(m9) > 2 else "") or None,
         "version": version,
-        "sending_application": _first(g(3), d) or None,
-        "sending_facility": _first(g(4), d) or None,
-        "receiving_application": _first(g(5), d) or None,
-        "receiving_facility": _first(g(6), d) or None,
+        "sending_application": _first(_f(msh, 2), d) or None,
+        "sending_facility": _first(_f(msh, 3), d) or None,
+        "receiving_application": _first(_f(msh, 4), d) or None,
+        "receiving_facility": _first(_f(msh, 5), d) or None,
         # MSH-7 only labels the message; our own received-at time is authoritative (bad input 51).
         "message_datetime": _date(dt, "MSH-7", issues, required=False) if dt else None,
-        "processing_id": _first(g(11), d) or None,
-        "accept_ack": g(15) or None,
-        "application_ack": g(16) or None,
-        "charset_declared": _first(g(18), d) or None,
+        "processing_id": _first(_f(msh, 10), d) or None,
+        "accept_ack": _f(msh, 14) or None,
+        "application_ack": _f(msh, 15) or None,
+        "charset_declared": _first(_f(msh, 17), d) or None,
     }
 
 
