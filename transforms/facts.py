@@ -51,6 +51,9 @@ COLUMNS = {
 }
 
 Facts = dict  # table -> list[tuple]
+# The message_store row the data-quality suite of that table checks (quality.TABLES), one per message.
+MESSAGE_COLUMNS = ("facility_code", "sending_facility", "message_type", "trigger_event", "version",
+                   "visit_number", "patient_class", "has_pid")
 COVERAGE_KEY = (0, 1, 2, 3, 4)  # patient, facility, insurer, member ID, period start
 
 
@@ -299,6 +302,18 @@ def extract_facts(msg: Message, rec: dict, facility: str, tz: str, message_id: i
         if rows:
             facts["fact_coverage"] = dedupe(rows, COVERAGE_KEY)
     return facts
+
+
+def message_row(msg: Message, rec: dict, facility: str) -> tuple:
+    """The ``message_store`` row the data-quality suite sees (MESSAGE_COLUMNS order)."""
+    pv1 = msg.first("PV1")
+    d = msg.delims
+    visit = cls = None
+    if pv1 is not None:
+        visit = components(field(pv1, 19), d)[0] or None
+        cls = components(field(pv1, 2), d)[0] or None
+    return (facility, rec.get("sending_facility"), rec.get("message_type"), rec.get("trigger_event"),
+            rec.get("version"), visit, cls, msg.first("PID") is not None)
 
 
 def _under_orc(msg: Message, detail_ids: tuple[str, ...]):

@@ -25,11 +25,11 @@ from sqlalchemy.engine import Connection
 from .config import ConfigError, Facility
 from .datetimes import to_utc
 from .extract import internal_error_record, to_record
-from .facts import COLUMNS, COVERAGE_KEY, ENCOUNTER_COLUMNS, PatientKeyer, dedupe, extract_facts, fold_encounter
+from .facts import (COLUMNS, COVERAGE_KEY, ENCOUNTER_COLUMNS, PatientKeyer, dedupe, extract_facts, fold_encounter,
+                    message_row)
 from .parser import ParseIssue, parse
 from .privacy import record_phi_read
-from .quality import (STAGE as DQ_STAGE, THRESHOLD_REASON, UNKNOWN_FACILITY_CHECK, QualityOptions, Validator, Verdict,
-                      message_row)
+from .quality import STAGE as DQ_STAGE, THRESHOLD_REASON, UNKNOWN_FACILITY_CHECK, QualityOptions, Validator, Verdict
 from .warehouse import Writer, timestamp_text as _ts_text, utcnow
 
 UNKNOWN_FACILITY = "UNKNOWN"
@@ -93,7 +93,7 @@ class Prepared:
     tz: str
     facts: dict | None = None
     fact_error: str | None = None
-    check: tuple | None = None  # the message_store row data-quality suites see (quality.MESSAGE_COLUMNS)
+    check: tuple | None = None  # the message_store row data-quality suites see (facts.MESSAGE_COLUMNS)
     check_context: tuple | None = None  # (message type, trigger event, message time UTC)
     dq: "Verdict | None" = None  # set by quality.Validator
 

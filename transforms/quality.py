@@ -27,8 +27,9 @@ from pathlib import Path
 
 from .config import PROJECT_ROOT, ConfigError
 from .dq_screen import screen
-from .facts import COLUMNS
-from .parser import Message, components, field as hl7_field
+# The message_store row the suite checks is built with the facts (facts.message_row, compiled
+# with them: see transforms.NATIVE_MODULES).
+from .facts import COLUMNS, MESSAGE_COLUMNS
 
 SEVERITIES = ("error", "warning")
 THRESHOLD_REASON = "DQ_THRESHOLD"
@@ -38,8 +39,6 @@ UNKNOWN_FACILITY_CHECK = "facility_known"
 VALIDATION_CHUNK = 20_000
 # Columns every frame carries besides its table's own, so suites can compare a row with its message.
 CONTEXT_COLUMNS = ("_message_type", "_trigger_event", "_message_at", "_now")
-MESSAGE_COLUMNS = ("facility_code", "sending_facility", "message_type", "trigger_event", "version",
-                   "visit_number", "patient_class", "has_pid")
 # The suite for ``message_store`` checks one row per message; the others check the rows a message
 # adds to that table.
 TABLES = {"message_store": MESSAGE_COLUMNS,
@@ -183,18 +182,6 @@ def known_insurers(config_dir: Path | None = None) -> list[str]:
     except (OSError, yaml.YAMLError):
         return ["CNSS", "INAM"]  # the two public schemes of the AMU
     return sorted(str(i.get("code")) for i in doc.get("insurers") or [] if isinstance(i, dict) and i.get("code"))
-
-
-def message_row(msg: Message, rec: dict, facility: str) -> tuple:
-    """The ``message_store`` row that suite sees (MESSAGE_COLUMNS order)."""
-    pv1 = msg.first("PV1")
-    d = msg.delims
-    visit = cls = None
-    if pv1 is not None:
-        visit = components(hl7_field(pv1, 19), d)[0] or None
-        cls = components(hl7_field(pv1, 2), d)[0] or None
-    return (facility, rec.get("sending_facility"), rec.get("message_type"), rec.get("trigger_event"),
-            rec.get("version"), visit, cls, msg.first("PID") is not None)
 
 
 class _Engine:
@@ -461,13 +448,11 @@ class Validator:
         context = [[p.check_context[i] for p in todo] for i in range(3)]
         # One pass over the messages distributes their rows to every checked table.
         gathered: dict[str, tuple[list, list]] = {t: ([], []) for t in self.suites if t != "message_store"}
-        slots = list(gathered.items())
         for i, p in enumerate(todo):
             counts = p.dq.rows
-            facts = p.facts
-            for table, slot in slots:
-                own = facts.get(table)
-                if own:
+            for table, own in p.facts.items():  # the few tables a message has rows in
+                slot = gathered.get(table)
+                if slot is not None and own:
                     slot[0].extend(own)
                     if len(own) == 1:
                         slot[1].append(i)
