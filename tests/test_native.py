@@ -82,8 +82,8 @@ def test_only_the_current_build_shadows_a_source():
     import transforms
     from transforms import NATIVE_MODULES, _PythonSource
 
-    spec = _PythonSource.find_spec("transforms.dq_screen")
-    assert "dq_screen" not in NATIVE_MODULES and spec is not None and spec.origin.endswith("dq_screen.py")
+    spec = _PythonSource.find_spec("transforms.quality")
+    assert "quality" not in NATIVE_MODULES and spec is not None and spec.origin.endswith("quality.py")
     assert _PythonSource.find_spec("transforms.no_such_module") is None
     assert _PythonSource.find_spec("json") is None
     listed = _PythonSource.find_spec("transforms.facts")

@@ -28,7 +28,7 @@ import ast
 import re
 from typing import Callable
 
-Values = Callable[[str], "list | None"]  # a column's values, or None when the batch lacks it
+Values = Callable[[str | None], "list | None"]  # a column's values, or None when the batch lacks it
 
 _COMMON = {"row_condition", "condition_parser", "meta", "result_format", "catch_exceptions"}
 _KWARGS = {
@@ -152,7 +152,7 @@ def _selected(kwargs: dict, values: Values):
         else:
             hits = [v in test for v in vals]  # a missing value is in no set of text
         keep = hits if keep is None else [a and b for a, b in zip(keep, hits)]
-    return [i for i, k in enumerate(keep) if k]
+    return [i for i, k in enumerate(keep or ()) if k]
 
 
 def _pair(kwargs: dict, values: Values, rows) -> bool | None:
