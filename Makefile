@@ -20,7 +20,7 @@ venv: $(STAMP)
 # changed since the last build, and skipped with a warning where there is no C compiler (the
 # package then runs the Python source). Cheap when nothing changed.
 native: $(STAMP)
-	@$(BIN)/python scripts/build_native.py --check >/dev/null || $(BIN)/python scripts/build_native.py
+	@$(BIN)/python scripts/build_native.py --if-stale
 
 demo: native
 	$(BIN)/hl7ics demo
