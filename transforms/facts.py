@@ -5,7 +5,8 @@ Input: a ``parser.Message``, its canonical record (``extract.to_record``), the f
 message is attributed to, its ``message_store`` id and a ``PatientKeyer``. Output: ``Facts``, a
 dict of table name -> list of row tuples in the column order of ``COLUMNS``. No database access:
 the loader (``load.py``) decides how rows are written, which keeps this module a pure function that
-is unit-tested without a warehouse.
+is unit-tested without a warehouse. ``message_row`` gives the message's own row as the
+data-quality suite of ``message_store`` sees it (``MESSAGE_COLUMNS``).
 
 Field choices per message type are documented in docs/warehouse.md (e.g. member ID from IN1-49,
 falling back to IN1-36). Timestamps are converted to naive UTC with the facility's time zone.
