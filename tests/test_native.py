@@ -18,11 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 NOW = "2026-03-01 10:00:00"
 
 
@@ -35,16 +33,20 @@ def _compiled() -> bool:
         (importlib.import_module(f"transforms.{m}").__file__ or "").endswith(".so") for m in transforms.NATIVE_MODULES)
 
 
-def test_make_test_runs_the_compiled_modules():
-    """`make test` builds them (make native); where there is no C compiler the package runs the
-    Python source, which is allowed on a laptop but not in CI, where the compiled build is what
-    production runs."""
+def _require_compiled() -> None:
+    """Where there is no C compiler the package runs the Python source: allowed on a laptop, not in
+    CI, where the compiled build is what production runs."""
+    from conftest import require
+
     import transforms
 
-    if not _compiled():
-        if IN_CI:
-            pytest.fail(f"the compiled modules are not in use (state: {transforms.NATIVE}); make native says why")
-        pytest.skip(f"compiled modules not built here (state: {transforms.NATIVE}); run `make native`")
+    require(None if _compiled() else f"the compiled modules are not in use (state: {transforms.NATIVE})",
+            "run `make native`, which says why a build fails")
+
+
+def test_make_test_runs_the_compiled_modules():
+    """`make test` builds them (make native) before the tests run."""
+    _require_compiled()
 
 
 def test_native_state_follows_the_sources(tmp_path, monkeypatch):
@@ -177,10 +179,7 @@ def _outcomes(msgs: list[tuple[str | None, bytes]]) -> list[tuple[str, str]]:
 
 
 def test_compiled_and_python_source_prepare_the_same(tmp_path):
-    if not _compiled():
-        if IN_CI:
-            pytest.fail("the compiled modules are not in use; make native says why")
-        pytest.skip("compiled modules not built here: nothing to compare")
+    _require_compiled()
     msgs = _messages(tmp_path)
     (tmp_path / "msgs.pickle").write_bytes(pickle.dumps(msgs))
     env = {**os.environ, "HL7ICS_NATIVE": "off", "HL7ICS_HOME": str(tmp_path / "home")}
