@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from transforms import NATIVE_MODULES, NATIVE_RECORD, native_state, source_hashes  # noqa: E402
+from transforms import NATIVE_MODULES, NATIVE_RECORD, build_state, native_state, source_hashes  # noqa: E402
 
 GROUP = "transforms.native"  # the shared library: transforms/native__mypyc.*.so
 
@@ -68,16 +68,8 @@ def main(argv: list[str]) -> int:
         state = native_state()
         print(f"compiled modules: {state}")
         return 0 if state == "compiled" else 1
-    if "--if-stale" in argv:
-        # Whether the build matches the sources, whatever HL7ICS_NATIVE says about using it.
-        saved = os.environ.pop("HL7ICS_NATIVE", None)
-        try:
-            current = native_state() == "compiled"
-        finally:
-            if saved is not None:
-                os.environ["HL7ICS_NATIVE"] = saved
-        if current:
-            return 0
+    if "--if-stale" in argv and build_state() == "compiled":  # whatever HL7ICS_NATIVE says about using it
+        return 0
     try:
         ok = build()
     except SystemExit as exc:  # distutils reports compiler errors this way

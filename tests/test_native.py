@@ -50,7 +50,7 @@ def test_make_test_runs_the_compiled_modules():
 
 
 def test_native_state_follows_the_sources(tmp_path, monkeypatch):
-    from transforms import NATIVE_MODULES, native_state, source_hashes
+    from transforms import NATIVE_MODULES, build_state, native_state, source_hashes
 
     for m in NATIVE_MODULES:
         shutil.copy(ROOT / "transforms" / f"{m}.py", tmp_path / f"{m}.py")
@@ -61,6 +61,7 @@ def test_native_state_follows_the_sources(tmp_path, monkeypatch):
     assert native_state(tmp_path, record) == "compiled"
     monkeypatch.setenv("HL7ICS_NATIVE", "off")
     assert native_state(tmp_path, record) == "off"
+    assert build_state(tmp_path, record) == "compiled"  # what `make native --if-stale` asks
     monkeypatch.delenv("HL7ICS_NATIVE")
     with open(tmp_path / "facts.py", "a") as fh:  # an edit after the build
         fh.write("\n# edited\n")

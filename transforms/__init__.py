@@ -35,10 +35,15 @@ def source_hashes(folder: Path = _HERE) -> dict[str, str]:
 
 
 def native_state(folder: Path = _HERE, record: Path | None = None) -> str:
-    """``compiled`` (built from the current source), ``off`` (HL7ICS_NATIVE=off), ``stale`` (a
-    source changed since the build) or ``absent`` (never built, e.g. no C compiler)."""
+    """``off`` (HL7ICS_NATIVE=off), else what ``build_state`` finds."""
     if os.environ.get("HL7ICS_NATIVE", "on").strip().lower() in ("off", "0", "false", "no"):
         return "off"
+    return build_state(folder, record)
+
+
+def build_state(folder: Path = _HERE, record: Path | None = None) -> str:
+    """``compiled`` (built from the current source), ``stale`` (a source changed since the build)
+    or ``absent`` (never built, e.g. no C compiler)."""
     record = record or folder / NATIVE_RECORD.name
     try:
         built = json.loads(record.read_text())
@@ -69,7 +74,6 @@ NATIVE = native_state()
 # Also when the build is current: a compiled file left from a module no longer compiled (or
 # copied in by hand) must not shadow its source.
 sys.meta_path.insert(0, _PythonSource)
-if NATIVE != "compiled":
-    if NATIVE == "stale":
-        warnings.warn("the compiled hl7ics modules are older than their source: using the Python source "
-                      "(run `make native` to rebuild them)", RuntimeWarning, stacklevel=2)
+if NATIVE == "stale":
+    warnings.warn("the compiled hl7ics modules are older than their source: using the Python source "
+                  "(run `make native` to rebuild them)", RuntimeWarning, stacklevel=2)
