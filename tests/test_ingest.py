@@ -1223,3 +1223,25 @@ def test_merge_moves_every_fact_of_the_retired_patient(ingestor, tmp_path):
     new_key = scalar(ingestor.engine, "SELECT patient_key FROM phi_patient WHERE patient_id = 'NEW9'")
     assert rows(ingestor.engine, "SELECT vaccine_code, patient_key FROM fact_immunization") == [("19", new_key)]
     assert rows(ingestor.engine, "SELECT DISTINCT patient_key FROM fact_charge") == [(new_key,)]
+
+
+def test_dim_facility_updated_at_moves_only_when_the_configuration_changes(ingestor, monkeypatch):
+    """dim_facility.updated_at said when a facility was first recorded: a later change of its name
+    or district in facilities.yaml left it, and a statistician could not tell the row had changed."""
+    import dataclasses
+
+    from transforms import ingest
+
+    def stamp():
+        return rows(ingestor.engine, "SELECT facility_code, updated_at FROM dim_facility ORDER BY 1")
+
+    first = stamp()
+    monkeypatch.setattr(ingest, "utcnow", lambda: "2031-01-01 00:00:00")
+    ingestor.sync_facilities()
+    assert stamp() == first  # nothing changed: nothing moves
+    ingestor.facilities["CHU-SO"] = dataclasses.replace(ingestor.facilities["CHU-SO"], district="Tchaoudjo Nord")
+    ingestor.sync_facilities()
+    after = dict(stamp())
+    assert str(after.pop("CHU-SO")).startswith("2031-01-01") and after == {k: v for k, v in first if k != "CHU-SO"}
+    assert rows(ingestor.engine, "SELECT district FROM dim_facility WHERE facility_code = 'CHU-SO'") == [
+        ("Tchaoudjo Nord",)]

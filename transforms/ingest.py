@@ -223,12 +223,12 @@ class Ingestor:
         # not UTF-8 fall back to CP1252): "utf-8" here, where NULL broke every sync (NOT NULL).
         rows = [(f.code, f.name, f.type, f.region, f.district, f.dhis2_org_unit, f.timezone, f.charset or "utf-8",
                  now) for f in self.facilities.values()]
+        described = ("name", "type", "region", "district", "dhis2_org_unit", "timezone", "charset")
+        # updated_at moves only with the configuration: a sync that changes nothing leaves it.
+        changed = " OR ".join(f"COALESCE(excluded.{c}, '') <> COALESCE(dim_facility.{c}, '')" for c in described)
         with self.engine.begin() as conn:
-            Writer(conn).upsert("dim_facility", ("facility_code", "name", "type", "region", "district",
-                                                 "dhis2_org_unit", "timezone", "charset", "updated_at"),
-                                rows, key=("facility_code",),
-                                update=("name", "type", "region", "district", "dhis2_org_unit", "timezone",
-                                        "charset"))
+            Writer(conn).upsert("dim_facility", ("facility_code", *described, "updated_at"), rows,
+                                key=("facility_code",), update=(*described, "updated_at"), where=changed)
             configured = set(self.facilities)
             for code, retired in conn.execute(text("SELECT facility_code, retired_at FROM dim_facility")).all():
                 if (code in configured) == (retired is not None):
