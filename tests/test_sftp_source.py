@@ -221,6 +221,35 @@ def test_each_file_is_finished_on_the_source_it_came_from(tmp_path, warehouse_ur
     assert (server.root / "outbound" / "b.hl7").exists()
 
 
+def test_two_folders_of_a_facility_download_a_file_name_to_separate_places(tmp_path, warehouse_url, hl7ics_home,
+                                                                          monkeypatch, server):
+    """Two SFTP folders of one facility each with a b.hl7: they shared one download cache by file
+    name, so a partial download of one could be resumed with the other's bytes."""
+    from transforms.sftp import SftpClient
+
+    (server.root / "lab").mkdir()
+    (server.root / "lab" / "b.hl7").write_bytes(b"\r".join(generate_mix(10, seed=14)))
+    (server.root / "outbound" / "b.hl7").write_bytes(b"\r".join(generate_mix(12, seed=16)))
+    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
+    doc = yaml.safe_load((settings.config_dir / "facilities.yaml").read_text(encoding="utf-8"))
+    for f in doc["facilities"]:
+        if f["code"] == "HD-TSEVIE":
+            f["sources"].append({"type": "sftp", "conn_id": "hl7ics_sftp_test", "path": "/lab", "glob": "*.hl7"})
+    (settings.config_dir / "facilities.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    places: dict[str, Path] = {}
+    real = SftpClient.download
+
+    def download(self, name, local_path):
+        places[self.target.remote(name)] = Path(local_path)
+        return real(self, name, local_path)
+
+    monkeypatch.setattr(SftpClient, "download", download)
+    ing, staged, results = _load_staged(Settings.load(settings.config_dir, warehouse_url))
+    assert sorted(places) == ["/lab/b.hl7", "/outbound/b.hl7"]
+    assert places["/lab/b.hl7"] != places["/outbound/b.hl7"]
+    assert sorted(r.counts.messages for r in results) == [10, 12]
+
+
 def test_a_file_replaced_with_the_same_size_stays_until_its_new_content_loads(tmp_path, warehouse_url, hl7ics_home,
                                                                                monkeypatch, server):
     """A sender re-sending a corrected file under the same name, with the same length, within the

@@ -13,6 +13,7 @@ delivers messages, not files, and is consumed by ``transforms.queue_source`` (ac
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -214,8 +215,11 @@ class SftpSource:
         return done
 
     def local_path(self, ref: SourceRef) -> Path:
-        self.cache.mkdir(parents=True, exist_ok=True)
-        local = self.cache / Path(ref["ref"]).name
+        # One folder per source: two folders of one facility may both have a file of this name,
+        # and a partial download of one must never be resumed with the other's bytes.
+        d = self.cache / hashlib.sha256(self.origin.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        d.mkdir(parents=True, exist_ok=True)
+        local = d / Path(ref["ref"]).name
         with self._open() as c:
             c.download(ref["ref"], local)  # resumes a .part left by an interrupted attempt
         return local
