@@ -542,6 +542,25 @@ def test_replay_after_a_fix_is_idempotent(ingestor, tmp_path, monkeypatch):
     assert checksum(eng) == before
 
 
+def test_replay_for_a_facility_finds_its_messages_stored_before_it_was_configured(ingestor, tmp_path, monkeypatch):
+    """A sender not yet in facilities.yaml has its messages stored under UNKNOWN (MSH-4 kept in
+    sending_facility); `hl7ics replay --facility` with its code found none of them."""
+    from transforms import extract
+    from transforms.replay import replay
+
+    for n, sender in (("1", "NEWFAC"), ("2", "OTHERFAC")):
+        no_pv1 = adt(f"U-{n}", "A04", "20261102080000").split("PV1|")[0].replace("CHU-SO", sender)
+        ingestor.ingest_file(write(tmp_path / f"{n}.hl7", no_pv1), None)
+    eng = ingestor.engine
+    assert rows(eng, "SELECT facility_code, sending_facility, status FROM message_store ORDER BY id") == [
+        ("UNKNOWN", "NEWFAC", "quarantined"), ("UNKNOWN", "OTHERFAC", "quarantined")]
+    monkeypatch.setattr(extract, "_ADT_NEEDS_PV1", set())  # "the fix"
+    assert replay(eng, ingestor.loader, facility="CHU-SO").messages == 0
+    assert replay(eng, ingestor.loader, facility="NEWFAC").loaded == 1
+    assert rows(eng, "SELECT sending_facility, status FROM message_store ORDER BY id") == [
+        ("NEWFAC", "loaded"), ("OTHERFAC", "quarantined")]
+
+
 def test_two_replays_at_once_load_each_message_once(ingestor, tmp_path, monkeypatch):
     """A replay that runs while another is still preparing the same messages: the second one to
     write finds them loaded (it claims in its write transaction) and writes nothing."""

@@ -520,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("replay", help="re-process quarantined messages after a fix (idempotent)")
     sp.add_argument("--reason", metavar="R", help="only this quarantine reason code")
-    sp.add_argument("--facility", metavar="F")
+    sp.add_argument("--facility", metavar="F", help="only this facility's messages (also those stored as UNKNOWN "
+                    "with F in MSH-4, before F was configured)")
     sp.add_argument("--warehouse", metavar="URL")
     sp.set_defaults(func=cmd_replay)
 

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from .listener import REFUSED_REASONS
-from .load import Counts, Incoming, Loader, claim
+from .load import UNKNOWN_FACILITY, Counts, Incoming, Loader, claim
 from .warehouse import utcnow
 
 class KeptHold(NamedTuple):
@@ -53,7 +53,9 @@ def replay(engine: Engine, loader: Loader, reason: str | None = None, facility: 
         where.append("m.id NOT IN (SELECT message_id FROM quarantine WHERE resolved_at IS NULL AND reason IN ("
                      + ", ".join(f"'{r}'" for r in EXPLICIT_ONLY) + "))")
     if facility:
-        where.append("m.facility_code = :facility")
+        # Also its messages stored before it was configured: under UNKNOWN, named in MSH-4.
+        where.append(f"(m.facility_code = :facility OR (m.facility_code = '{UNKNOWN_FACILITY}' "
+                     f"AND m.sending_facility = :facility))")
         params["facility"] = facility
     with engine.connect() as conn:
         ids = [r[0] for r in conn.execute(text(
