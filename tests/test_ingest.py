@@ -734,6 +734,30 @@ def test_two_writers_of_one_message_at_once_load_it_once_on_postgresql(pg_url, h
     assert scalar(eng, "SELECT COUNT(*) FROM encounter_event") == 1
 
 
+def test_query_in_matches_any_text_exactly_and_ids_on_both_databases(warehouse_url):
+    """Writer.query_in sends text values to PostgreSQL as one JSON array and other values as an
+    array parameter: values that mean something in JSON, in array literals or in SQL, and Ewe
+    letters, must match exactly themselves, across chunks."""
+    from transforms.warehouse import Writer
+
+    tricky = ['a"b', "a'b", "a\\b", "{x,y}", "NULL", "", "Ɖogbé Ŋɔ", "a\tb", "[1]", "é" * 60, '\\"']
+    values = tricky + [f"K-{i}" for i in range(60_000)]
+    eng = get_engine(warehouse_url)
+    with eng.begin() as c:
+        w = Writer(c)
+        w.insert("warehouse_setting", ("name", "value", "updated_at"),
+                 [(v, "t", "2026-11-02 00:00:00") for v in values[:20]] + [("K-ZZ", "u", "2026-11-02 00:00:00")])
+        got = w.query_in("SELECT name FROM warehouse_setting WHERE value = ? AND {match}", "name", values, ["t"])
+        assert sorted(r[0] for r in got) == sorted(values[:20])
+        assert w.query_in("SELECT name FROM warehouse_setting WHERE {match}", "name", ["K-ZZZ", "Ɖogbe"]) == []
+        w.copy("dq_result", ("run_id", "facility_code", "table_name", "expectation", "severity", "evaluated", "failed",
+                             "created_at", "updated_at"),
+               [("r", "CHU-SO", "t", f"e{i}", "error", i, 0, "2026-11-02 00:00:00", "2026-11-02 00:00:00")
+                for i in range(5)])
+        assert sorted(r[0] for r in w.query_in("SELECT evaluated FROM dq_result WHERE {match}", "evaluated",
+                                                [1, 3, 99])) == [1, 3]
+
+
 def test_database_errors_do_not_carry_the_values_they_were_given(warehouse_url):
     """A failed statement's exception (what a task log or a failure alert shows) names the SQL but
     not its parameters, which may be a patient's name or ID."""

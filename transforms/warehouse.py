@@ -11,6 +11,7 @@ dialect differences are the two placeholders documented in ``001_core.sql``.
 """
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache, wraps
 from datetime import date, datetime, timezone
@@ -297,8 +298,8 @@ class Writer:
     def query_in(self, sql: str, column: str, values: Sequence, params: Sequence = ()) -> list[tuple]:
         """``query`` for every value of ``values``: ``{match}`` in ``sql`` becomes ``column`` matched
         against them, after ``params``. PostgreSQL gets one array parameter (``= ANY``: one plan
-        whatever the count; a long IN list costs it more to plan than to run), SQLite chunks of
-        IN lists under its 999-parameter limit."""
+        whatever the count; a long IN list costs it more to plan than to run), text values as a
+        JSON array; SQLite chunks of IN lists under its 999-parameter limit."""
         out: list[tuple] = []
         if not values:
             return out
@@ -306,7 +307,13 @@ class Writer:
         step = 50_000 if self.dialect == "postgresql" else 900
         for i in range(0, len(values), step):
             chunk = values[i:i + step]
-            if self.dialect == "postgresql":
+            if self.dialect == "postgresql" and all(type(v) is str for v in chunk):
+                # Text values travel as one JSON array: the driver quotes each element of a list
+                # parameter in Python, with a regex per element. For a chunk's 20,000 control IDs
+                # that took 59-109 ms of client CPU; json.dumps, one C call, 9-12 ms.
+                match = f"{column} = ANY(ARRAY(SELECT json_array_elements_text(?::json)))"
+                out.extend(self.query(sql.replace("{match}", match), [*params, json.dumps(chunk)]))
+            elif self.dialect == "postgresql":
                 out.extend(self.query(sql.replace("{match}", f"{column} = ANY(?)"), [*params, chunk]))
             else:
                 out.extend(self.query(sql.replace("{match}", f"{column} IN ({', '.join('?' * len(chunk))})"),
