@@ -441,21 +441,33 @@ class Loader:
 
     def _write_dq(self, conn: Connection, counted: list[Prepared], checks: dict, now: str) -> None:
         """Add this batch's rows checked and failed to ``dq_result`` (same transaction as the load)."""
-        rows: dict[tuple, int] = {}
-        failed: dict[tuple, int] = {}
+        # Per facility, then per table or expectation: keyed by plain strings, a chunk's messages
+        # (nearly all of one facility) add up without a key tuple per message and table.
+        rows: dict[str, dict[str, int]] = {}
+        failed: dict[str, dict[str, int]] = {}
+        unknown: set[str] = set()
         for p in counted:
             dq = p.dq
             if dq is None:  # counted messages were all validated
                 continue
+            fr = rows.get(p.facility)
+            if fr is None:
+                fr = rows[p.facility] = {}
             for t, n in dq.rows.items():
-                rows[(p.facility, t)] = rows.get((p.facility, t), 0) + n
-            for name, n in dq.failed.items():
-                failed[(p.facility, name)] = failed.get((p.facility, name), 0) + n
+                fr[t] = fr.get(t, 0) + n
+            if dq.failed:
+                ff = failed.get(p.facility)
+                if ff is None:
+                    ff = failed[p.facility] = {}
+                for name, n in dq.failed.items():
+                    ff[name] = ff.get(name, 0) + n
+                if dq.failed.get(UNKNOWN_FACILITY_CHECK):
+                    unknown.add(_SAFE_CODE.sub("?", p.rec.get("sending_facility") or "")[:64] or UNKNOWN_FACILITY)
         by_table: dict[str, list] = {}
         for c in checks.values():
             by_table.setdefault(c.table, []).append(c)
-        agg = {(f, t, c.name): (c.severity, n, failed.get((f, c.name), 0))
-               for (f, t), n in rows.items() for c in by_table.get(t, ())}
+        agg = {(f, t, c.name): (c.severity, n, failed.get(f, {}).get(c.name, 0))
+               for f, fr in rows.items() for t, n in fr.items() for c in by_table.get(t, ())}
         if not agg:
             return
         conn.execute(text(
@@ -466,8 +478,6 @@ class Loader:
             "updated_at = excluded.updated_at"),
             [{"r": self.run_id, "f": f, "t": t, "e": e, "s": a[0], "n": a[1], "x": a[2], "now": now}
              for (f, t, e), a in sorted(agg.items())])
-        unknown = {_SAFE_CODE.sub("?", p.rec.get("sending_facility") or "")[:64] or UNKNOWN_FACILITY
-                   for p in counted if p.dq is not None and p.dq.failed.get(UNKNOWN_FACILITY_CHECK)}
         for fac in sorted(unknown):
             # Sent after the commit (flush_alerts): the alerter writes through its own connection.
             self.pending_alerts[("unknown_facility", fac)] = {"facility_code": fac}
