@@ -341,3 +341,20 @@ def test_unescape_never_raises(s, codec):
     assert isinstance(out, str)
     if "\\" not in s:
         assert out == s and flags == []
+
+
+@PROPS
+@given(segments=st.lists(st.sampled_from(["MSH|^~\\&|A|B", "PID|1||P1", "OBX|1|TX|x||free text", "NTE|1||NEG", ""]),
+                         min_size=1, max_size=8),
+       ends=st.lists(st.sampled_from(["\r", "\n", "\r\n", "\n\r", "\r\r\n"]), min_size=8, max_size=8))
+def test_segments_split_on_cr_lf_and_crlf_alike(segments, ends):
+    """CR, LF and CRLF each end a segment, whatever the mix: split_segments, which splits lines
+    without the regex engine, gives the segments of a split on \\r\\n|\\r|\\n."""
+    import re
+
+    from transforms.parser import split_segments
+
+    text = "".join(s + e for s, e in zip(segments, ends))
+    got, _flags = split_segments(text)
+    assert got == [line for line in re.split(r"\r\n|\r|\n", text) if line]
+    assert got == [s for s in segments if s]

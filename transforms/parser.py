@@ -220,7 +220,6 @@ def escape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
 BARE_SEGMENT_IDS = frozenset(
     "MSH EVN PID PD1 NK1 PV1 PV2 DG1 PR1 GT1 IN1 IN2 IN3 OBR OBX NTE ORC RXE RXD RXR RXC RXA TQ1 TQ2 SPM "
     "FT1 MRG TXA SCH RGS AIS AIG AIL AIP AL1 ROL MSA ERR QRD QPD RCP QAK BHS BTS FHS FTS".split())
-_LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 
 
 def split_segments(text: str, fs: str = "|") -> tuple[list[str], list[str]]:
@@ -240,7 +239,10 @@ def split_segments(text: str, fs: str = "|") -> tuple[list[str], list[str]]:
             flags.append("CRLF_TERMINATORS")
         else:
             flags.append("MIXED_TERMINATORS")
-        lines = _LINE_SPLIT.split(text)
+        # CR, LF and CRLF all end a line. A CRLF split twice leaves an empty line between, and
+        # empty lines are skipped below: the segments of a regex split on \r\n|\r|\n, without
+        # the regex engine (which took a seventh of tokenizing on the benchmark day).
+        lines = text.replace("\n", "\r").split("\r")
     segs: list[str] = []
     cont: dict[int, list[str]] = {}  # segment index -> continuation lines (joined once: linear time)
     for line in lines:
