@@ -60,6 +60,16 @@ def _all_text(col: list) -> bool:
     return True
 
 
+def column(rows: list[tuple], i: int) -> list:
+    """The ``i``-th value of every row: a frame column of row tuples (``quality._Columns``)."""
+    return [r[i] for r in rows]
+
+
+def spread(values: list, owner: list[int]) -> list:
+    """``values`` (one per message) spread to rows: ``owner`` gives each row's message."""
+    return [values[k] for k in owner]
+
+
 def _present(col: list) -> set | None:
     """The distinct values of ``col`` that are not missing, if all are text; else None."""
     if not _all_text(col):

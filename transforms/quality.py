@@ -22,11 +22,10 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 
 from .config import PROJECT_ROOT, ConfigError
-from .dq_screen import screen
+from .dq_screen import column, screen, spread
 # The message_store row the suite checks is built with the facts (facts.message_row, compiled
 # with them: see transforms.NATIVE_MODULES).
 from .facts import COLUMNS, MESSAGE_COLUMNS
@@ -384,11 +383,11 @@ class _Columns:
         got = self.built.get(name)
         if got is None:
             if name in self.position:
-                got = list(map(itemgetter(self.position[name]), self.rows))
+                got = column(self.rows, self.position[name])
             elif name == "_now":
                 got = [self.now] * len(self.rows)
             elif name in CONTEXT_COLUMNS:
-                got = list(map(self.context[CONTEXT_COLUMNS.index(name)].__getitem__, self.owner))
+                got = spread(self.context[CONTEXT_COLUMNS.index(name)], self.owner)
             else:
                 return None
             self.built[name] = got
