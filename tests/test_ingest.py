@@ -1288,3 +1288,21 @@ def test_dim_facility_updated_at_moves_only_when_the_configuration_changes(inges
     assert str(after.pop("CHU-SO")).startswith("2031-01-01") and after == {k: v for k, v in first if k != "CHU-SO"}
     assert rows(ingestor.engine, "SELECT district FROM dim_facility WHERE facility_code = 'CHU-SO'") == [
         ("Tchaoudjo Nord",)]
+
+
+@pytest.mark.parametrize("secret", [b"k" * 16, b"0123456789abcdef" * 2, b"x" * 64, b"y" * 65, bytes(range(100))])
+def test_patient_key_is_the_keyed_hmac_sha256_of_facility_authority_and_id(secret):
+    """docs/warehouse.md defines patient_key as HMAC-SHA256 (first 32 hex digits) of facility,
+    assigning authority and ID joined by U+001F; the keyer's precomputed HMAC must give exactly
+    that, for keys shorter and longer than SHA-256's 64-byte block, and non-ASCII IDs."""
+    import hashlib
+    import hmac
+
+    from transforms.facts import PatientKeyer
+
+    keyer = PatientKeyer(secret)
+    for facility, authority, pid in [("CHU-SO", "TGO-MOH", "12345"), ("CHU-KARA", None, "Ɖɔ-ŋ7"), ("X", "", "")]:
+        msg = "\x1f".join((facility, authority or "", pid)).encode("utf-8")
+        expected = hmac.new(secret, msg, hashlib.sha256).hexdigest()[:32]
+        assert keyer.key(facility, authority, pid) == expected
+        assert keyer.key(facility, authority, pid) == expected  # from the cache too
