@@ -358,3 +358,28 @@ def test_segments_split_on_cr_lf_and_crlf_alike(segments, ends):
     got, _flags = split_segments(text)
     assert got == [line for line in re.split(r"\r\n|\r|\n", text) if line]
     assert got == [s for s in segments if s]
+
+
+@PROPS
+@given(parts=st.lists(st.sampled_from([b"\r", b"\n", BOM, b"BHS", b"FTS", b"FHS", b"BTS", b"|", b"A", b"1", b"B",
+                                       b"HS", b"\xef", b" ", b"MSH|^~\\&|"]), max_size=14))
+@example(parts=[b"MSH|^~\\&|", b"\r", BOM, b"BHS", b"|"])
+@example(parts=[b"MSH|^~\\&|", b"\n", BOM, b"FTS", b"A"])
+@example(parts=[b"MSH|^~\\&|", b"\r", b"BTS", b"\r"])
+@example(parts=[b"MSH|^~\\&|", b"\r", b"FHS"])
+@example(parts=[b"MSH|^~\\&|", b"\r", b"\xef", b"BHS", b"|"])
+@example(parts=[BOM, b"BHS", b"|", b"\r", b"MSH|^~\\&|"])
+def test_batch_segments_are_found_where_a_line_starts_with_one(parts):
+    """has_batch_segments finds FHS/BHS/BTS/FTS by searching for the names and checking around
+    them; it must agree with the regex of a line end, an optional BOM, the name and a byte that is
+    no letter, digit or line end, also across the boundary of two reads."""
+    import re
+
+    from transforms.extract import has_batch_segments
+
+    data = b"".join(parts)
+    line = re.compile(rb"[\r\n](?:\xef\xbb\xbf)?(?:FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]")
+    # The first line starts after leading whitespace and BOMs (as the splitter's first unit does).
+    expected = bool(line.search(b"\n" + data.lstrip(b" \t\r\n").lstrip(BOM))) if data else False
+    for read_size in (3, 5, 1 << 20):
+        assert has_batch_segments(io.BytesIO(data), read_size) == expected, read_size
