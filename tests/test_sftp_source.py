@@ -45,6 +45,19 @@ def _settings(tmp_path, warehouse_url, monkeypatch, server, host_key=None, **opt
     return Settings.load(cfg, warehouse_url)
 
 
+def _with_lab_folder(tmp_path, warehouse_url, monkeypatch, server) -> Settings:
+    """HD-TSEVIE with a second SFTP folder, /lab, holding a b.hl7 of 10 messages."""
+    (server.root / "lab").mkdir()
+    (server.root / "lab" / "b.hl7").write_bytes(b"\r".join(generate_mix(10, seed=14)))
+    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
+    doc = yaml.safe_load((settings.config_dir / "facilities.yaml").read_text(encoding="utf-8"))
+    for f in doc["facilities"]:
+        if f["code"] == "HD-TSEVIE":
+            f["sources"].append({"type": "sftp", "conn_id": "hl7ics_sftp_test", "path": "/lab", "glob": "*.hl7"})
+    (settings.config_dir / "facilities.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return Settings.load(settings.config_dir, warehouse_url)
+
+
 def _load_staged(settings: Settings, run_id: str = "run-1"):
     """Stage HD-TSEVIE's remote files and load them, as the DAG's first two tasks do."""
     ing = Ingestor(settings, run_id=run_id)
@@ -202,15 +215,7 @@ def test_stable_size_leaves_a_file_still_being_written(tmp_path, warehouse_url, 
 def test_each_file_is_finished_on_the_source_it_came_from(tmp_path, warehouse_url, hl7ics_home, monkeypatch, server):
     """A facility with two SFTP folders and the same file name in both: archiving the file staged
     from one folder moves that folder's file, never the other's."""
-    (server.root / "lab").mkdir()
-    (server.root / "lab" / "b.hl7").write_bytes(b"\r".join(generate_mix(10, seed=14)))
-    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
-    doc = yaml.safe_load((settings.config_dir / "facilities.yaml").read_text(encoding="utf-8"))
-    for f in doc["facilities"]:
-        if f["code"] == "HD-TSEVIE":
-            f["sources"].append({"type": "sftp", "conn_id": "hl7ics_sftp_test", "path": "/lab", "glob": "*.hl7"})
-    (settings.config_dir / "facilities.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
-    ing = Ingestor(Settings.load(settings.config_dir, warehouse_url), run_id="run-1")
+    ing = Ingestor(_with_lab_folder(tmp_path, warehouse_url, monkeypatch, server), run_id="run-1")
     ing.sync_facilities()
     staged = ing.stage("HD-TSEVIE")
     ing.ingest_staged("HD-TSEVIE", staged)
@@ -227,15 +232,8 @@ def test_two_folders_of_a_facility_download_a_file_name_to_separate_places(tmp_p
     name, so a partial download of one could be resumed with the other's bytes."""
     from transforms.sftp import SftpClient
 
-    (server.root / "lab").mkdir()
-    (server.root / "lab" / "b.hl7").write_bytes(b"\r".join(generate_mix(10, seed=14)))
     (server.root / "outbound" / "b.hl7").write_bytes(b"\r".join(generate_mix(12, seed=16)))
-    settings = _settings(tmp_path, warehouse_url, monkeypatch, server)
-    doc = yaml.safe_load((settings.config_dir / "facilities.yaml").read_text(encoding="utf-8"))
-    for f in doc["facilities"]:
-        if f["code"] == "HD-TSEVIE":
-            f["sources"].append({"type": "sftp", "conn_id": "hl7ics_sftp_test", "path": "/lab", "glob": "*.hl7"})
-    (settings.config_dir / "facilities.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    settings = _with_lab_folder(tmp_path, warehouse_url, monkeypatch, server)
     places: dict[str, Path] = {}
     real = SftpClient.download
 
@@ -244,7 +242,7 @@ def test_two_folders_of_a_facility_download_a_file_name_to_separate_places(tmp_p
         return real(self, name, local_path)
 
     monkeypatch.setattr(SftpClient, "download", download)
-    ing, staged, results = _load_staged(Settings.load(settings.config_dir, warehouse_url))
+    ing, staged, results = _load_staged(settings)
     assert sorted(places) == ["/lab/b.hl7", "/outbound/b.hl7"]
     assert places["/lab/b.hl7"] != places["/outbound/b.hl7"]
     assert sorted(r.counts.messages for r in results) == [10, 12]
