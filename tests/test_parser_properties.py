@@ -372,9 +372,9 @@ def test_segments_split_on_cr_lf_and_crlf_alike(segments, ends):
 @example(parts=[b"\xef", b"BHS", b"|"])
 @example(parts=[b" ", BOM, b"\r", BOM, b"FTS", b"|"])
 def test_batch_segments_are_found_where_a_line_starts_with_one(parts):
-    """has_batch_segments finds FHS/BHS/BTS/FTS by searching for the names and checking around
-    them; it must agree with the regex of a line end, an optional BOM, the name and a byte that is
-    no letter, digit or line end, also across the boundary of two reads."""
+    """has_batch_segments finds a line that starts with FHS/BHS/BTS/FTS (a line end, an optional
+    BOM, the name and a byte that is no letter, digit or line end) also across the boundary of two
+    reads, and never before the first line (whitespace and BOMs before it are skipped)."""
     import re
 
     from transforms.extract import has_batch_segments

@@ -337,28 +337,12 @@ def to_record(msg: Message, source: dict | None = None, extra_issues: Sequence[I
 
 # ---------------------------------------------------------------------------------------------
 # Files -> records
-# The same line starts as parser._starts finds: a line end, perhaps a BOM, the segment name, and
-# a byte that is not a letter, a digit or a line end (the regex [\r\n](?:BOM)?(?:FHS|BHS|BTS|FTS)
-# [^A-Za-z0-9\r\n]). Found by searching for the names, which are rare, and checking around
-# them: a regex stops at every line end of the file (15 instructions a byte, as much as splitting
-# the file into messages).
-_BATCH_NAMES = (b"FHS", b"BHS", b"BTS", b"FTS")
-_BOM = b"\xef\xbb\xbf"
-_NOT_AFTER_NAME = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789\r\n"
+# The same line starts as parser._starts finds (a BOM may precede the segment name). One pattern
+# per line ending: a pattern that starts with a literal byte is searched for at memory speed,
+# where ``[\r\n]`` or ``^|`` in front made the regex engine try every position.
+_BATCH_NAME = rb"(?:\xef\xbb\xbf)?(?:FHS|BHS|BTS|FTS)[^A-Za-z0-9\r\n]"
+_BATCH_AFTER = (re.compile(b"\r" + _BATCH_NAME), re.compile(b"\n" + _BATCH_NAME))
 _BATCH_LONGEST = 8  # a line end, a BOM, the name and the byte after it
-
-
-def _batch_line(window: bytes) -> bool:
-    """Whether a batch segment starts a line in ``window`` (its line end included in it)."""
-    n = len(window)
-    for name in _BATCH_NAMES:
-        i = window.find(name, 1)
-        while i != -1:
-            if i + 3 < n and window[i + 3] not in _NOT_AFTER_NAME:
-                if window[i - 1] in b"\r\n" or (i >= 4 and window[i - 3:i] == _BOM and window[i - 4] in b"\r\n"):
-                    return True
-            i = window.find(name, i + 1)
-    return False
 
 
 def has_batch_segments(stream, read_size: int = 1 << 20) -> bool:
@@ -376,7 +360,7 @@ def has_batch_segments(stream, read_size: int = 1 << 20) -> bool:
         tail = b"\n"  # the first line starts at the start
         while buf:
             window = tail + buf
-            if _batch_line(window):
+            if any(p.search(window) for p in _BATCH_AFTER):
                 return True
             tail = window[1 - _BATCH_LONGEST:]  # where a match straddling two reads starts
             buf = stream.read(read_size)
