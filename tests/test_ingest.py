@@ -1306,3 +1306,5 @@ def test_patient_key_is_the_keyed_hmac_sha256_of_facility_authority_and_id(secre
         expected = hmac.new(secret, msg, hashlib.sha256).hexdigest()[:32]
         assert keyer.key(facility, authority, pid) == expected
         assert keyer.key(facility, authority, pid) == expected  # from the cache too
+    # Warehouses keep the fingerprint (warehouse_setting): it must not change with the code.
+    assert keyer.fingerprint == hmac.new(secret, b"hl7ics patient key check", hashlib.sha256).hexdigest()[:32]
