@@ -194,3 +194,24 @@ def test_the_prescreen_switch_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("HL7ICS_DQ_PRESCREEN", "sometimes")
     with pytest.raises(ConfigError, match="HL7ICS_DQ_PRESCREEN must be 'on' or 'off'"):
         QualityOptions.from_env()
+
+
+def test_gather_keeps_every_row_with_its_message_and_counts_rows_per_table():
+    """``gather`` feeds every frame: each checked table gets all its rows in message order, each
+    row's owner is its message's position, unchecked tables are left out, and a message counts its
+    rows per table (empty row lists count nothing)."""
+    from transforms.dq_screen import gather
+
+    rng = random.Random(7)
+    tables = ["fact_lab_result", "phi_patient", "encounter_event"]
+    facts = [{t: [(i, t, k) for k in range(rng.randrange(0, 4))]
+              for t in rng.sample(tables + ["fact_unchecked"], rng.randrange(0, 4))} for i in range(300)]
+    for with_message in (True, False):
+        gathered, counts = gather(facts, tables, with_message)
+        assert sorted(gathered) == sorted(tables)
+        for t in tables:
+            rows, owner = gathered[t]
+            assert rows == [r for f in facts for r in f.get(t, [])]
+            assert owner == [r[0] for r in rows]
+        assert counts == [{**({"message_store": 1} if with_message else {}),
+                           **{t: len(rs) for t, rs in f.items() if t in tables and rs}} for f in facts]

@@ -71,6 +71,28 @@ def spread(values: list, owner: list[int]) -> list:
     return [values[k] for k in owner]
 
 
+def gather(facts: list[dict], tables: list[str], with_message: bool) -> tuple[dict[str, tuple[list, list]], list[dict]]:
+    """Each checked table's rows from every message's ``facts`` (table -> row tuples), with each
+    row's owner (the message's position), in one pass; and per message, its row count in each
+    checked table it has rows in (``message_store``, one row each, when ``with_message``)."""
+    gathered: dict[str, tuple[list, list]] = {t: ([], []) for t in tables}
+    counts: list[dict] = []
+    for i, own_facts in enumerate(facts):
+        mine: dict = {"message_store": 1} if with_message else {}
+        for table, own in own_facts.items():  # the few tables a message has rows in
+            slot = gathered.get(table)
+            if slot is not None and own:
+                n = len(own)
+                slot[0].extend(own)
+                if n == 1:
+                    slot[1].append(i)
+                else:
+                    slot[1].extend([i] * n)
+                mine[table] = n
+        counts.append(mine)
+    return gathered, counts
+
+
 def _present(col: list) -> set | None:
     """The distinct values of ``col`` that are not missing, if all are text; else None."""
     if not _all_text(col):

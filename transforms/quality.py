@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import PROJECT_ROOT, ConfigError
-from .dq_screen import column, screen, spread
+from .dq_screen import column, gather, screen, spread
 # The message_store row the suite checks is built with the facts (facts.message_row, compiled
 # with them: see transforms.NATIVE_MODULES).
 from .facts import COLUMNS, MESSAGE_COLUMNS
@@ -440,28 +440,15 @@ class Validator:
         result = BatchResult(validated=len(todo))
         if not todo:
             return result
-        for p in todo:
-            p.dq = Verdict()
         # Context columns are gathered once per message and spread to rows by position, which is
         # several times cheaper than widening every row tuple.
         context = [[p.check_context[i] for p in todo] for i in range(3)]
-        # One pass over the messages distributes their rows to every checked table.
-        gathered: dict[str, tuple[list, list]] = {t: ([], []) for t in self.suites if t != "message_store"}
-        for i, p in enumerate(todo):
-            counts = p.dq.rows
-            for table, own in p.facts.items():  # the few tables a message has rows in
-                slot = gathered.get(table)
-                if slot is not None and own:
-                    slot[0].extend(own)
-                    if len(own) == 1:
-                        slot[1].append(i)
-                    else:
-                        slot[1].extend([i] * len(own))
-                    counts[table] = len(own)
+        gathered, counts = gather([p.facts for p in todo], [t for t in self.suites if t != "message_store"],
+                                  "message_store" in self.suites)
+        for p, rows in zip(todo, counts):
+            p.dq = Verdict(rows)
         if "message_store" in self.suites:
             gathered["message_store"] = ([p.check for p in todo], list(range(len(todo))))
-            for p in todo:
-                p.dq.rows["message_store"] = 1
         erring: set[int] = set()  # positions in todo of messages failing an error-severity check
         for table, suite in self.suites.items():
             rows, owner = gathered[table]
