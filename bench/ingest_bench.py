@@ -23,6 +23,17 @@ def _pg_available() -> bool:
         return False
 
 
+def _pg_label() -> str:
+    """The server's version and WAL buffer size, which the load's speed depends on
+    (docs/operations.md, "PostgreSQL settings"): the rows then say what they measured."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, connect_timeout=3) as c:
+        version = c.execute("SHOW server_version").fetchone()[0].split()[0]
+        wal = c.execute("SHOW wal_buffers").fetchone()[0]
+    return f"PostgreSQL {version} (COPY, wal_buffers {wal})"
+
+
 def _fresh_pg() -> tuple[str, str]:
     import psycopg
 
@@ -74,7 +85,7 @@ def run(quick: bool = False) -> dict:
         os.environ.setdefault("HL7ICS_PATIENT_KEY", "bench" * 8)
         backends = [("SQLite (WAL, synchronous=FULL)", "sqlite")]
         if _pg_available():
-            backends.append(("PostgreSQL 15 (COPY)", "postgresql"))
+            backends.append((_pg_label(), "postgresql"))
         # Validation on and off in the same run, so the ratio compares like with like. GX is
         # imported and the suites built before timing (a long-lived worker pays that once).
         from transforms.quality import QualityOptions, Validator
