@@ -125,11 +125,34 @@ def test_names_survive_and_ids_fall_back_to_content_hash(ingestor, queue):
     msg = ("MSH|^~\\&|SIH|CHU-SO|HL7ICS|MOH|20261102080000||ADT^A04|Q-1|P|2.5|||||||UNICODE UTF-8\r"
            "EVN|A04|20261102080000\rPID|1||P1^^^CHU-SO^MR||Ɖogbé^Kɔfi Ŋɔtsé||19900101|M\r"
            "PV1|1|O|CONS||||||||||||||||V1\r").encode("utf-8")
-    publish(queue, [msg, msg], with_ids=False)  # the same body twice: one message
+    publish(queue, [msg, msg], with_ids=False)  # the same body published twice: loaded once
     counts = ingestor.ingest_queues("CHU-SO")
-    assert counts.messages == 1 and depth(queue) == 0
+    assert (counts.messages, counts.loaded, counts.duplicates) == (2, 1, 1) and depth(queue) == 0
     assert rows(ingestor.engine, "SELECT family_name, given_name FROM phi_patient") == [("Ɖogbé", "Kɔfi Ŋɔtsé")]
-    assert scalar(ingestor.engine, "SELECT source_ref FROM message_store").startswith(f"queue:{queue}:")
+    assert all(r[0].startswith(f"queue:{queue}:") for r in rows(ingestor.engine, "SELECT source_ref FROM message_store"))
+
+
+def test_a_message_published_again_is_stored_as_a_duplicate_not_dropped(ingestor, queue):
+    """A publisher that sends the same messages again (same IDs, same bodies, not a redelivery):
+    every copy received has its own row, judged a duplicate, and can be found again; the first
+    copies are untouched and the facts are loaded once."""
+    bodies = generate_mix(40, seed=11)
+    publish(queue, bodies)
+    first = ingestor.ingest_queues("CHU-SO")
+    before = rows(ingestor.engine, "SELECT id, source_ref, status FROM message_store ORDER BY id")
+    facts = scalar(ingestor.engine, "SELECT COUNT(*) FROM fact_lab_result")
+    publish(queue, bodies)
+    again = ingestor.ingest_queues("CHU-SO")
+    assert again.messages == 40 and again.duplicates == first.loaded and depth(queue) == 0
+    after = rows(ingestor.engine, "SELECT id, source_ref, status, sha256 FROM message_store ORDER BY id")
+    assert [r[:3] for r in after[:40]] == before
+    copies = after[40:]
+    assert len(copies) == 40 and len({r[1] for r in after}) == 80
+    refs = {r[1] for r in before}
+    assert all(r[1].split(":copy:")[0] in refs for r in copies)
+    assert sorted(r[3] for r in copies) == sorted(r[3] for r in after[:40])
+    assert {r[2] for r in copies} <= {"duplicate", "quarantined"}
+    assert scalar(ingestor.engine, "SELECT COUNT(*) FROM fact_lab_result") == facts
 
 
 def test_a_reused_message_id_with_another_body_is_another_message(ingestor, queue):

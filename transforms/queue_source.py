@@ -10,11 +10,17 @@ makes the broker redeliver, and a redelivered message is recognised by its ``sou
 (the AMQP ``message_id`` property, else the SHA-256 of the body) and only acknowledged again, so
 redeliveries are idempotent. A message the loader cannot even store is never acked (nacked with
 requeue) and the run fails, so nothing is lost.
+
+A delivery the broker does not mark ``redelivered`` is a new publication even when its
+``source_ref`` is already stored (a publisher that sent the same message again): it gets a row
+of its own, under that reference with a ``:copy:`` suffix, and the loader judges it (usually a
+``duplicate``), so every message received can be found again.
 """
 from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -102,11 +108,12 @@ def consume(ingestor, facility_code: str, opts: QueueOptions, batch: int | None 
         ch.basic_qos(prefetch_count=opts.prefetch)
         taken = 0
         while taken < opts.max_messages:
-            pending: list[tuple[int, str, bytes]] = []
+            pending: list[tuple[int, str, bytes, bool]] = []
             for method, props, body in ch.consume(opts.queue, inactivity_timeout=opts.idle_seconds):
                 if method is None:
                     break
-                pending.append((method.delivery_tag, source_ref(opts.queue, props, body), body))
+                pending.append((method.delivery_tag, source_ref(opts.queue, props, body), body,
+                                bool(method.redelivered)))
                 if len(pending) >= batch or taken + len(pending) >= opts.max_messages:
                     break
             if not pending:
@@ -130,10 +137,10 @@ def consume(ingestor, facility_code: str, opts: QueueOptions, batch: int | None 
     return total
 
 
-def _store(ingestor, facility_code: str, pending: list[tuple[int, str, bytes]], Incoming):
+def _store(ingestor, facility_code: str, pending: list[tuple[int, str, bytes, bool]], Incoming):
     from .load import Counts
 
-    refs = [r for _, r, _ in pending]
+    refs = [r for _, r, _, _ in pending]
     with ingestor.engine.connect() as c:
         known = set()
         for i in range(0, len(refs), 500):
@@ -144,9 +151,14 @@ def _store(ingestor, facility_code: str, pending: list[tuple[int, str, bytes]], 
                                               {f"r{j}": r for j, r in enumerate(chunk)})}
     seen: set[str] = set()
     items = []
-    for _tag, ref, body in pending:
+    for _tag, ref, body, redelivered in pending:
         if ref in known or ref in seen:
-            continue  # a redelivery of a message already committed: acknowledge it again, store nothing
+            if redelivered:
+                continue  # a redelivery of a message already committed: acknowledge it again, store nothing
+            # Published again: a new message with the same reference. A random suffix keeps the
+            # reference unique; a redelivery of this copy is recognised by the reference it shares.
+            items.append(Incoming(body, "queue", f"{ref}:copy:{uuid.uuid4().hex[:16]}", facility_code))
+            continue
         seen.add(ref)
         items.append(Incoming(body, "queue", ref, facility_code))
     if not items:
