@@ -29,6 +29,29 @@ def test_bad_data_fails_at_once_and_io_retries():
                for e in (SourceError("x"), FileNotFoundError("x"), OperationalError("SELECT 1", {}, Exception())))
 
 
+def test_driver_errors_are_classified_without_importing_the_driver_at_parse():
+    """psycopg's errors are named by path: a DAG file's parse does not import psycopg (a fresh
+    interpreter parses one), and the policy still fails bad data and retries a lost server."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psycopg
+    from airflow.sdk import RetryAction
+    from hl7ics_airflow.policies import IO_RETRY_POLICY
+
+    root = Path(__file__).resolve().parent.parent
+    code = ("import runpy, sys\nrunpy.run_path(sys.argv[1])\n"
+            "print('psycopg' in sys.modules, 'default_args' in open(sys.argv[1]).read())")
+    out = subprocess.run([sys.executable, "-c", code, str(root / "dags" / "facility_batch_ingest.py")],
+                         capture_output=True, text=True, check=True, cwd=root,
+                         env={**__import__("os").environ, "PYTHONPATH": f"{root / 'plugins'}:{root}"})
+    assert out.stdout.split() == ["False", "True"]
+    assert IO_RETRY_POLICY.evaluate(psycopg.DataError("bad value"), 1, 3).action == RetryAction.FAIL
+    assert IO_RETRY_POLICY.evaluate(psycopg.errors.UniqueViolation("dup"), 1, 3).action == RetryAction.FAIL
+    assert IO_RETRY_POLICY.evaluate(psycopg.OperationalError("server gone"), 1, 3).action == RetryAction.RETRY
+
+
 def test_a_connection_that_is_not_defined_fails_at_once():
     """A missing connection is configuration, not a passing I/O problem: no retry."""
     from airflow.sdk import RetryAction
