@@ -19,7 +19,7 @@ from transforms.ingest import Ingestor, discover, sanitize_name
 from transforms.warehouse import get_engine
 
 FIX = Path(__file__).parent / "fixtures" / "hl7"
-TABLES = ["message_store", "quarantine", "ingested_file", "ingest_run", "dim_facility", "phi_patient", "dim_patient",
+TABLES = ["message_store", "quarantine", "ingested_file", "ingest_run", "ingest_run_file", "dim_facility", "phi_patient", "dim_patient",
           "patient_merge", "encounter_event", "fact_encounter", "fact_lab_order", "fact_lab_result", "fact_medication",
           "fact_immunization", "fact_charge", "fact_coverage"]
 
@@ -665,6 +665,41 @@ def test_crash_mid_file_resumes_without_duplicates(ingestor, tmp_path, monkeypat
     assert ingestor.ingest_file(f, "CHU-SO").status == "done"
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store") == 35
     assert scalar(ingestor.engine, "SELECT COUNT(DISTINCT source_ref) FROM message_store") == 35
+
+
+def test_a_file_resumed_by_another_run_counts_in_both_runs_summaries(ingestor, tmp_path, monkeypatch):
+    """Run 1 commits two chunks of a file and dies; after the lease, run 2 resumes it. Each run's
+    summary counts the messages it committed (run 2's were counted in neither), together the
+    whole file, and both count the file. Recording a summary again changes nothing."""
+    import transforms.ingest as ingest_mod
+
+    monkeypatch.setattr(ingest_mod, "BATCH_SIZE", 10)
+    monkeypatch.setattr(ingest_mod, "VALIDATION_CHUNK", 10)
+    body = "".join(adt(f"R-{i}", "A01", "20261102080000", visit=f"W{i}") for i in range(35))
+    f = write(tmp_path / "resumed.hl7", body)
+    real = ingestor.loader.write
+    calls = {"n": 0}
+
+    def dies_at_third(conn, prepared):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("worker killed")
+        return real(conn, prepared)
+
+    monkeypatch.setattr(ingestor.loader, "write", dies_at_third)
+    with pytest.raises(OSError):
+        ingestor.ingest_file(f, "CHU-SO")
+    first = {r["facility"]: r for r in ingestor.record_run(["CHU-SO"])}["CHU-SO"]
+    with ingestor.engine.begin() as c:  # the dead worker's lease runs out
+        c.execute(text("UPDATE ingested_file SET lease_until = '2000-01-01 00:00:00'"))
+    later = Ingestor(ingestor.settings, engine=ingestor.engine, run_id="run-2")
+    assert later.ingest_file(f, "CHU-SO").status == "done"
+    second = {r["facility"]: r for r in later.record_run(["CHU-SO"])}["CHU-SO"]
+    assert (first["files"], first["messages"], first["loaded"]) == (1, 20, 20)
+    assert (second["files"], second["messages"], second["loaded"]) == (1, 15, 15)
+    assert rows(ingestor.engine, "SELECT run_id, files, messages FROM ingest_run ORDER BY run_id") == [
+        (ingestor.run_id, 1, 20), ("run-2", 1, 15)]
+    assert later.record_run(["CHU-SO"]) == [{**second, "facility": "CHU-SO"}]
 
 
 def test_migrations_are_versioned_and_idempotent(warehouse_url):

@@ -289,8 +289,12 @@ class Ingestor:
             # right message.
             with self.engine.begin() as conn:
                 self.loader.write(conn, chunk)
+                committed: dict[str, tuple[_FileJob, Counts]] = {}
                 for job, b in pending:
-                    job.counts.add(self.loader.counts_of(b))
+                    counts = self.loader.counts_of(b)
+                    job.counts.add(counts)
+                    committed.setdefault(job.sha, (job, Counts()))[1].add(counts)
+                self._count_run_files(conn, committed.values())
                 for i, job in waiting:  # files whose last message is in this chunk
                     results[i] = self._finish(conn, job)
             pending.clear()
@@ -460,6 +464,24 @@ class Ingestor:
             if batch:
                 yield batch
 
+    def _count_run_files(self, conn, committed) -> None:
+        """Add what a chunk committed of each file to this run's ``ingest_run_file`` counts, in the
+        chunk's transaction: a run that resumes another's file counts the messages it committed."""
+        now = utcnow()
+        rows = [{"r": self.run_id, "s": job.sha, "f": job.facility_code or UNKNOWN_FACILITY, "m": c.messages,
+                 "l": c.loaded, "d": c.duplicates, "q": c.quarantined, "now": now}
+                for job, c in sorted(committed, key=lambda jc: jc[0].sha) if c.messages]
+        if not rows:
+            return
+        conn.execute(text(
+            "INSERT INTO ingest_run_file (run_id, file_sha256, facility_code, messages, loaded, duplicates, "
+            "quarantined, updated_at) VALUES (:r, :s, :f, :m, :l, :d, :q, :now) "
+            "ON CONFLICT (run_id, file_sha256) DO UPDATE SET "
+            "messages = ingest_run_file.messages + excluded.messages, "
+            "loaded = ingest_run_file.loaded + excluded.loaded, "
+            "duplicates = ingest_run_file.duplicates + excluded.duplicates, "
+            "quarantined = ingest_run_file.quarantined + excluded.quarantined, updated_at = excluded.updated_at"), rows)
+
     def _finish(self, conn, job: "_FileJob") -> FileResult:
         """Close the file's ledger entry in the transaction that commits its last messages."""
         status = "quarantined" if (job.envelope_problem or job.sniff is not None) else "done"
@@ -602,14 +624,16 @@ class Ingestor:
         return dest
 
     def record_run(self, facility_codes: list[str] | None = None) -> list[dict]:
-        """Per-facility counts of this run, recomputed from the store (so a re-run writes the same)."""
+        """Per-facility counts of this run, recomputed from what it recorded (so a re-run writes the
+        same): the files it registered or committed messages of, and the messages it committed from
+        files (``ingest_run_file``) and queues (``ingest_run_queue``), as the load judged them."""
         sql = text(
-            "SELECT f.facility_code, COUNT(DISTINCT f.sha256), COUNT(m.id), "
-            "SUM(CASE WHEN m.status = 'loaded' THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN m.status = 'duplicate' THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN m.status = 'quarantined' THEN 1 ELSE 0 END) "
-            "FROM ingested_file f LEFT JOIN message_store m ON m.file_sha256 = f.sha256 "
-            "WHERE f.run_id = :r GROUP BY f.facility_code ORDER BY f.facility_code")
+            "SELECT facility_code, COUNT(DISTINCT sha256), SUM(messages), SUM(loaded), SUM(duplicates), "
+            "SUM(quarantined) FROM ("
+            "SELECT facility_code, sha256, 0 AS messages, 0 AS loaded, 0 AS duplicates, 0 AS quarantined "
+            "FROM ingested_file WHERE run_id = :r UNION ALL "
+            "SELECT facility_code, file_sha256, messages, loaded, duplicates, quarantined "
+            "FROM ingest_run_file WHERE run_id = :r) x GROUP BY facility_code ORDER BY facility_code")
         now = utcnow()
         with self.engine.begin() as conn:
             rows = [tuple(r) for r in conn.execute(sql, {"r": self.run_id})]
