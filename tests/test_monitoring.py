@@ -129,6 +129,25 @@ def test_duplicates_and_resends_are_no_sign_of_life(engine, facility):
                 if p.kind == "silence"]
 
 
+def test_resends_for_more_than_a_day_are_no_sign_of_life_in_the_rollup(engine, facility):
+    """A sender resending one refused message every hour for more than a day: past the last day,
+    read from the rollup, its hours of quarantined resends are not its last message either (the
+    rollup counted them as messages)."""
+    day = datetime(2026, 11, 23, 9, 0)
+    add_messages(engine, facility.code, [day])
+    add_messages(engine, facility.code, [day + timedelta(hours=h, minutes=30) for h in range(1, 27)],
+                 status="quarantined")
+    with engine.begin() as c:
+        c.execute(text("UPDATE message_store SET resend_of = (SELECT MIN(id) FROM message_store) "
+                       "WHERE status = 'quarantined'"))
+    now = day + timedelta(days=2, hours=3)
+    r = check(engine, facility, now)
+    assert {row["last_message_at"] for row in r.rows} == {"2026-11-23 09:59:00"}
+    with engine.connect() as c:
+        assert c.execute(text("SELECT SUM(messages), SUM(resends), SUM(duplicates) FROM interface_volume_hourly")
+                         ).one() == (27, 26, 0)
+
+
 def test_the_night_is_not_silence_and_closing_time_does_not_end_one(engine, facility):
     """Gaps count working minutes only: the night adds nothing, so the morning after a normal day
     goes on from the last message's 10 minutes before closing. A silence still open at closing

@@ -186,20 +186,23 @@ def refresh_rollup(engine: Engine, facilities: list[str], now: datetime, cfg: Mo
     rows = []
     with engine.connect() as conn:
         for code in codes:  # one range scan of (facility_code, received_at) per facility
-            for hour, source, mtype, n, q, d in conn.execute(text(
+            # resends: copies the sender sent again that did not load (see evaluate), never duplicates.
+            for hour, source, mtype, n, q, d, rs in conn.execute(text(
                     "SELECT substr(CAST(received_at AS TEXT), 1, 13), source, COALESCE(message_type, '-'), COUNT(*), "
                     "SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END), "
-                    "SUM(CASE WHEN status = 'duplicate' THEN 1 ELSE 0 END) FROM message_store "
+                    "SUM(CASE WHEN status = 'duplicate' THEN 1 ELSE 0 END), "
+                    "SUM(CASE WHEN resend_of IS NOT NULL AND status NOT IN ('loaded', 'duplicate') THEN 1 ELSE 0 END) "
+                    "FROM message_store "
                     "WHERE facility_code = :f AND received_at >= :s GROUP BY 1, 2, 3"), {"f": code, "s": _ts(since)}):
                 rows.append((hour.replace("T", " ") + ":00:00", code, source, mtype, int(n), int(q or 0), int(d or 0),
-                             _ts(now)))
+                             int(rs or 0), _ts(now)))
     with engine.begin() as conn:
         _serialize(conn)
         # Only the facilities recounted: the published history of one no longer configured stays.
         conn.execute(text("DELETE FROM interface_volume_hourly WHERE hour >= :s AND facility_code = :f"),
                      [{"s": _ts(since), "f": code} for code in codes])
         Writer(conn).copy("interface_volume_hourly", ("hour", "facility_code", "source", "message_type", "messages",
-                                                      "quarantined", "duplicates", "updated_at"), rows)
+                                                      "quarantined", "duplicates", "resends", "updated_at"), rows)
     return len(rows)
 
 
@@ -249,10 +252,12 @@ def evaluate(engine: Engine, facilities: list[Facility], now: datetime, cfg: Mon
                 r["messages_1h"], r["_q1"] = int(n), int(q or 0)
         # Interfaces quiet for a day still exist (the rollup remembers them): silence shows on them.
         # The rollup gives a last message only from before the day read above, which already
-        # decided what counts in it (resends, counted as messages in the rollup, do not).
+        # decided what counts in it. An hour counts when it had more than copies: duplicates and
+        # resends that did not load, as in the day above.
         for code, source, mtype, last_hour in conn.execute(text(
                 "SELECT facility_code, source, message_type, "
-                "MAX(CASE WHEN messages > duplicates AND hour <= :cut THEN hour END) FROM interface_volume_hourly "
+                "MAX(CASE WHEN messages > duplicates + resends AND hour <= :cut THEN hour END) "
+                "FROM interface_volume_hourly "
                 "WHERE hour >= :s GROUP BY 1, 2, 3"),
                 {"s": _ts(hour0 - timedelta(days=7)), "cut": _ts((now - timedelta(hours=24)).replace(
                     minute=0, second=0, microsecond=0))}):
