@@ -473,6 +473,17 @@ def test_batch_count_mismatch_quarantines_the_whole_file(ingestor, tmp_path):
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM encounter_event") == 0
 
 
+def test_a_batch_whose_bts_and_fts_both_disagree_names_both_in_quarantine(ingestor, tmp_path):
+    """BTS-1 says 3 messages and FTS-1 says 2 batches for a file of one batch of 2: one
+    BATCH_COUNT_MISMATCH row per message (the table's key), whose detail names both counts."""
+    body = ("FHS|^~\\&|SIH|CHU-SO\nBHS|^~\\&|SIH|CHU-SO\n" + adt("BF-1", "A01", "20261102080000")
+            + adt("BF-2", "A01", "20261102090000", visit="V2") + "BTS|3\nFTS|2\n")
+    assert ingestor.ingest_file(write(tmp_path / "both.hl7", body), "CHU-SO").status == "quarantined"
+    got = rows(ingestor.engine, "SELECT reason, detail FROM quarantine ORDER BY message_id")
+    assert [r[0] for r in got] == ["BATCH_COUNT_MISMATCH"] * 2
+    assert all("BTS-1 declares 3 messages" in d and "FTS-1 declares 2 batches" in d for _, d in got)
+
+
 @pytest.mark.parametrize("layout", ["after", "before"])
 def test_a_message_outside_the_batches_holds_the_file(ingestor, tmp_path, layout):
     """Bad input 60, "MSH outside a batch": a file with batches and a message beside them (cut, or

@@ -406,7 +406,7 @@ class Loader:
         # out of quarantine or held for another reason, and a quarantined message needs an open
         # row for the next replay to find it.
         w.upsert("quarantine", ("message_id", "stage", "reason", "detail", "created_at", "resolved_at"),
-                 [q + (None,) for q in dedupe(quarantine_rows, (0, 1, 2))], key=("message_id", "stage", "reason"),
+                 [q + (None,) for q in _one_per_reason(quarantine_rows)], key=("message_id", "stage", "reason"),
                  update=("detail", "resolved_at"))
         self._write_facts(conn, w, facts_by_table, now)
         if dq_counted and self.count_quality:
@@ -654,6 +654,21 @@ def merge_patient(conn: Connection, old_key: str, new_key: str) -> None:
         conn.execute(text(f"UPDATE {t} SET patient_key = :n WHERE patient_key = :o AND NOT EXISTS "
                           f"(SELECT 1 FROM {t} x WHERE x.patient_key = :n AND {same})"), params)
     conn.execute(text("UPDATE dim_patient SET merged_into = :n WHERE patient_key = :o"), params)
+
+
+def _one_per_reason(rows: list[tuple]) -> list[tuple]:
+    """One quarantine row per (message, stage, reason), as the table keeps them, with the details
+    of all of them: a batch whose BTS-1 and FTS-1 both disagree with its content has one
+    BATCH_COUNT_MISMATCH row that names both (only the last was kept)."""
+    out: dict[tuple, tuple] = {}
+    for r in rows:
+        key = r[:3]
+        prev = out.get(key)
+        if prev is None:
+            out[key] = r
+        elif r[3] not in prev[3]:
+            out[key] = prev[:3] + (f"{prev[3]}; {r[3]}"[:500],) + prev[4:]
+    return list(out.values())
 
 
 def _counts_before(row: tuple, mid: int) -> bool:
