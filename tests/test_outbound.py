@@ -212,6 +212,26 @@ def test_route_pending_routes_each_loaded_message_once_with_pseudonymous_order_k
     assert keys["R1"] == dict(q(engine, "SELECT control_id, order_key FROM outbound_queue"))["R7"]
 
 
+def test_route_pending_refuses_a_patient_key_other_than_the_warehouses(engine):
+    """Order keys are patient keys: a routing run with another key than the one the warehouse was
+    loaded with fails with a configuration error (not retried), routes nothing, and the message
+    names no key; with the warehouse's own key it routes."""
+    from transforms.config import ConfigError
+    from transforms.facts import PatientKeyer
+    from transforms.warehouse import Writer, utcnow
+
+    store(engine, [hl7("K1", "PA")])
+    with engine.begin() as c:
+        Writer(c).insert("warehouse_setting", ("name", "value", "updated_at"),
+                         [("patient_key_check", KEYER.fingerprint, utcnow())], on_conflict_nothing=("name",))
+    other = PatientKeyer(b"another key entirely, 32 bytes..")
+    with pytest.raises(ConfigError, match="patient key is not the one") as err:
+        outbound.route_pending(engine, FakeRouter(), keyer=other)
+    assert other.fingerprint not in str(err.value) and KEYER.fingerprint not in str(err.value)
+    assert q(engine, "SELECT COUNT(*) FROM message_route") == [(0,)]
+    assert outbound.route_pending(engine, FakeRouter(), keyer=KEYER)["queued"] == 1
+
+
 class FixedRouter(FakeRouter):
     """The same routes once the mapping has its row and the router its fix."""
 

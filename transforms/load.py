@@ -167,6 +167,18 @@ def _issue_text(errors: list[dict] | None) -> str | None:
 _OTHER_KEY = ("the patient key is not the one this warehouse was loaded with: set HL7ICS_PATIENT_KEY (or "
               "HL7ICS_HOME, whose secrets/patient_key holds it) as for its earlier loads; with another key every "
               "patient would get a second patient_key")
+_KEY_CHECK = "SELECT value FROM warehouse_setting WHERE name = 'patient_key_check'"
+
+
+def refuse_other_key(conn: Connection, keyer: PatientKeyer) -> None:
+    """Raise ``ConfigError`` when the warehouse records a patient key other than ``keyer``'s. For
+    readers that compute patient keys without writing them (routing's order keys); loading checks
+    more (``Loader.check_key``)."""
+    stored = conn.execute(text(_KEY_CHECK)).scalar()
+    if stored is not None and stored != keyer.fingerprint:
+        raise ConfigError(_OTHER_KEY)
+
+
 _SPLIT_KEYS = ("this warehouse already holds patients under more than one patient key (a load ran with another "
                "key): see 'Patient key' in docs/operations.md before loading more")
 
@@ -266,7 +278,7 @@ class Loader:
         where = conn.engine.url.render_as_string(hide_password=True)
         if where in self._key_checked:
             return
-        get = text("SELECT value FROM warehouse_setting WHERE name = 'patient_key_check'")
+        get = text(_KEY_CHECK)
         stored = conn.execute(get).scalar()
         known = stored is not None
         if not known:

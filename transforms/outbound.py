@@ -263,6 +263,12 @@ def route_pending(engine, router, batch: int = 500, now=None, keyer=None, since=
     ``alerter`` defaults to one on ``engine``."""
     start = _now(now)
     keyer = keyer or _default_keyer()
+    from .load import refuse_other_key
+
+    with engine.connect() as c:
+        # Order keys are patient keys: under another key a patient's copies would be ordered
+        # under another name than their loaded history's, and against other patients' keys.
+        refuse_other_key(c, keyer)
     pg = engine.dialect.name == "postgresql"
     by_dest: dict[str, dict] = {}
     retried = retry_held(engine, router, keyer, start, by_dest)
