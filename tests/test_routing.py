@@ -480,6 +480,37 @@ def test_unsupported_conversion_is_an_error():
     assert out.payload is None and out.error == "UNSUPPORTED_STRUCTURE: RDS_O13 does not exist in 2.3"
 
 
+def _radiology_orm_23() -> bytes:
+    """ORU_23 made a 2.3 order for a chest X-ray: OBR-24 (diagnostic service section) = RAD."""
+    raw = ORU_23.replace(b"ORU^R01", b"ORM^O01").replace(b"ORC|RE", b"ORC|NW")
+    segs = [s.split(b"|") for s in raw.split(b"\r") if s]
+    out = []
+    for s in segs:
+        if s[0] == b"OBX":
+            continue
+        if s[0] == b"OBR":
+            s = s + [b""] * max(0, 25 - len(s))
+            s[4], s[24] = b"36643-5^Radiographie thoracique^LN", b"RAD"
+        out.append(b"|".join(s))
+    return b"\r".join(out) + b"\r"
+
+
+def test_a_radiology_order_converted_up_stays_an_order_not_a_lab_order():
+    """An ORM^O01 whose OBR-24 names radiology is not a laboratory order: converted up to 2.5.1 it
+    stays ORM^O01 (OML^O21 is for laboratories); to 2.7, which has no ORM_O01 and whose imaging
+    order (OMI^O23) needs what an ORM does not hold, it is an error, never a lab order. The
+    same order for a laboratory section still becomes OML^O21."""
+    rad = _radiology_orm_23()
+    work = Work.from_message(parse(rad))
+    convert(work, "2.5.1", ConvertOptions())
+    assert work.segments[0][8] == "ORM^O01^ORM_O01" and not any("MESSAGE_TYPE" in n for n in work.notes)
+    out = build_outbound(parse(rad), Target("ris", "2.7", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert out.payload is None and out.error == "UNSUPPORTED_STRUCTURE: ORM_O01 does not exist in 2.7"
+    lab = Work.from_message(parse(rad.replace(b"|RAD", b"|HM")))
+    convert(lab, "2.5.1", ConvertOptions())
+    assert lab.segments[0][8] == "OML^O21^OML_O21"
+
+
 def test_convert_options_keep_orm_and_pick_identifier():
     work = Work.from_message(parse(ORU_23.replace(b"ORU^R01", b"ORM^O01").replace(b"ORC|RE", b"ORC|NW")))
     convert(work, "2.5.1", ConvertOptions(message_types=(("ORM^O01", "ORM^O01"),),

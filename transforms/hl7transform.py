@@ -1228,6 +1228,12 @@ def _shape(work: Work, src: str, target: str) -> None:
 
 
 _ORDER_DETAIL_NON_LAB = frozenset({"RQD", "RQ1", "RXO", "ODS", "ODT"})
+# OBR-24 diagnostic service sections (HL7 table 0074) that are not a laboratory's: imaging
+# (radiology, CT, MR, nuclear medicine, ultrasound), cardiology, therapy, pharmacy and nursing.
+# An ORM^O01 for one of them is not an OML^O21 (a laboratory order): it keeps its type, or has
+# none to go to where the target has no ORM_O01 (its imaging form, OMI^O23, needs an IPC).
+_NON_LAB_SECTIONS = frozenset({"RAD", "RX", "RUS", "CT", "MR", "NMR", "NMS", "CUS", "OUS", "VUS", "XRC", "CTH",
+                               "EC", "EN", "AU", "PF", "PT", "OT", "RT", "RC", "NRS", "ICU", "PHR", "PHY"})
 
 
 def convert(work: Work, target: str, opts: ConvertOptions) -> None:
@@ -1250,7 +1256,9 @@ def convert(work: Work, target: str, opts: ConvertOptions) -> None:
         if old == "OML^O21" and structure_segments(target, "OML_O21") is None:
             new = "ORM^O01"
         elif old == "ORM^O01" and opts.orders_to_oml and version_key(target) >= (2, 5) \
-                and "OBR" in ids and not ids & _ORDER_DETAIL_NON_LAB:
+                and "OBR" in ids and not ids & _ORDER_DETAIL_NON_LAB \
+                and not any(get_field(s, 24).split(C)[0].strip().upper() in _NON_LAB_SECTIONS
+                            for s in work.segments if s[0] == "OBR"):
             new = "OML^O21"
     if new and new != old:
         mtype, event = new.split("^")
