@@ -387,6 +387,34 @@ def test_oml_251_with_tq1_and_spm_to_orm_23():
     assert "MESSAGE_TYPE:OML^O21->ORM^O01" in out.notes and "TQ1->ORC-7/OBR-27" in out.notes
 
 
+def test_specimen_parts_go_to_obr15_or_are_noted_and_come_back():
+    """Down (2.5.1 -> 2.3.1): the SPM's type, additives, description, site, site modifier and role
+    fill OBR-15's components, its amount an empty OBR-9; its ID and collection method have no
+    place and are noted, as an SPM whose OBR names a specimen already. Up again: each part goes
+    back to its SPM field, and the collection method modifier (OBR-15.6) is noted."""
+    spm = ("SPM|1|S1001&SIH-CHU||BLD^Sang total^HL70487||EDTA^EDTA K2^HL70371|VP^Ponction veineuse^HL70488|"
+           "LA^Bras gauche^HL70070|L^Gauche^HL70495||P^Patient^HL70369|4^mL||Prélèvement à jeun|||20261102084500\r")
+    oml = OML_251.replace("SPM|1|S1001&SIH-CHU||BLD^Sang total^HL70487|||||||||||||20261102084500\r".encode(),
+                          spm.encode())
+    oml = oml.replace(b"OBR|2|ORD-1002^SIH-CHU||HGB^H\xc3\xa9moglobine^L|||20261102083000",
+                      "OBR|2|ORD-1002^SIH-CHU||HGB^Hémoglobine^L|||20261102083000||||||||SER&Sérum&HL70487".encode())
+    down = build_outbound(parse(oml), Target("lab", "2.3.1", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert down.error is None, down.error
+    obr1, obr2 = seg(down.payload, "OBR"), seg(down.payload, "OBR", 2)
+    assert obr1[15] == ("BLD&Sang total&HL70487^EDTA K2^Prélèvement à jeun^LA&Bras gauche&HL70070^"
+                        "L&Gauche&HL70495^^P&Patient&HL70369")
+    assert obr1[9] == "4^mL" and obr2[15] == "SER&Sérum&HL70487"
+    assert {"DROPPED_FIELD:SPM-2", "DROPPED_FIELD:SPM-7", "DROPPED_SEGMENT:SPM"} <= set(down.notes)
+    up = build_outbound(parse(down.payload.replace(b"HL70495^^P", b"HL70495^TMED^P")),
+                        Target("ehr", "2.5.1", "utf-8", "UNICODE UTF-8"), None, "r", {})
+    assert up.error is None, up.error
+    back = seg(up.payload, "SPM")
+    assert (back[4], back[6], back[8], back[9], back[11], back[14]) == (
+        "BLD^Sang total^HL70487", "^EDTA K2", "LA^Bras gauche^HL70070", "L^Gauche^HL70495", "P^Patient^HL70369",
+        "Prélèvement à jeun")
+    assert "DROPPED_COMPONENT:OBR-15.6" in up.notes
+
+
 def test_lab_oru_23_back_to_251():
     out = build_outbound(parse(ORU_23), Target("ehr", "2.5.1", "utf-8", "UNICODE UTF-8"), None, "r", {})
     assert out.error is None, out.error

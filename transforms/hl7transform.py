@@ -1056,34 +1056,57 @@ _CODING_SYSTEM = re.compile(r"^(HL7\d{4}|L|LN|SCT|SNM3?|99[A-Z0-9]*)$")
 
 
 def _specimen_down(work: Work) -> None:
-    """SPM (2.5+) -> OBR-15 specimen source (type, body site) and OBR-7 when empty."""
+    """SPM (2.5+) -> OBR-15 specimen source, OBR-7 and OBR-9 where empty. SPS holds the type (1),
+    additives as text (2), a free text (3: the description), the site (4) and its modifier (5),
+    and from 2.3.1 the role (7; ``_shape`` drops it for 2.3, with a note). What has no place is
+    noted: the specimen ID, the collection method (SPS-6 is a modifier of it), an SPM beyond
+    the first of an order, and an SPM whose order has no OBR or an OBR-15 of its own."""
     d = work.delims
     C, S, R = d.component, d.subcomponent, d.repetition
     segs = work.segments
+
+    def sub(value: str) -> str:  # the first repetition of a CWE, as SPS subcomponents
+        return S.join(value.split(R)[0].split(C)[:6])
+
     for g in _order_groups(segs):
         spms = [segs[i] for i in g["idx"] if segs[i][0] == "SPM"]
-        if not spms or g["OBR"] is None:
+        if not spms:
+            continue
+        if g["OBR"] is None:
+            work.note("DROPPED_SEGMENT:SPM")
             continue
         obr = segs[g["OBR"]]
         spm = spms[0]
-        sps = [""] * 6
-        sps[0] = S.join(get_field(spm, 4).split(R)[0].split(C)[:6])
-        sps[3] = S.join(get_field(spm, 8).split(R)[0].split(C)[:6])
-        if not get_field(obr, 15) and any(sps):
-            set_field(obr, 15, _join(sps, C))
+        if get_field(obr, 15):  # the order names its specimen already: it stays, the SPM goes
+            work.note("DROPPED_SEGMENT:SPM")
+        else:
+            additives = [_part(a.split(C), 1) or _part(a.split(C), 0) for a in get_field(spm, 6).split(R)]
+            sps = [sub(get_field(spm, 4)), ", ".join(a for a in additives if a), get_field(spm, 14),
+                   sub(get_field(spm, 8)), sub(get_field(spm, 9)), "", sub(get_field(spm, 11))]
+            if any(sps):
+                set_field(obr, 15, _join(sps, C))
+            for n in (2, 7):
+                if get_field(spm, n):
+                    work.note(f"DROPPED_FIELD:SPM-{n}")
+            if len(spms) > 1:
+                work.note("DROPPED_SEGMENT:SPM")
+            work.note("SPM->OBR-15")
         coll = get_field(spm, 17).split(C)[0]
         if coll and not get_field(obr, 7):
             set_field(obr, 7, coll)
-        if len(spms) > 1:
-            work.note("DROPPED_SEGMENT:SPM")
-        work.note("SPM->OBR-15")
+        amount = get_field(spm, 12).split(R)[0]
+        if amount and not get_field(obr, 9):
+            set_field(obr, 9, amount)
     if any(s[0] == "SAC" for s in segs):
         work.note("DROPPED_SEGMENT:SAC")
     work.segments = [s for s in segs if s[0] not in ("SPM", "SAC")]
 
 
 def _specimen_up(work: Work, structure: str) -> None:
-    """OBR-15 (before 2.5) -> an SPM segment at the end of the order's specimen position."""
+    """OBR-15 (before 2.5) -> an SPM segment at the end of the order's specimen position: the
+    type (SPM-4), additives (SPM-6, as text), site (SPM-8) and its modifier (SPM-9), role
+    (SPM-11), the free text as description (SPM-14) and OBR-7 as collection time (SPM-17). The
+    collection method modifier (SPS-6) has no place in SPM and is noted."""
     if structure not in ("OML_O21", "ORU_R01"):
         return
     d = work.delims
@@ -1098,17 +1121,21 @@ def _specimen_up(work: Work, structure: str) -> None:
         if not sps:
             continue
         parts = sps.split(C)
+        spm = ["SPM", "1", "", "", ""] + [""] * 13
         if S not in parts[0] and len(parts) >= 3 and _CODING_SYSTEM.match(parts[2]) and not _part(parts, 3):
             # A common sender mistake: the specimen CE written as components, not subcomponents.
-            spec_type, site, text = C.join(parts[:3]), "", ""
+            spm[4] = C.join(parts[:3])
             work.note("OBR-15_CE_AS_COMPONENTS")
         else:
-            spec_type = C.join(parts[0].split(S))
-            site = C.join(_part(parts, 3).split(S))
-            text = _part(parts, 2)
-        spm = ["SPM", "1", "", "", spec_type] + [""] * 13
-        spm[8] = site
-        spm[14] = text
+            spm[4] = C.join(parts[0].split(S))
+            if _part(parts, 1):
+                spm[6] = C + _part(parts, 1)  # TX additives: the text of a CWE
+            spm[8] = C.join(_part(parts, 3).split(S))
+            spm[9] = C.join(_part(parts, 4).split(S))
+            spm[11] = C.join(_part(parts, 6).split(S))
+            spm[14] = _part(parts, 2)
+            if _part(parts, 5):
+                work.note("DROPPED_COMPONENT:OBR-15.6")
         spm[17] = get_field(obr, 7).split(C)[0]
         while spm[-1] == "":
             spm.pop()
