@@ -840,3 +840,17 @@ def test_a_claim_total_too_large_for_its_column_is_held_back(ingestor, tmp_path)
     r = build_claims(eng, CFG, d(10, 6))
     assert r["skipped"]["amount_out_of_range"] == 2
     assert rows(eng, "SELECT visit_number FROM claim") == [("VOK",)]
+
+
+def test_a_negative_zero_amount_is_written_as_zero_in_the_csv():
+    """A credit line whose co-payment rounds to no franc (-0.3 XOF) is Decimal('-0.00'): its CSV
+    cell is 0,00, not -0,00; other amounts keep their sign and the claim hash is unchanged."""
+    from decimal import Decimal
+
+    from transforms.claims import _canon, _copay, _csv_cell
+
+    nothing = _copay(Decimal("-3"), Decimal("0.1"))
+    assert nothing.is_signed() and nothing == 0
+    assert [_csv_cell(v, "amount") for v in (nothing, Decimal("-3000"), Decimal("600"))] == ["0,00", "-3000,00",
+                                                                                            "600,00"]
+    assert _canon(nothing) == "-0.00"  # what recorded claim hashes were computed with

@@ -1189,7 +1189,9 @@ def _csv_cell(v, typ: str) -> str:
     if v is None:
         return ""
     if typ == "amount":
-        return f"{v:.2f}".replace(".", ",")
+        # A credit's co-payment that rounds to no franc is Decimal('-0.00'); a spreadsheet shows
+        # "-0,00". The hash keeps the sign (_canon): only the cell is written as zero.
+        return f"{(v if v else abs(v)):.2f}".replace(".", ",")
     if typ == "float":
         return _fr_number(v)
     if typ == "int":
