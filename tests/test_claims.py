@@ -199,7 +199,7 @@ def test_insurers_config_is_valid_and_documented():
     assert CFG.codes[:2] == ["INAM", "CNSS"] and len(CFG.codes) >= 3
     inam, cnss = CFG.get("INAM"), CFG.get("CNSS")
     assert (inam.period, inam.schedule, cnss.period, cnss.schedule) == ("weekly", "0 6 * * 1", "monthly", "0 6 1 * *")
-    assert inam.plans["INAM-AMO"].copay == 0.2 and cnss.plans["CNSS-AT"].copay == 0.0
+    assert inam.plan_on("INAM-AMO", "2026-11-02").copay == 0.2 and cnss.plan_on("CNSS-AT", "2026-11-02").copay == 0.0
     assert {i.dag_id for i in CFG.insurers} == {"insurer_claims_extract_inam", "insurer_claims_extract_cnss",
                                                 "insurer_claims_extract_gta_c2a"}
     src = (SETTINGS.config_dir / "insurers.yaml").read_text(encoding="utf-8")
@@ -224,6 +224,12 @@ GOOD = {"code": "INAM", "name": "x", "schedule": "0 6 * * 1", "period": "weekly"
     ({"formats": ["xlsx"]}, "formats must be a non-empty list of parquet, csv"),
     ({"ready_after_days": -1}, "ready_after_days must be an integer"),
     ({"code": "inam"}, "code must be 2-40 upper-case"),
+    ({"plans": [{"code": "INAM-AMO", "copay": 0.2, "until": "2026-12-31"},
+                {"code": "INAM-AMO", "copay": 0.3, "from": "2026-12-31"}]}, "plan INAM-AMO is listed twice with dates"),
+    ({"plans": [{"code": "INAM-AMO", "copay": 0.2}, {"code": "INAM-AMO", "copay": 0.3}]}, "dates that overlap"),
+    ({"plans": [{"code": "INAM-AMO", "copay": 0.2, "from": "1 janvier 2027"}]}, "'from' must be a date"),
+    ({"facilities": [{"code": "CHU-SO", "from": "2026-12-01", "until": "2026-11-30"}]}, "'until' is before 'from'"),
+    ({"facilities": ["CHU-SO", {"code": "CHU-SO", "until": "2026-11-30"}]}, "a facility is listed twice"),
 ])
 def test_insurers_config_errors_name_the_insurer_and_key(change, message):
     with pytest.raises(ConfigError) as err:
@@ -854,3 +860,37 @@ def test_a_negative_zero_amount_is_written_as_zero_in_the_csv():
     assert [_csv_cell(v, "amount") for v in (nothing, Decimal("-3000"), Decimal("600"))] == ["0,00", "-3000,00",
                                                                                             "600,00"]
     assert _canon(nothing) == "-0.00"  # what recorded claim hashes were computed with
+
+
+def test_terms_in_force_on_the_charge_date_leave_sent_claims_alone(ingestor, tmp_path):
+    """insurers.yaml changes over time: a new co-payment rate from December and the end of a
+    facility's contract. Written as dated terms, they apply to charges of their own dates; the
+    November claim already sent keeps its rate and stays sent, a December charge gets the new
+    rate, and a charge after the contract ended is not claimed."""
+    from datetime import date
+
+    def config(plans, facilities):
+        return parse_insurers({"insurers": [{**GOOD, "columns": ["numero_demande", "montant", "ticket_moderateur",
+                                                                 "montant_reclame"],
+                                             "plans": plans, "facilities": facilities}]}, "insurers.yaml", ["CHU-SO"])
+
+    before = config([{"code": "INAM-AMO", "copay": 0.2}], ["CHU-SO"])
+    after = config([{"code": "INAM-AMO", "copay": 0.2, "until": date(2026, 11, 30)},
+                    {"code": "INAM-AMO", "name": "AMO 2027", "copay": 0.3, "from": "2026-12-01"}],
+                   [{"code": "CHU-SO", "until": "2026-12-15"}])
+    eng = ingestor.engine
+    cov = [in1("INAM", "INAM-AMO", "891234567")]
+    load(ingestor, tmp_path, [dft(d(3), "PT-1", "VT1", [(d(3), "CONS-GEN", "Consultation", 1, 5000)], cov)], "CHU-SO")
+    build_claims(eng, before, d(10, 6))
+    res = extract(eng, before, "INAM", "2026-W45", tmp_path / "c", d(10, 6))
+    deliver_extract(eng, res.extract_id, {"type": "outbox", "path": str(tmp_path / "o")})
+    dec, late = d(8, month=12), d(20, month=12)
+    load(ingestor, tmp_path, [dft(dec, "PT-2", "VT2", [(dec, "CONS-GEN", "Consultation", 1, 5000)], cov),
+                              dft(late, "PT-3", "VT3", [(late, "CONS-GEN", "Consultation", 1, 5000)], cov)], "CHU-SO")
+    r = build_claims(eng, after, d(28, month=12))
+    assert r["skipped"]["facility_not_contracted"] == 1
+    got = rows(eng, "SELECT visit_number, status, copay_rate, copay_amount FROM claim ORDER BY visit_number")
+    assert [(v, st, rate, money(a)) for v, st, rate, a in got] == [
+        ("VT1", "sent", 0.2, money(1000)), ("VT2", "ready", 0.3, money(1500))]
+    assert after.get("INAM").plan_on("INAM-AMO", "2026-12-01").name == "AMO 2027"
+    assert after.get("INAM").plan_on("INAM-AMO", "2026-11-30").copay == 0.2

@@ -161,9 +161,18 @@ class DeliveryError(OSError):
 
 @dataclass(frozen=True)
 class Plan:
+    """One term of a plan: its co-payment share from ``valid_from`` to ``valid_until`` (days,
+    ``YYYY-MM-DD``, both included; None: no bound). A plan whose share changes has one term per
+    rate, so charges keep the rate of their own dates."""
     code: str
     name: str
     copay: float  # ticket modérateur: the member's share, 0..1
+    valid_from: str | None = None
+    valid_until: str | None = None
+
+    def in_force(self, day: str) -> bool:
+        return (self.valid_from is None or self.valid_from <= day) and \
+            (self.valid_until is None or day <= self.valid_until)
 
 
 @dataclass(frozen=True)
@@ -177,11 +186,21 @@ class Insurer:
     columns: tuple[str, ...]
     delivery: dict
     facilities: tuple[str, ...]
-    plans: dict  # plan code -> Plan
+    plans: dict  # plan code -> its terms (Plan), in date order
+    contracts: dict = field(default_factory=dict)  # facility code -> (first day, last day), None: no bound
 
     @property
     def dag_id(self) -> str:
         return dag_id_for(self.code)
+
+    def contracts_on(self, facility: str, day: str) -> bool:
+        """Whether the insurer contracts ``facility`` on ``day`` (``YYYY-MM-DD``)."""
+        span = self.contracts.get(facility)
+        return span is not None and (span[0] is None or span[0] <= day) and (span[1] is None or day <= span[1])
+
+    def plan_on(self, code: str, day: str) -> "Plan | None":
+        """The term of plan ``code`` in force on ``day``, or None."""
+        return next((p for p in self.plans.get(code, ()) if p.in_force(day)), None)
 
     def delivery_spec(self, data_dir: str | os.PathLike) -> dict:
         """The spec for ``transforms.delivery.deliver``; an outbox path is resolved under ``data_dir``."""
@@ -275,18 +294,15 @@ def parse_insurers(doc, origin: str = "insurers.yaml", facility_codes=None) -> I
         if missing:
             raise ConfigError(f"{where}: columns must include {', '.join(missing)}")
         delivery = _delivery(e.get("delivery"), f"{where}: delivery")
-        facs = e.get("facilities")
-        if not isinstance(facs, list) or not facs or any(not isinstance(f, str) for f in facs):
-            raise ConfigError(f"{where}: facilities must be a non-empty list of facility codes")
-        if len(set(facs)) != len(facs):
-            raise ConfigError(f"{where}: a facility is listed twice")
+        contracts = _contracts(e.get("facilities"), f"{where}: facilities")
+        facs = list(contracts)
         if known is not None:
             unknown = [f for f in facs if f not in known]
             if unknown:
                 raise ConfigError(f"{where}: facilities {', '.join(unknown)} are not in facilities.yaml")
         plans = _plans(e.get("plans"), f"{where}: plans")
         out.append(Insurer(code, name, schedule, period, ready, tuple(formats), tuple(cols), delivery, tuple(facs),
-                           plans))
+                           plans, contracts))
     ids = [dag_id_for(i.code) for i in out]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{origin}: two insurer codes give the same DAG id ({', '.join(ids)})")
@@ -333,23 +349,76 @@ def _delivery(raw, where: str) -> dict:
     return {"type": "sftp", "conn_id": conn_id, "path": path}
 
 
+def _day_bound(v, where: str, key: str) -> str | None:
+    """``from`` / ``until`` of a term: a date (YAML reads 2027-01-01 as one) or its ISO text."""
+    if v is None:
+        return None
+    if isinstance(v, datetime):
+        v = v.date()
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+        try:
+            return date.fromisoformat(v).isoformat()
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: '{key}' must be a date written YYYY-MM-DD")
+
+
+def _span(entry: dict, where: str) -> tuple[str | None, str | None]:
+    start, end = _day_bound(entry.get("from"), where, "from"), _day_bound(entry.get("until"), where, "until")
+    if start and end and end < start:
+        raise ConfigError(f"{where}: 'until' is before 'from'")
+    return start, end
+
+
+def _contracts(raw, where: str) -> dict:
+    """Facility codes, each alone (contracted for ever) or as ``{code, from, until}``: ending a
+    contract with ``until`` keeps the claims of its time, where removing the facility would
+    cancel them."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: must be a non-empty list of facility codes")
+    out: dict[str, tuple] = {}
+    for k, f in enumerate(raw):
+        if isinstance(f, dict) and isinstance(f.get("code"), str) and not set(f) - {"code", "from", "until"}:
+            code, span = f["code"], _span(f, f"{where}[{k}]")
+        elif isinstance(f, str):
+            code, span = f, (None, None)
+        else:
+            raise ConfigError(f"{where}[{k}]: a facility code, or {{code, from, until}}")
+        if code in out:
+            raise ConfigError(f"{where}: a facility is listed twice")
+        out[code] = span
+    return out
+
+
 def _plans(raw, where: str) -> dict:
+    """Plan code -> its terms in date order. A plan listed more than once has one term per rate,
+    with ``from`` / ``until`` dates that do not overlap."""
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: must be a non-empty list of {{code, name, copay}}")
-    out = {}
+    out: dict[str, list] = {}
     for k, p in enumerate(raw):
         if not isinstance(p, dict) or not isinstance(p.get("code"), str) or not p["code"].strip():
             raise ConfigError(f"{where}[{k}]: needs a 'code' (IN1-2 as sent)")
         code = p["code"]
-        if code in out:
-            raise ConfigError(f"{where}: plan {code} listed twice")
+        unknown = set(p) - {"code", "name", "copay", "from", "until"}
+        if unknown:
+            raise ConfigError(f"{where}: plan {code}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
         copay = p.get("copay")
         if isinstance(copay, bool) or not isinstance(copay, (int, float)) or not 0 <= copay <= 1:
             raise ConfigError(f"{where}: plan {code}: copay (ticket modérateur) must be a number from 0 to 1")
         if Decimal(repr(float(copay))).as_tuple().exponent < -4:
             raise ConfigError(f"{where}: plan {code}: copay has more than 4 decimals")
-        out[code] = Plan(code, str(p.get("name") or code), float(copay))
-    return out
+        start, end = _span(p, f"{where}: plan {code}")
+        out.setdefault(code, []).append(Plan(code, str(p.get("name") or code), float(copay), start, end))
+    for code, terms in out.items():
+        terms.sort(key=lambda t: t.valid_from or "")
+        for a, b in zip(terms, terms[1:]):
+            if a.valid_until is None or b.valid_from is None or b.valid_from <= a.valid_until:
+                raise ConfigError(f"{where}: plan {code} is listed twice with dates that overlap; each term "
+                                  "needs 'from' / 'until' dates apart from the others")
+    return {code: tuple(terms) for code, terms in out.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -704,11 +773,13 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
         if not valid:
             skipped["coverage_not_valid"] += 1
             continue
-        contracting = [c for c in valid if fac in by_code[c.insurer_code].facilities]
+        # The terms of the charge's day: a contract ended or a rate changed since leaves the
+        # claims of earlier days as they were sent.
+        contracting = [c for c in valid if by_code[c.insurer_code].contracts_on(fac, day)]
         if not contracting:
             skipped["facility_not_contracted"] += 1
             continue
-        known = [c for c in contracting if c.plan_code in by_code[c.insurer_code].plans]
+        known = [c for c in contracting if by_code[c.insurer_code].plan_on(c.plan_code, day) is not None]
         if not known:
             skipped["unknown_plan"] += 1
             continue
@@ -753,7 +824,7 @@ def build_claims(engine: Engine, insurers_cfg: InsurersConfig, now=None, insurer
              "patient_class": enc.patient_class if enc is not None else None,
              "admit_at": _ts_text(enc.admit_at) if enc is not None else None,
              "discharge_at": _ts_text(enc.discharge_at) if enc is not None else None,
-             "diagnosis_codes": ";".join(dx) or None, "copay_rate": ins.plans[cov.plan_code].copay,
+             "diagnosis_codes": ";".join(dx) or None, "copay_rate": ins.plan_on(cov.plan_code, last["charged_at"][:10]).copay,  # type: ignore[union-attr]
              "currency": CURRENCY, "first_charge_at": lines[0]["charged_at"],
              "last_charge_at": max(ln["charged_at"] for ln in lines)}
         view = _claim_view(h, lines, ins.columns)
