@@ -103,6 +103,13 @@ def _client():
 
     app = create_app()
     app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="bench", role="VIEWER")
+    # The page asks the auth manager whether the user may read the monitoring DAG (the API server
+    # initialises it at start). Airflow's simple one, with every user an admin: it then neither
+    # writes nor prints generated passwords.
+    from airflow.api_fastapi.app import init_auth_manager
+
+    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    init_auth_manager()
     return TestClient(app)
 
 
