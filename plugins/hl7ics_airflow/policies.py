@@ -35,6 +35,7 @@ class _Rule(RetryRule):
     def __post_init__(self) -> None:
         pass
 
+
 IO_RETRY_POLICY = ExceptionRetryPolicy(
     rules=[
         _Rule(exception=SourceError, action=RetryAction.RETRY),
