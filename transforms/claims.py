@@ -185,13 +185,17 @@ class Insurer:
     formats: tuple[str, ...]
     columns: tuple[str, ...]
     delivery: dict
-    facilities: tuple[str, ...]
     plans: dict  # plan code -> its terms (Plan), in date order
-    contracts: dict = field(default_factory=dict)  # facility code -> (first day, last day), None: no bound
+    contracts: dict  # facility code -> (first day, last day), None: no bound
 
     @property
     def dag_id(self) -> str:
         return dag_id_for(self.code)
+
+    @property
+    def facilities(self) -> tuple[str, ...]:
+        """The facilities the insurer has (or had) a contract with."""
+        return tuple(self.contracts)
 
     def contracts_on(self, facility: str, day: str) -> bool:
         """Whether the insurer contracts ``facility`` on ``day`` (``YYYY-MM-DD``)."""
@@ -295,14 +299,13 @@ def parse_insurers(doc, origin: str = "insurers.yaml", facility_codes=None) -> I
             raise ConfigError(f"{where}: columns must include {', '.join(missing)}")
         delivery = _delivery(e.get("delivery"), f"{where}: delivery")
         contracts = _contracts(e.get("facilities"), f"{where}: facilities")
-        facs = list(contracts)
         if known is not None:
-            unknown = [f for f in facs if f not in known]
+            unknown = [f for f in contracts if f not in known]
             if unknown:
                 raise ConfigError(f"{where}: facilities {', '.join(unknown)} are not in facilities.yaml")
         plans = _plans(e.get("plans"), f"{where}: plans")
-        out.append(Insurer(code, name, schedule, period, ready, tuple(formats), tuple(cols), delivery, tuple(facs),
-                           plans, contracts))
+        out.append(Insurer(code, name, schedule, period, ready, tuple(formats), tuple(cols), delivery, plans,
+                           contracts))
     ids = [dag_id_for(i.code) for i in out]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{origin}: two insurer codes give the same DAG id ({', '.join(ids)})")

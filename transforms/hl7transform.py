@@ -1080,7 +1080,7 @@ def _specimen_down(work: Work) -> None:
         if get_field(obr, 15):  # the order names its specimen already: it stays, the SPM goes
             work.note("DROPPED_SEGMENT:SPM")
         else:
-            additives = [_part(a.split(C), 1) or _part(a.split(C), 0) for a in get_field(spm, 6).split(R)]
+            additives = [_part(a, 1) or _part(a, 0) for a in (r.split(C) for r in get_field(spm, 6).split(R))]
             sps = [sub(get_field(spm, 4)), ", ".join(a for a in additives if a), get_field(spm, 14),
                    sub(get_field(spm, 8)), sub(get_field(spm, 9)), "", sub(get_field(spm, 11))]
             if any(sps):
@@ -1121,7 +1121,7 @@ def _specimen_up(work: Work, structure: str) -> None:
         if not sps:
             continue
         parts = sps.split(C)
-        spm = ["SPM", "1", "", "", ""] + [""] * 13
+        spm = ["SPM", "1"] + [""] * 16
         if S not in parts[0] and len(parts) >= 3 and _CODING_SYSTEM.match(parts[2]) and not _part(parts, 3):
             # A common sender mistake: the specimen CE written as components, not subcomponents.
             spm[4] = C.join(parts[:3])
