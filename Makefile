@@ -1,5 +1,10 @@
 # Two set-up commands for a fresh machine: `make demo` and `make test`. Each installs what it needs.
-PY ?= python3.11
+# Python 3.11. The distribution's own build comes first where there is one: Debian builds its
+# interpreter with profile-guided and link-time optimisation, and the ingest's own processes used
+# about a sixth less CPU per message on it than on pyenv's default build, which has neither
+# (docs/performance.md, session 16). Any Python 3.11 works: `make PY=/path/to/python3.11 test`.
+# An existing .venv keeps the interpreter it was made with (`make clean` to change it).
+PY ?= $(or $(wildcard /usr/bin/python3.11),python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -8,6 +13,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.lock requirements.txt pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 is required ($(PY) not found)"; exit 1; }
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "$(PY) is not Python 3.11"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet pip==26.3
 	$(BIN)/python -m pip install --quiet -r requirements.lock

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 SECTIONS = ("parser", "quality", "ingest", "listener", "monitoring", "reporting", "outbound", "claims", "routing")
@@ -18,8 +19,9 @@ def main() -> None:
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown section(s): {', '.join(sorted(unknown))}")
-    print(f"hl7ics benchmarks on {platform.python_implementation()} {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs{' (quick)' if args.quick else ''}")
+    # The interpreter's build moves every figure (docs/performance.md, session 16): say which one ran.
+    print(f"hl7ics benchmarks on {platform.python_implementation()} {platform.python_version()} "
+          f"({os.path.realpath(sys.executable)}), {os.cpu_count()} CPUs{' (quick)' if args.quick else ''}")
     results = {}
     for name in args.sections or SECTIONS:
         mod = __import__(f"bench.{name}_bench", fromlist=["run"])
