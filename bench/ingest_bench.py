@@ -1,6 +1,7 @@
 """End to end: files on disk -> parsed -> stored and loaded, committed; SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
@@ -9,47 +10,56 @@ import uuid
 from pathlib import Path
 
 from .common import child_peak_rss_mb, table
+from .pg_server import Unavailable, compose_configured_server
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
-def _pg_available() -> bool:
+def _pg_available(admin: str = PG_ADMIN) -> bool:
     try:
         import psycopg
 
-        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+        with psycopg.connect(admin, connect_timeout=3):
             return True
     except Exception:
         return False
 
 
-def _pg_label() -> str:
-    """The server's version and WAL buffer size, which the load's speed depends on
+def _pg_label(admin: str = PG_ADMIN, which: str = "this machine's server") -> str:
+    """The server's version, its WAL buffer size and collation, which the load's speed depends on
     (docs/operations.md, "PostgreSQL settings"): the rows then say what they measured."""
     import psycopg
 
-    with psycopg.connect(PG_ADMIN, connect_timeout=3) as c:
+    with psycopg.connect(admin, connect_timeout=3) as c:
         version = c.execute("SHOW server_version").fetchone()[0].split()[0]
         wal = c.execute("SHOW wal_buffers").fetchone()[0]
-    return f"PostgreSQL {version} (COPY, wal_buffers {wal})"
+    return f"PostgreSQL {version}, {which} (COPY, wal_buffers {wal})"
 
 
-def _fresh_pg() -> tuple[str, str]:
+def _pg_locale(admin: str = PG_ADMIN) -> str:
+    import psycopg
+
+    with psycopg.connect(admin, connect_timeout=3) as c:
+        return c.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()").fetchone()[0]
+
+
+def _fresh_pg(admin: str = PG_ADMIN) -> tuple[str, str]:
     import psycopg
 
     name = f"hl7ics_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+    with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
-    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    where = dict(kv.split("=", 1) for kv in admin.split())
+    return name, f"postgresql+psycopg://postgres@{where['host']}:{where['port']}/{name}"
 
 
-def _drop_pg(name: str) -> None:
+def _drop_pg(name: str, admin: str = PG_ADMIN) -> None:
     import psycopg
 
     from transforms.warehouse import dispose_all
 
     dispose_all()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+    with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -79,20 +89,27 @@ def run(quick: bool = False) -> dict:
     workers = os.cpu_count() or 1
     results: dict = {"workers": workers}
     rows = []
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, contextlib.ExitStack() as servers:
         files, total = _generate(Path(d) / "gen", n)
         mb = sum(f.stat().st_size for f in files) / 1e6
         os.environ.setdefault("HL7ICS_PATIENT_KEY", "bench" * 8)
-        backends = [("SQLite (WAL, synchronous=FULL)", "sqlite")]
+        backends = [("SQLite (WAL, synchronous=FULL)", "sqlite", "")]
         if _pg_available():
-            backends.append((_pg_label(), "postgresql"))
+            backends.append((_pg_label(), "postgresql", PG_ADMIN))
+        # Production's configuration (docker-compose.yml) beside the machine's server as it is:
+        # the same binaries and locale, so the two rows differ by the settings alone.
+        try:
+            admin = servers.enter_context(compose_configured_server(_pg_locale() if backends[1:] else "C.UTF-8"))
+            backends.append((_pg_label(admin, "private, set as docker-compose.yml"), "postgresql_compose", admin))
+        except Unavailable as exc:
+            print(f"(no PostgreSQL configured as docker-compose.yml: {exc})")
         # Validation on and off in the same run, so the ratio compares like with like. GX is
         # imported and the suites built before timing (a long-lived worker pays that once).
         from transforms.quality import QualityOptions, Validator
         from transforms.warehouse import get_engine
 
         Validator(QualityOptions(True), []).engine
-        for label, kind in backends:
+        for label, kind, admin in backends:
             rates = {}
             # As `hl7ics ingest` runs by default (one process per CPU, facilities spread over
             # them), and in one process for reference (what one DAG task does for one facility).
@@ -107,7 +124,7 @@ def run(quick: bool = False) -> dict:
                     if kind == "sqlite":
                         url = f"sqlite:///{d}/w-{uuid.uuid4().hex[:6]}.db"
                     else:
-                        name, url = _fresh_pg()
+                        name, url = _fresh_pg(admin)
                     try:
                         get_engine(url)
                         t = time.perf_counter()
@@ -115,7 +132,7 @@ def run(quick: bool = False) -> dict:
                         return time.perf_counter() - t
                     finally:
                         if name:
-                            _drop_pg(name)
+                            _drop_pg(name, admin)
                 rates[(dq, procs)] = total / statistics.median(one() for _ in range(runs))
             os.environ.pop("HL7ICS_DQ", None)
             on, off, single = rates[("on", workers)], rates[("off", workers)], rates[("off", 1)]
