@@ -59,7 +59,7 @@ def build() -> bool:
         print("build_native: a source changed during the build; run it again", file=sys.stderr)
         _clean()
         return False
-    NATIVE_RECORD.write_text(json.dumps({"sources": before, "python": sys.version.split()[0]}, indent=1) + "\n")
+    NATIVE_RECORD.write_text(json.dumps({"sources": before, "python": sys.version}, indent=1) + "\n")
     return True
 
 

@@ -57,12 +57,16 @@ def test_native_state_follows_the_sources(tmp_path, monkeypatch):
     record = tmp_path / "native-build.json"
     monkeypatch.delenv("HL7ICS_NATIVE", raising=False)
     assert native_state(tmp_path, record) == "absent"
-    record.write_text(json.dumps({"sources": source_hashes(tmp_path)}))
+    record.write_text(json.dumps({"sources": source_hashes(tmp_path), "python": sys.version}))
     assert native_state(tmp_path, record) == "compiled"
     monkeypatch.setenv("HL7ICS_NATIVE", "off")
     assert native_state(tmp_path, record) == "off"
     assert build_state(tmp_path, record) == "compiled"  # what `make native --if-stale` asks
     monkeypatch.delenv("HL7ICS_NATIVE")
+    # Built by another interpreter (a .venv remade from another Python 3.11 build): rebuilt.
+    record.write_text(json.dumps({"sources": source_hashes(tmp_path), "python": "3.11.7 (main, May  9 2026)"}))
+    assert native_state(tmp_path, record) == "stale"
+    record.write_text(json.dumps({"sources": source_hashes(tmp_path), "python": sys.version}))
     with open(tmp_path / "facts.py", "a") as fh:  # an edit after the build
         fh.write("\n# edited\n")
     assert native_state(tmp_path, record) == "stale"

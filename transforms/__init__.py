@@ -42,14 +42,17 @@ def native_state(folder: Path = _HERE, record: Path | None = None) -> str:
 
 
 def build_state(folder: Path = _HERE, record: Path | None = None) -> str:
-    """``compiled`` (built from the current source), ``stale`` (a source changed since the build)
-    or ``absent`` (never built, e.g. no C compiler)."""
+    """``compiled`` (built from the current source by this interpreter), ``stale`` (a source changed
+    since the build, or another interpreter built it) or ``absent`` (never built, e.g. no C
+    compiler)."""
     record = record or folder / NATIVE_RECORD.name
     try:
         built = json.loads(record.read_text())
     except (OSError, ValueError):
         return "absent"
-    if not isinstance(built, dict) or built.get("sources") != source_hashes(folder):
+    # The interpreter's full version string names its build too: modules compiled against another
+    # build's headers (a .venv remade from another Python 3.11) are rebuilt, not trusted.
+    if not isinstance(built, dict) or built.get("sources") != source_hashes(folder) or built.get("python") != sys.version:
         return "stale"
     return "compiled"
 
@@ -75,5 +78,6 @@ NATIVE = native_state()
 # copied in by hand) must not shadow its source.
 sys.meta_path.insert(0, _PythonSource)
 if NATIVE == "stale":
-    warnings.warn("the compiled hl7ics modules are older than their source: using the Python source "
-                  "(run `make native` to rebuild them)", RuntimeWarning, stacklevel=2)
+    warnings.warn("the compiled hl7ics modules are older than their source or were built by another "
+                  "interpreter: using the Python source (run `make native` to rebuild them)", RuntimeWarning,
+                  stacklevel=2)
