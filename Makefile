@@ -3,8 +3,9 @@
 # interpreter with profile-guided and link-time optimisation, and the ingest's own processes used
 # about a sixth less CPU per message on it than on pyenv's default build, which has neither
 # (docs/performance.md, session 16). Any Python 3.11 works: `make PY=/path/to/python3.11 test`.
-# An existing .venv keeps the interpreter it was made with (`make clean` to change it).
-PY ?= $(or $(wildcard /usr/bin/python3.11),python3.11)
+# An existing .venv keeps the interpreter it was made with (`make clean` to change it). Debian
+# ships venv support apart (python3.11-venv): without it, python3.11 from the PATH is used.
+PY ?= $(or $(shell /usr/bin/python3.11 -c 'import ensurepip' >/dev/null 2>&1 && echo /usr/bin/python3.11),python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

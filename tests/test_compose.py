@@ -101,3 +101,27 @@ def test_dockerfile_copies_existing_paths():
             parts = [p for p in line.split()[1:-1] if not p.startswith("--")]
             for p in parts:
                 assert (ROOT / p).exists(), p
+
+
+def test_the_bench_runs_postgresql_with_the_compose_files_settings():
+    """``make bench`` measures the ingest on a private server started with the ``-c`` settings of
+    the compose file's ``postgres`` service (production's configuration): they are read from the
+    file, and the server it starts really runs with them."""
+    import psycopg
+
+    from bench.pg_server import Unavailable, compose_configured_server, compose_settings
+    from tests.conftest import require
+
+    settings = compose_settings()
+    wanted = dict(s.split("=", 1) for s in settings)
+    assert wanted["wal_buffers"] == "64MB" and settings == [a for a in SERVICES["postgres"]["command"]
+                                                           if "=" in a]
+    try:
+        with compose_configured_server() as dsn, psycopg.connect(dsn) as conn:
+            got = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in wanted}
+            tmp = conn.execute("SHOW unix_socket_directories").fetchone()[0]
+    except Unavailable as exc:
+        require(str(exc), "install PostgreSQL's server binaries (pg_config --bindir)")
+        return
+    assert got == wanted
+    assert not Path(tmp).exists()  # stopped and deleted afterwards
