@@ -26,7 +26,7 @@ def _pg_available(admin: str = PG_ADMIN) -> bool:
 
 
 def _pg_label(admin: str = PG_ADMIN, which: str = "this machine's server") -> str:
-    """The server's version, its WAL buffer size and collation, which the load's speed depends on
+    """The server's version and WAL buffer size, which the load's speed depends on
     (docs/operations.md, "PostgreSQL settings"): the rows then say what they measured."""
     import psycopg
 
