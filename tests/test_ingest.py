@@ -316,6 +316,36 @@ def test_first_chunk_commits_early_and_the_next_ones_are_full(ingestor, tmp_path
     assert scalar(ingestor.engine, "SELECT COUNT(*) FROM message_store WHERE control_id LIKE 'S-%'") == 120
 
 
+def test_a_chunk_is_freed_before_the_collector_runs(ingestor, tmp_path, monkeypatch):
+    """The collector runs once per committed chunk, and by then nothing holds the chunk's prepared
+    messages: anything still alive is scanned object by object (a loop variable once kept the
+    last file's 2,000 messages alive through every collection)."""
+    import gc as real_gc
+
+    from transforms import ingest as ingest_mod
+    from transforms.load import Prepared
+
+    monkeypatch.setattr(ingest_mod, "BATCH_SIZE", 10)
+    monkeypatch.setattr(ingest_mod, "VALIDATION_CHUNK", 30)
+    alive = []
+
+    class Collector:
+        def __getattr__(self, name):
+            return getattr(real_gc, name)
+
+        @staticmethod
+        def collect(generation=2):
+            alive.append(sum(isinstance(o, Prepared) for o in real_gc.get_objects()))
+            return real_gc.collect(generation)
+
+    monkeypatch.setattr(ingest_mod, "gc", Collector())
+    files = [write(tmp_path / f"g{n}.hl7", "".join(adt(f"G-{n}-{i}", "A08", "20261102080000", visit=f"V{n}-{i}")
+                                                   for i in range(25))) for n in range(3)]
+    got = ingestor.ingest_files([(f, "CHU-SO") for f in files])
+    assert [r.counts.loaded for r in got] == [25, 25, 25]
+    assert len(alive) == 3 and alive == [0, 0, 0]
+
+
 def test_same_file_twice_in_one_run(ingestor, tmp_path):
     a = write(tmp_path / "x" / "one.hl7", adt("D-2", "A01", "20261102080000") + adt("D-3", "A08", "20261102090000"))
     b = tmp_path / "y" / "again.hl7"
