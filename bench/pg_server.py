@@ -60,12 +60,19 @@ def compose_configured_server(locale: str = "C.UTF-8"):
     tmp = Path(tempfile.mkdtemp(prefix="hl7ics-pg-"))
     data, port = tmp / "data", _free_port()
     if as_user:
-        shutil.chown(tmp, "postgres")
+        try:
+            shutil.chown(tmp, "postgres")
+        except (LookupError, OSError):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise Unavailable("running as root and there is no postgres account to run the server") from None
     settings = " ".join(f"-c {s}" for s in ["listen_addresses=127.0.0.1", f"unix_socket_directories={tmp}",
                                             *compose_settings()])
 
     def run(*args: str) -> None:
-        done = subprocess.run([*as_user, *args], capture_output=True, text=True)
+        try:
+            done = subprocess.run([*as_user, *args], capture_output=True, text=True)
+        except OSError as exc:  # runuser missing, say
+            raise Unavailable(f"cannot run {Path(args[0]).name}: {exc.strerror}") from None
         if done.returncode:
             raise Unavailable(f"{Path(args[0]).name} failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
