@@ -52,7 +52,8 @@ def build_state(folder: Path = _HERE, record: Path | None = None) -> str:
         return "absent"
     # The interpreter's full version string names its build too: modules compiled against another
     # build's headers (a .venv remade from another Python 3.11) are rebuilt, not trusted.
-    if not isinstance(built, dict) or built.get("sources") != source_hashes(folder) or built.get("python") != sys.version:
+    if not isinstance(built, dict) or built.get("sources") != source_hashes(folder) \
+            or built.get("python") != sys.version:
         return "stale"
     return "compiled"
 
