@@ -15,11 +15,11 @@ from .pg_server import Unavailable, compose_configured_server
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
-def _pg_available(admin: str = PG_ADMIN) -> bool:
+def _pg_available() -> bool:
     try:
         import psycopg
 
-        with psycopg.connect(admin, connect_timeout=3):
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
             return True
     except Exception:
         return False
