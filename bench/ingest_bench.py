@@ -33,7 +33,8 @@ def _pg_label(admin: str = PG_ADMIN, which: str = "this machine's server") -> st
     with psycopg.connect(admin, connect_timeout=3) as c:
         version = c.execute("SHOW server_version").fetchone()[0].split()[0]
         wal = c.execute("SHOW wal_buffers").fetchone()[0]
-    return f"PostgreSQL {version}, {which} (COPY, wal_buffers {wal})"
+    # The warehouse databases are created with LC_COLLATE 'C' (_fresh_pg), as production's are.
+    return f"PostgreSQL {version}, {which} (COPY, wal_buffers {wal}, collation C)"
 
 
 def _pg_locale(admin: str = PG_ADMIN) -> str:
@@ -46,9 +47,11 @@ def _pg_locale(admin: str = PG_ADMIN) -> str:
 def _fresh_pg(admin: str = PG_ADMIN) -> tuple[str, str]:
     import psycopg
 
+    from transforms.warehouse import PG_DATABASE_OPTIONS
+
     name = f"hl7ics_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
+        c.execute(f'CREATE DATABASE "{name}" {PG_DATABASE_OPTIONS}')  # as config/postgres/init.sql
     where = dict(kv.split("=", 1) for kv in admin.split())
     return name, f"postgresql+psycopg://postgres@{where['host']}:{where['port']}/{name}"
 

@@ -125,3 +125,14 @@ def test_the_bench_runs_postgresql_with_the_compose_files_settings():
         return
     assert got == wanted
     assert not Path(tmp).exists()  # stopped and deleted afterwards
+
+
+def test_the_warehouse_database_is_created_as_the_code_expects():
+    """config/postgres/init.sql creates the warehouse with the options the tests' and the
+    benchmark's databases get (PG_DATABASE_OPTIONS): byte-order collation."""
+    from transforms.warehouse import PG_DATABASE_OPTIONS
+
+    init = (ROOT / "config" / "postgres" / "init.sql").read_text(encoding="utf-8")
+    create = re.search(r"^CREATE DATABASE hl7ics\b[^;]*;", init, re.M)
+    assert create, "init.sql creates no hl7ics database"
+    assert create.group(0).rstrip(";").endswith(PG_DATABASE_OPTIONS)

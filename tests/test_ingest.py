@@ -745,6 +745,49 @@ def test_migrations_are_versioned_and_idempotent(warehouse_url):
         assert c.execute(text("SELECT COUNT(*) FROM schema_migrations")).scalar() == len(migrations())
 
 
+def test_text_compares_and_sorts_in_byte_order_on_both_databases(warehouse_url):
+    """The warehouse's PostgreSQL databases are created with LC_COLLATE 'C' (PG_DATABASE_OPTIONS):
+    text orders as on SQLite, where a linguistic collation would put 'b' before 'C' and 'é' before 'f'."""
+    from transforms.warehouse import collation_advice
+
+    eng = get_engine(warehouse_url)
+    words = ["facture", "CHU-SO", "Évé", "b", "ɖevi", "éa", "Z", "a-2", "a10"]
+    values = " UNION ALL ".join(f"SELECT '{w}' AS w" for w in words)
+    with eng.connect() as c:
+        got = [r[0] for r in c.execute(text(f"SELECT w FROM ({values}) v ORDER BY w"))]
+    assert got == sorted(words, key=lambda w: w.encode("utf-8"))
+    assert collation_advice(eng) is None
+
+
+def test_db_upgrade_says_when_a_postgresql_warehouse_sorts_text_otherwise(pg_server, capsys, monkeypatch):
+    """A database created without PG_DATABASE_OPTIONS works; `hl7ics db upgrade` says how to
+    move it (a collation is fixed when a database is created)."""
+    import uuid
+
+    import psycopg
+
+    from transforms.cli import main
+    from transforms.warehouse import _ENGINES, PG_DATABASE_OPTIONS, normalize_url
+
+    name = f"hl7ics_test_{uuid.uuid4().hex[:12]}"
+    admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 LC_COLLATE \'C.UTF-8\'')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        monkeypatch.setenv("HL7ICS_WAREHOUSE_URL", url)
+        assert main(["db", "upgrade"]) == 0
+        out, err = capsys.readouterr()
+        assert "schema version" in out
+        assert "'C.UTF-8'" in err and PG_DATABASE_OPTIONS in err
+    finally:
+        eng = _ENGINES.pop(normalize_url(url), None)
+        if eng is not None:
+            eng.dispose()
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def test_an_engine_first_made_without_migrations_is_migrated_when_asked(tmp_path):
     """An alert callback makes its engine without migrations (the database may be down); a
     later get_engine in the same process must still apply them."""

@@ -444,11 +444,14 @@ def cmd_dq_check(args) -> int:
 
 
 def cmd_db_upgrade(args) -> int:
-    from .warehouse import current_version, get_engine, upgrade
+    from .warehouse import collation_advice, current_version, get_engine, upgrade
 
     eng = get_engine(_settings(args).warehouse_url, migrate=False)
     applied = upgrade(eng)
     print(f"applied migrations: {applied or 'none'}; schema version {current_version(eng)}")
+    advice = collation_advice(eng)
+    if advice:
+        print(f"hl7ics: note: {advice}", file=sys.stderr)
     return 0
 
 

@@ -230,6 +230,31 @@ def upgrade(engine: Engine) -> list[int]:
     return applied
 
 
+# How a PostgreSQL warehouse database is created (config/postgres/init.sql, the tests' and the
+# benchmark's throwaway databases): text compared and sorted in byte order, as SQLite does by
+# default, so a query orders and matches the same on both. Every indexed text column of the
+# warehouse is a code, an identifier or a hash; under a linguistic collation (en_US.UTF-8, the
+# postgres image's default, or even C.UTF-8) each B-tree comparison goes through strcoll. On the
+# 200,000-message benchmark day this took 3-4 µs of the server's 39-41 µs of CPU per message
+# (docs/performance.md, session 17). LC_CTYPE stays the server's: upper() and lower() of é or ɛ.
+PG_DATABASE_OPTIONS = "TEMPLATE template0 LC_COLLATE 'C'"
+
+
+def collation_advice(engine: Engine) -> str | None:
+    """What to do about a PostgreSQL warehouse database not created with ``PG_DATABASE_OPTIONS``
+    (a collation is fixed when a database is created); ``None`` when it was, and on SQLite."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        name, collate = conn.execute(text(
+            "SELECT datname, datcollate FROM pg_database WHERE datname = current_database()")).one()
+    if collate in ("C", "POSIX"):
+        return None
+    return (f"the warehouse database sorts text by {collate!r}, not in byte order: create it with "
+            f"CREATE DATABASE ... {PG_DATABASE_OPTIONS} and move the data there (pg_dump, pg_restore) "
+            f"for loads about a tenth lighter on the server (docs/operations.md, \"Database collation\")")
+
+
 def current_version(engine: Engine) -> int:
     with engine.connect() as conn:
         return conn.execute(text("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")).scalar_one()
