@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 # Parsing, the canonical record, fact extraction, the loader's per-message work and the
 # data-quality pre-screen: about two thirds of a message's CPU on ingest.
-NATIVE_MODULES = ("charset", "datetimes", "parser", "extract", "facts", "load", "dq_screen")
+NATIVE_MODULES = ("charset", "datetimes", "parser", "extract", "facts", "load", "dq_screen", "pgcopy")
 NATIVE_RECORD = Path(__file__).with_name("native-build.json")
 _HERE = Path(__file__).parent
 

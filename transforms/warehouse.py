@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 
 from .config import PROJECT_ROOT, ConfigError
+from .pgcopy import send_rows
 
 SQL_DIR = PROJECT_ROOT / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
@@ -282,6 +283,28 @@ def named_queries(name: str) -> dict[str, str]:
     return out
 
 
+def _row_formatter(binary: bool):
+    """The driver's own row formatter for a COPY format (the one ``Copy.write_row`` calls), or
+    ``None`` if this psycopg has none where it is looked for."""
+    try:
+        from psycopg import _copy_base
+    except ImportError:
+        return None
+    return getattr(_copy_base, "format_row_binary" if binary else "format_row_text", None)
+
+
+def _send(cp, rows: list, binary: bool = False, stamps: Sequence[int] = ()) -> None:
+    """``rows`` onto the open COPY ``cp`` (``pgcopy.send_rows``); with a psycopg whose formatter
+    is not where it is looked for, row by row through ``Copy.write_row``."""
+    fmt = _row_formatter(binary)
+    tx = getattr(getattr(cp, "formatter", None), "transformer", None)
+    if fmt is None or tx is None:
+        # No framing of our own (binary=False): write_row adds the binary header and trailer.
+        send_rows(rows, lambda row, _tx, _buf: cp.write_row(row), None, cp.write, False, stamps)
+    else:
+        send_rows(rows, fmt, tx, cp.write, binary, stamps)
+
+
 class Writer:
     """Batched writes inside one open transaction (``Connection``)."""
 
@@ -362,8 +385,7 @@ class Writer:
                 self._copy_binary(table, cols, self._column_types(table, columns), rows)
                 return
             with self.dbapi.cursor().copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
-                for r in rows:
-                    cp.write_row(r)
+                _send(cp, rows)
         else:
             marks = ", ".join("?" for _ in columns)
             self.dbapi.cursor().executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
@@ -379,17 +401,9 @@ class Writer:
         send them as hex and make both sides convert them (measured on message_store rows: 3.7
         instead of 7.9 µs per row, client and server together). Binary values must have their
         column's exact type, so text timestamps become datetimes."""
-        stamps = [i for i, t in enumerate(types) if t.startswith("timestamp")]
         with self.dbapi.cursor().copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
             cp.set_types(types)
-            iso = datetime.fromisoformat
-            for r in rows:
-                if stamps:
-                    r = list(r)
-                    for i in stamps:
-                        if type(r[i]) is str:
-                            r[i] = iso(r[i])
-                cp.write_row(r)
+            _send(cp, rows, binary=True, stamps=[i for i, t in enumerate(types) if t.startswith("timestamp")])
 
     def insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], on_conflict_nothing: Sequence[str] = ()):
         self.upsert(table, columns, rows, key=on_conflict_nothing, update=())
@@ -441,8 +455,7 @@ class Writer:
             cur = self.dbapi.cursor()
             cur.execute(f"TRUNCATE {stg}")
             with cur.copy(f"COPY {stg} ({cols}) FROM STDIN") as cp:
-                for r in rows:
-                    cp.write_row(r)
+                _send(cp, rows)
             # Key order: concurrent loaders (parallel facilities) then lock shared rows in the same
             # order, so they wait for each other instead of deadlocking.
             order = f" ORDER BY {', '.join(key)}" if key else ""
