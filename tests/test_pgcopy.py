@@ -72,3 +72,27 @@ def test_copied_rows_read_back_as_the_drivers_write_row_sends_them(pg_url, monke
     assert first.name == "Kɔkɔ Ŋuʋi\tcoupé" and first.amount == 1.5 and first.at == datetime(2026, 12, 2, 1, 30)
     assert bytes(first.raw) == bytes([1, 0, 255, 10, 9]) + "Kɔkɔ Ŋuʋi\tcoupé".encode("utf-8")
     assert [r.name for r in got["send_rows"][:6]] == NAMES
+
+
+def test_a_binary_staged_upsert_stores_what_the_text_one_does(pg_url):
+    """Writer.upsert(binary=True), as the loader stages patients and encounters: the same rows,
+    updates and conflicts as through the text COPY."""
+    eng = get_engine(pg_url)
+    cols = ("k", "name", "year", "at", "n")
+    first = [(f"k{i}", NAMES[i % len(NAMES)], 1980 + i % 40, f"2026-12-07 08:{i % 60:02d}:00", i) for i in range(500)]
+    later = [(f"k{i}", "Ɛyram Ʋɔ\\", None, "2026-12-08T09:00:00", -i) for i in range(0, 1000, 3)]
+    got = {}
+    for binary in (False, True):
+        table = f"up_{int(binary)}"
+        with eng.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE {table} (k TEXT PRIMARY KEY, name TEXT, year INTEGER, "
+                                 "at TIMESTAMP, n BIGINT)")
+            w = Writer(conn)
+            for rows in (first, later):
+                w.upsert(table, cols, rows, key=("k",), update=("name", "at", "n"), binary=binary,
+                         where=f"excluded.n <> {table}.n")
+            got[binary] = conn.execute(text(f"SELECT k, name, year, at, n FROM {table} ORDER BY k")).all()
+    assert got[True] == got[False]
+    assert len(got[True]) == 500 + len([r for r in later if int(r[0][1:]) >= 500])
+    k3 = dict((r.k, r) for r in got[True])["k3"]
+    assert (k3.name, k3.year, k3.at, k3.n) == ("Ɛyram Ʋɔ\\", 1983, datetime(2026, 12, 8, 9), -3)

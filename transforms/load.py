@@ -545,24 +545,24 @@ class Loader:
     def _write_facts(self, conn: Connection, w: Writer, facts: dict[str, list], now: str) -> None:
         if "phi_patient" in facts:
             w.upsert("phi_patient", COLUMNS["phi_patient"], dedupe(facts["phi_patient"], (0,)), key=("patient_key",),
-                     where="excluded.last_message_id >= phi_patient.last_message_id")
+                     where="excluded.last_message_id >= phi_patient.last_message_id", binary=True)
             # dim_patient follows phi_patient: updated only where this batch's values are the ones
             # phi_patient now holds (an older message replayed lost there, and must lose here too).
             w.upsert("dim_patient", COLUMNS["dim_patient"], dedupe(facts["dim_patient"], (0,)), key=("patient_key",),
-                     update=("sex", "birth_year", "district", "updated_at"), where=_DIM_FOLLOWS_PHI)
+                     update=("sex", "birth_year", "district", "updated_at"), where=_DIM_FOLLOWS_PHI, binary=True)
         if "encounter_event" in facts:
             ev = facts["encounter_event"]
             # The visits' earlier events are read before this batch's are written: folded with the
             # new ones in memory, they are the same events, and only the earlier ones travel back.
             earlier = self._stored_events(w, {(r[1], r[2]) for r in ev})
-            w.copy("encounter_event", COLUMNS["encounter_event"], ev)
+            w.copy("encounter_event", COLUMNS["encounter_event"], ev, binary=True)
             self._refold(w, earlier + ev, now)
         if "fact_lab_order" in facts:
             w.upsert("fact_lab_order", COLUMNS["fact_lab_order"], dedupe(facts["fact_lab_order"], (0, 1, 2)),
                      key=("facility_code", "placer_order_number", "test_code"),
                      where="excluded.message_id >= fact_lab_order.message_id")
         if "fact_lab_result" in facts:
-            w.copy("fact_lab_result", COLUMNS["fact_lab_result"], facts["fact_lab_result"])
+            w.copy("fact_lab_result", COLUMNS["fact_lab_result"], facts["fact_lab_result"], binary=True)
         if "fact_medication" in facts:
             rows = _merge_medication(facts["fact_medication"])
             cols = COLUMNS["fact_medication"]
@@ -627,7 +627,7 @@ class Loader:
             state = fold_encounter(evs)
             if state:
                 rows.append(state + (now,))
-        w.upsert("fact_encounter", ENCOUNTER_COLUMNS, rows, key=("facility_code", "visit_number"))
+        w.upsert("fact_encounter", ENCOUNTER_COLUMNS, rows, key=("facility_code", "visit_number"), binary=True)
 
 
 def _same(a: str, b: str) -> str:

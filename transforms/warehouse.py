@@ -399,8 +399,10 @@ class Writer:
     def _copy_binary(self, table: str, cols: str, types: list[str], rows: list[Sequence]) -> None:
         """COPY in binary format: raw message bytes go as they are, where the text format would
         send them as hex and make both sides convert them (measured on message_store rows: 3.7
-        instead of 7.9 µs per row, client and server together). Binary values must have their
-        column's exact type, so text timestamps become datetimes."""
+        instead of 7.9 µs per row, client and server together), and text goes unescaped (the
+        driver's text format checks every byte for a tab, newline or backslash; the loader's
+        fact rows, session 17). Binary values must have their column's exact type, so text
+        timestamps become datetimes."""
         with self.dbapi.cursor().copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as cp:
             cp.set_types(types)
             _send(cp, rows, binary=True, stamps=[i for i, t in enumerate(types) if t.startswith("timestamp")])
@@ -411,7 +413,7 @@ class Writer:
     @_driver_values_hidden
     def upsert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence], key: Sequence[str] = (),
                update: Sequence[str] | None = None, where: str | None = None, coalesce: bool = False,
-               newer: str | None = None):
+               newer: str | None = None, binary: bool = False):
         """INSERT rows; with ``key``, ON CONFLICT(key) DO UPDATE ``update`` columns (or DO NOTHING).
 
         ``coalesce`` keeps the stored value where the new one is NULL. With ``newer`` (a column
@@ -420,6 +422,8 @@ class Writer:
         ``where`` is an optional SQL condition on the update (e.g. only newer events win); it may
         refer to ``excluded.col`` and ``<table>.col``. Rows with the same key must be deduplicated
         by the caller (PostgreSQL refuses to update one row twice in a statement).
+        ``binary``: stage the rows with a binary COPY, as ``copy`` does (values of their columns'
+        types; no NUMERIC column, which takes no float in binary).
         """
         rows = list(rows)
         if not rows:
@@ -454,8 +458,11 @@ class Writer:
                 self._staged.add(stg)
             cur = self.dbapi.cursor()
             cur.execute(f"TRUNCATE {stg}")
-            with cur.copy(f"COPY {stg} ({cols}) FROM STDIN") as cp:
-                _send(cp, rows)
+            if binary:
+                self._copy_binary(stg, cols, self._column_types(table, columns), rows)
+            else:
+                with cur.copy(f"COPY {stg} ({cols}) FROM STDIN") as cp:
+                    _send(cp, rows)
             # Key order: concurrent loaders (parallel facilities) then lock shared rows in the same
             # order, so they wait for each other instead of deadlocking.
             order = f" ORDER BY {', '.join(key)}" if key else ""
