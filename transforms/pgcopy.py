@@ -8,9 +8,9 @@ columns turned into datetimes, as binary values must be of their column's type.
 
 Why: ``Copy.write_row`` runs two Python frames per row around the same C formatter, and the
 loader sends four to five rows per message (docs/performance.md, session 17). The formatting
-itself is still the driver's: ``transforms.warehouse`` checks it is the driver's own and falls
-back to ``write_row`` otherwise. No database driver is imported here (compiled with mypyc,
-``transforms.NATIVE_MODULES``).
+itself is still the driver's, the function ``Copy.write_row`` calls; ``transforms.warehouse``
+falls back to ``write_row`` where it cannot find it. No database driver is imported here
+(compiled with mypyc, ``transforms.NATIVE_MODULES``).
 """
 from __future__ import annotations
 

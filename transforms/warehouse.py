@@ -247,8 +247,8 @@ def collation_advice(engine: Engine) -> str | None:
     if engine.dialect.name != "postgresql":
         return None
     with engine.connect() as conn:
-        name, collate = conn.execute(text(
-            "SELECT datname, datcollate FROM pg_database WHERE datname = current_database()")).one()
+        collate = conn.execute(text(
+            "SELECT datcollate FROM pg_database WHERE datname = current_database()")).scalar_one()
     if collate in ("C", "POSIX"):
         return None
     return (f"the warehouse database sorts text by {collate!r}, not in byte order: create it with "
