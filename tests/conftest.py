@@ -61,14 +61,15 @@ def pg_server():
 
 
 @contextlib.contextmanager
-def _throwaway_pg():
+def _throwaway_pg(options: str | None = None):
+    """A new database, created as production creates it unless ``options`` says otherwise."""
     import psycopg
 
     from transforms.warehouse import PG_DATABASE_OPTIONS
 
     name = f"hl7ics_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" {PG_DATABASE_OPTIONS}')  # as production creates it
+        c.execute(f'CREATE DATABASE "{name}" {PG_DATABASE_OPTIONS if options is None else options}')
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
         yield url

@@ -762,30 +762,16 @@ def test_text_compares_and_sorts_in_byte_order_on_both_databases(warehouse_url):
 def test_db_upgrade_says_when_a_postgresql_warehouse_sorts_text_otherwise(pg_server, capsys, monkeypatch):
     """A database created without PG_DATABASE_OPTIONS works; `hl7ics db upgrade` says how to
     move it (a collation is fixed when a database is created)."""
-    import uuid
-
-    import psycopg
-
+    from tests.conftest import _throwaway_pg
     from transforms.cli import main
-    from transforms.warehouse import _ENGINES, PG_DATABASE_OPTIONS, normalize_url
+    from transforms.warehouse import PG_DATABASE_OPTIONS
 
-    name = f"hl7ics_test_{uuid.uuid4().hex[:12]}"
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 LC_COLLATE \'C.UTF-8\'')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
+    with _throwaway_pg("TEMPLATE template0 LC_COLLATE 'C.UTF-8'") as url:
         monkeypatch.setenv("HL7ICS_WAREHOUSE_URL", url)
         assert main(["db", "upgrade"]) == 0
         out, err = capsys.readouterr()
         assert "schema version" in out
         assert "'C.UTF-8'" in err and PG_DATABASE_OPTIONS in err
-    finally:
-        eng = _ENGINES.pop(normalize_url(url), None)
-        if eng is not None:
-            eng.dispose()
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_an_engine_first_made_without_migrations_is_migrated_when_asked(tmp_path):
